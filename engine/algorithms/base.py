@@ -1,0 +1,167 @@
+"""The interface every algorithm implements, and the context the runner hands it.
+
+An algorithm turns data into optimizer updates: ``train_step(step)`` draws its batch
+(or generates rollouts), calls ``ctx.update(loss_fn, ...)`` one or more times and returns
+the step's metrics. The runner owns everything else: the loop, pause/cancel, logging,
+evaluation scheduling, checkpoints, resume and distributed ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+
+from engine.errors import NonFiniteError
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+    from engine.distributed import World
+    from engine.models import LoadedModel
+
+LossFn = Callable[..., tuple[mx.array, dict[str, mx.array]]]
+
+
+class TrainContext:
+    """What an algorithm may use: model, config, optimizer, ranks, and the run's hooks."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        policy: LoadedModel,
+        world: World,
+        *,
+        check: Callable[[], None],
+        phase: Callable[[str, int, int], None],
+        log: Callable[[str], None],
+        alert: Callable[[str], None],
+        sample: Callable[..., None],
+    ) -> None:
+        self.cfg = cfg
+        self.policy = policy
+        self.model = policy.model
+        self.tokenizer = policy.tokenizer
+        self.world = world
+        self.check = check  # call inside long loops: blocks while paused, raises Cancelled
+        self.phase = phase
+        self.log = log
+        self.alert = alert
+        self.sample = sample
+        self.trainable: nn.Module = policy.model
+        self.optimizer: optim.Optimizer | None = None
+        self.step = 0
+        self.skipped_steps = 0
+
+    # -------------------------------------------------------------- optimisation
+
+    def build_optimizer(self) -> optim.Optimizer:
+        t = self.cfg.train
+        lr: Any = t.learning_rate
+        if t.lr_schedule == "cosine":
+            lr = optim.cosine_decay(t.learning_rate, max(t.max_steps - t.warmup_steps, 1))
+        elif t.lr_schedule == "linear":
+            lr = optim.linear_schedule(t.learning_rate, 0.0, max(t.max_steps - t.warmup_steps, 1))
+        if t.warmup_steps > 0:
+            warm = optim.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+            lr = optim.join_schedules([warm, lr if callable(lr) else (lambda _: mx.array(t.learning_rate))], [t.warmup_steps])
+        if t.optimizer == "adamw":
+            opt: optim.Optimizer = optim.AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+        elif t.optimizer == "adam":
+            opt = optim.Adam(learning_rate=lr)
+        else:
+            opt = optim.SGD(learning_rate=lr)
+        self.optimizer = opt
+        return opt
+
+    @property
+    def learning_rate(self) -> float:
+        assert self.optimizer is not None
+        return float(self.optimizer.learning_rate.item())
+
+    def update(self, loss_fn: LossFn, *args: Any) -> tuple[float, dict[str, float], float]:
+        """One optimizer update of ``self.trainable`` on ``loss_fn(module, *args)``.
+
+        Gradients are averaged over ranks and clipped; a non-finite loss or gradient stops
+        the run (or skips the update when ``train.on_nan = "skip"``) before any weight
+        changes. Returns (loss, aux metrics, gradient norm) as Python floats.
+        """
+        assert self.optimizer is not None, "build_optimizer() first"
+        module = self.trainable
+        (loss, aux), grads = nn.value_and_grad(module, loss_fn)(module, *args)
+        grads = self.world.average_gradients(grads)
+        max_norm = self.cfg.train.max_grad_norm
+        if max_norm > 0:
+            grads, norm = optim.clip_grad_norm(grads, max_norm)
+        else:
+            norm = optim.clip_grad_norm(grads, float("inf"))[1]
+        mx.eval(loss, norm, aux)
+        loss_f, norm_f = float(loss.item()), float(norm.item())
+        if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
+            what = "loss" if not math.isfinite(loss_f) else "gradient norm"
+            value = loss_f if not math.isfinite(loss_f) else norm_f
+            msg = f"step {self.step}: {what} is {value}"
+            if self.cfg.train.on_nan == "skip":
+                self.skipped_steps += 1
+                self.alert(f"{msg}; update skipped (train.on_nan = skip)")
+                return loss_f, {k: float(v.item()) for k, v in aux.items()}, norm_f
+            raise NonFiniteError(f"{msg}; stopped with the last good checkpoint intact (set train.on_nan = skip to skip such steps)")
+        self.optimizer.update(module, grads)
+        mx.eval(module.parameters(), self.optimizer.state)
+        return loss_f, {k: float(v.item()) for k, v in aux.items()}, norm_f
+
+
+class Algorithm(ABC):
+    """batch -> loss + metrics. Subclasses set ``name`` and implement ``train_step``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, ctx: TrainContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+
+    def setup(self, saved: dict[str, mx.array]) -> None:
+        """Load data, build heads, precompute what is fixed (reference log-probs...).
+
+        ``saved`` holds what ``run_arrays`` returned when this run started, on resume.
+        """
+
+    def trainable_module(self) -> nn.Module:
+        """The module whose trainable parameters the optimizer updates."""
+        return self.ctx.model
+
+    @abstractmethod
+    def train_step(self, step: int) -> dict[str, float]:
+        """Do one step's updates; return metrics including ``loss`` and ``num_tokens``."""
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics on held-out data, keys without the ``eval/`` prefix ({} when no eval set)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state to resume from (data position, controllers...)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def extra_arrays(self) -> dict[str, mx.array]:
+        """Arrays saved with each checkpoint beside the policy (e.g. a value head)."""
+        return {}
+
+    def load_extra_arrays(self, arrays: dict[str, mx.array]) -> None:
+        """Restore what ``extra_arrays`` returned."""
+
+    def run_arrays(self) -> dict[str, mx.array]:
+        """Arrays saved once per run (e.g. cached reference log-probs)."""
+        return {}
+
+
+def mean_over_batches(rows: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
+    total = sum(weights) or 1.0
+    keys = rows[0].keys() if rows else []
+    return {k: sum(r[k] * w for r, w in zip(rows, weights, strict=True)) / total for k in keys}

@@ -1,0 +1,183 @@
+"""Direct Preference Optimization with TRL's loss variants.
+
+Log-probs are summed over completion tokens only (the prompt is masked). The reference
+policy's log-probs are computed once for every pair before the first update, when the
+policy still *is* the reference, and kept in the run directory: no second model is held
+in memory, whatever ``model.adapter`` is.
+
+Panel keys: ``reward`` is the mean implicit reward margin (``rewards/margins``); ``kl`` is
+the mean per-sequence log-ratio ``log pi(y|x) - log pi_ref(y|x)`` over chosen and rejected
+answers (a KL proxy measured on the data, not on samples from the policy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from engine.algorithms.base import Algorithm
+from engine.batching import DataOrder, collate
+from engine.config import resolve_path
+from engine.data import PreferencePair, load_pairs
+from engine.logprobs import shifted_token_logprobs
+
+
+def dpo_losses(
+    policy_chosen: mx.array,
+    policy_rejected: mx.array,
+    ref_chosen: mx.array,
+    ref_rejected: mx.array,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> mx.array:
+    """Per-pair DPO loss from sequence log-probs (TRL's definitions)."""
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    logits = chosen_ratio - rejected_ratio
+    ls = label_smoothing
+    if loss_type == "sigmoid":
+        return -nn.log_sigmoid(beta * logits) * (1 - ls) - nn.log_sigmoid(-beta * logits) * ls
+    if loss_type == "robust":
+        return (-nn.log_sigmoid(beta * logits) * (1 - ls) + nn.log_sigmoid(-beta * logits) * ls) / (1 - 2 * ls)
+    if loss_type == "hinge":
+        return nn.relu(1 - beta * logits)
+    if loss_type == "ipo":
+        return (logits - 1 / (2 * beta)) ** 2
+    if loss_type == "apo_zero":
+        return (1 - mx.sigmoid(beta * chosen_ratio)) + mx.sigmoid(beta * rejected_ratio)
+    if loss_type == "apo_down":
+        return mx.sigmoid(beta * chosen_ratio) + (1 - mx.sigmoid(beta * logits))
+    if loss_type == "sppo_hard":
+        return (chosen_ratio - 0.5 / beta) ** 2 + (rejected_ratio + 0.5 / beta) ** 2
+    if loss_type == "nca_pair":
+        cr, rr = beta * chosen_ratio, beta * rejected_ratio
+        return -nn.log_sigmoid(cr) - 0.5 * nn.log_sigmoid(-cr) - 0.5 * nn.log_sigmoid(-rr)
+    raise ValueError(f"unknown DPO loss_type {loss_type!r}")
+
+
+def pair_rows(pairs: list[PreferencePair]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Chosen rows first, then rejected rows, as (prompt, completion) token tuples."""
+    return [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+
+
+class Dpo(Algorithm):
+    name = "dpo"
+
+    def setup(self, saved: dict[str, mx.array]) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        ctx.phase("reading data", 0, 0)
+        self.train = load_pairs(resolve_path(cfg, cfg.data.train), ctx.tokenizer, cfg.model.max_length, "train")
+        self.eval: list[PreferencePair] = []
+        if cfg.data.eval:
+            self.eval = load_pairs(resolve_path(cfg, cfg.data.eval), ctx.tokenizer, cfg.model.max_length, "eval")[: cfg.data.max_eval_examples]
+        per_rank = cfg.train.batch_size // ctx.world.size
+        self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.per_rank = per_rank
+        self.average = cfg.dpo.loss_type == "ipo"
+        if "ref_train" in saved and saved["ref_train"].shape[0] == len(self.train):
+            self.ref_train = saved["ref_train"]
+            self.ref_eval = saved.get("ref_eval", mx.zeros((0, 2)))
+        else:
+            ctx.log(f"computing reference log-probs for {len(self.train) + len(self.eval)} pairs (once; kept in the run directory)")
+            self.ref_train = self.score(self.train, "reference log-probs")
+            self.ref_eval = self.score(self.eval, "reference log-probs (eval)") if self.eval else mx.zeros((0, 2))
+
+    def run_arrays(self) -> dict[str, mx.array]:
+        return {"ref_train": self.ref_train, "ref_eval": self.ref_eval}
+
+    # -------------------------------------------------------------- log-probs
+
+    def _logps(self, model: nn.Module, tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
+        lp, logits = shifted_token_logprobs(model, tokens)
+        summed = (lp * mask).sum(axis=-1)
+        if self.average:
+            summed = summed / mx.maximum(mask.sum(axis=-1), 1.0)
+        return summed, logits
+
+    def score(self, pairs: list[PreferencePair], phase: str) -> mx.array:
+        """[N, 2] (chosen, rejected) log-probs under the current weights, no gradients."""
+        out = []
+        step = max(self.cfg.train.batch_size, 8)
+        for start in range(0, len(pairs), step):
+            self.ctx.check()
+            chunk = pairs[start : start + step]
+            batch = collate(pair_rows(chunk))
+            logps, _ = self._logps(self.ctx.model, batch.tokens, batch.mask)
+            logps = mx.stop_gradient(logps)
+            n = len(chunk)
+            out.append(mx.stack([logps[:n], logps[n:]], axis=1))
+            mx.eval(out[-1])
+            self.ctx.phase(phase, min(start + step, len(pairs)), len(pairs))
+        return mx.concatenate(out, axis=0) if out else mx.zeros((0, 2))
+
+    # -------------------------------------------------------------- training
+
+    def loss_fn(self, model: nn.Module, tokens: mx.array, mask: mx.array, ref: mx.array) -> tuple[mx.array, dict[str, mx.array]]:
+        d = self.cfg.dpo
+        logps, logits = self._logps(model, tokens, mask)
+        n = ref.shape[0]
+        pc, pr = logps[:n], logps[n:]
+        rc, rr = ref[:, 0], ref[:, 1]
+        losses = dpo_losses(pc, pr, rc, rr, d.beta, d.loss_type, d.label_smoothing)
+        chosen_rewards = mx.stop_gradient(d.beta * (pc - rc))
+        rejected_rewards = mx.stop_gradient(d.beta * (pr - rr))
+        tok_mask = mask[..., None]
+        mean_logits = mx.stop_gradient((logits * tok_mask).sum(axis=(1, 2)) / mx.maximum(mask.sum(axis=1) * logits.shape[-1], 1.0))
+        aux = {
+            "rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(mx.float32).mean(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+            "logps/chosen": mx.stop_gradient(pc).mean(),
+            "logps/rejected": mx.stop_gradient(pr).mean(),
+            "logits/chosen": mean_logits[:n].mean(),
+            "logits/rejected": mean_logits[n:].mean(),
+            "kl": mx.stop_gradient(((pc - rc) + (pr - rr)) / 2).mean(),
+        }
+        return losses.mean(), aux
+
+    def train_step(self, step: int) -> dict[str, float]:
+        idx = self.order.next_indices()
+        pairs = [self.train[i] for i in idx]
+        batch = collate(pair_rows(pairs))
+        ref = self.ref_train[mx.array(idx)]
+        loss, aux, norm = self.ctx.update(self.loss_fn, batch.tokens, batch.mask, ref)
+        return {
+            "loss": loss,
+            "grad_norm": norm,
+            "reward": aux["rewards/margins"],
+            "num_tokens": float(batch.num_tokens),
+            **aux,
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval:
+            return {}
+        d = self.cfg.dpo
+        logps = self.score(self.eval, "evaluating")
+        pc, pr = logps[:, 0], logps[:, 1]
+        rc, rr = self.ref_eval[:, 0], self.ref_eval[:, 1]
+        losses = dpo_losses(pc, pr, rc, rr, d.beta, d.loss_type, d.label_smoothing)
+        cr, rj = d.beta * (pc - rc), d.beta * (pr - rr)
+        out = {
+            "loss": losses.mean(),
+            "rewards/chosen": cr.mean(),
+            "rewards/rejected": rj.mean(),
+            "rewards/accuracies": (cr > rj).astype(mx.float32).mean(),
+            "rewards/margins": (cr - rj).mean(),
+            "logps/chosen": pc.mean(),
+            "logps/rejected": pr.mean(),
+            "kl": (((pc - rc) + (pr - rr)) / 2).mean(),
+        }
+        metrics = {k: float(v.item()) for k, v in out.items()}
+        metrics["reward"] = metrics["rewards/margins"]
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])

@@ -1,0 +1,80 @@
+"""Supervised fine-tuning: cross-entropy on completion tokens (prompt masked by default).
+
+Panel keys: ``reward`` is the mean token accuracy on completion tokens; ``kl`` is null
+(SFT has no reference policy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from engine.algorithms.base import Algorithm
+from engine.batching import DataOrder, collate
+from engine.config import resolve_path
+from engine.data import Completion, load_completions
+from engine.logprobs import shifted_token_logprobs
+
+
+class Sft(Algorithm):
+    name = "sft"
+
+    def setup(self, saved: dict[str, mx.array]) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        ctx.phase("reading data", 0, 0)
+        self.train = load_completions(resolve_path(cfg, cfg.data.train), ctx.tokenizer, cfg.model.max_length, "train")
+        self.eval: list[Completion] = []
+        if cfg.data.eval:
+            self.eval = load_completions(resolve_path(cfg, cfg.data.eval), ctx.tokenizer, cfg.model.max_length, "eval")[: cfg.data.max_eval_examples]
+        self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+
+    def _rows(self, items: list[Completion]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        if self.cfg.sft.mask_prompt:
+            return [(c.prompt_ids, c.completion_ids) for c in items]
+        return [(c.prompt_ids[:1], c.prompt_ids[1:] + c.completion_ids) for c in items]
+
+    def loss_fn(self, model: nn.Module, tokens: mx.array, mask: mx.array) -> tuple[mx.array, dict[str, mx.array]]:
+        lp, logits = shifted_token_logprobs(model, tokens)
+        n = mx.maximum(mask.sum(), 1.0)
+        loss = -(lp * mask).sum() / n
+        correct = (mx.argmax(logits, axis=-1) == tokens[:, 1:]).astype(mx.float32)
+        acc = mx.stop_gradient((correct * mask).sum() / n)
+        return loss, {"mean_token_accuracy": acc}
+
+    def train_step(self, step: int) -> dict[str, float]:
+        items = [self.train[i] for i in self.order.next_indices()]
+        batch = collate(self._rows(items))
+        loss, aux, norm = self.ctx.update(self.loss_fn, batch.tokens, batch.mask)
+        return {
+            "loss": loss,
+            "grad_norm": norm,
+            "kl": None,  # type: ignore[dict-item]
+            "reward": aux["mean_token_accuracy"],
+            "num_tokens": float(batch.num_tokens),
+            **aux,
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval:
+            return {}
+        total_loss = total_acc = total_n = 0.0
+        step = max(self.cfg.train.batch_size, 8)
+        for start in range(0, len(self.eval), step):
+            self.ctx.check()
+            batch = collate(self._rows(self.eval[start : start + step]))
+            loss, aux = self.loss_fn(self.ctx.model, batch.tokens, batch.mask)
+            n = float(batch.mask.sum().item())
+            total_loss += float(loss.item()) * n
+            total_acc += float(aux["mean_token_accuracy"].item()) * n
+            total_n += n
+            self.ctx.phase("evaluating", min(start + step, len(self.eval)), len(self.eval))
+        acc = total_acc / max(total_n, 1.0)
+        return {"loss": total_loss / max(total_n, 1.0), "mean_token_accuracy": acc, "reward": acc}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])

@@ -1,0 +1,454 @@
+"""Typed run configuration: a schema of dataclasses with defaults, ranges, choices and help.
+
+Every field carries its help text and constraints in its dataclass metadata; the TUI's
+editor, the CLI's ``--set`` parser and the generated preset reference all read it from
+here. Anything invalid raises :class:`ConfigError`, whose message names the key, the value
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+ALGORITHMS = ("sft", "reward", "dpo", "ppo", "grpo")
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "apo_zero", "apo_down", "sppo_hard", "nca_pair")
+
+
+def knob(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+) -> Any:
+    """A config field with one line of help and its allowed values."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    path: str = knob("builtin:tiny-sorter", "Local mlx-lm model folder, Hugging Face repo id, or builtin:<name>.")
+    adapter: str = knob("lora", "What to train: LoRA or DoRA adapters, or all weights.", choices=("lora", "dora", "full"))
+    lora_rank: int = knob(8, "Rank of the LoRA/DoRA matrices.", min=1, max=1024)
+    lora_scale: float = knob(20.0, "Scale applied to the LoRA update (mlx-lm's 'scale').", min=0.0, max=1000.0)
+    lora_dropout: float = knob(0.0, "Dropout on the LoRA input.", min=0.0, max=0.9)
+    lora_layers: int = knob(-1, "How many of the last transformer blocks get adapters (-1 = all).", min=-1, max=10000)
+    dtype: str = knob("float32", "Weights and activations dtype; log-softmax and losses always run in float32.", choices=("float32", "bfloat16", "float16"))
+    trust_remote_code: bool = knob(False, "Allow tokenizer code from the model repo to run (off unless you opt in).")
+    max_length: int = knob(512, "Longest prompt+completion in tokens; longer pairs are truncated from the prompt's left.", min=8, max=131072)
+
+
+@dataclass
+class DataConfig:
+    train: str = knob("", "Training data: a JSONL/JSON file or a folder with train.jsonl (paths are relative to the preset).")
+    eval: str = knob("", "Held-out data for eval/ rows (empty: none; a folder's valid.jsonl is used when present).")
+    max_eval_examples: int = knob(256, "At most this many eval examples are scored at each evaluation.", min=1, max=1_000_000)
+    shuffle: bool = knob(True, "Shuffle the training data each epoch (seeded by train.seed).")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = knob(100, "Number of optimizer steps.", min=1, max=10_000_000)
+    batch_size: int = knob(8, "Examples (pairs for preference losses) per optimizer step, across all ranks.", min=1, max=65536)
+    learning_rate: float = knob(1e-4, "Peak learning rate.", min=0.0, max=1.0)
+    lr_schedule: str = knob("constant", "Learning-rate schedule after warm-up.", choices=("constant", "cosine", "linear"))
+    warmup_steps: int = knob(0, "Linear warm-up steps from 0 to the peak learning rate.", min=0, max=10_000_000)
+    optimizer: str = knob("adamw", "Optimizer (state kept in float32).", choices=("adamw", "adam", "sgd"))
+    weight_decay: float = knob(0.0, "Decoupled weight decay (adamw).", min=0.0, max=1.0)
+    max_grad_norm: float = knob(1.0, "Clip the global gradient norm to this value (0 = no clipping).", min=0.0, max=1e6)
+    seed: int = knob(0, "Seed for data order, initialisation and sampling.", min=0, max=2**31 - 1)
+    grad_checkpoint: bool = knob(False, "Recompute activations in the backward pass to save memory.")
+    compile: bool = knob(True, "Compile the train step with mx.compile (length-bucketed shapes).")
+    memory_limit_gb: float = knob(0.0, "Cap MLX's memory use in GiB (0 = no cap).", min=0.0, max=4096.0)
+    log_every: int = knob(1, "Write a metrics row every N steps.", min=1, max=1_000_000)
+    eval_every: int = knob(25, "Evaluate on data.eval every N steps (and at the end; 0 = only at the end).", min=0, max=1_000_000)
+    save_every: int = knob(50, "Checkpoint every N steps (and at the end; 0 = only at the end).", min=0, max=1_000_000)
+    on_nan: str = knob("stop", "What to do when the loss or gradients are NaN/inf.", choices=("stop", "skip"))
+
+
+@dataclass
+class SftConfig:
+    mask_prompt: bool = knob(True, "Train only on completion tokens (prompt tokens masked).")
+
+
+@dataclass
+class DpoConfig:
+    beta: float = knob(0.1, "Strength of the KL constraint to the reference policy.", min=0.0, max=100.0)
+    loss_type: str = knob("sigmoid", "DPO loss variant (TRL names).", choices=DPO_LOSSES)
+    label_smoothing: float = knob(0.0, "Assumed label noise for the 'robust' (and smoothed sigmoid) loss.", min=0.0, max=0.49)
+
+
+@dataclass
+class RewardConfig:
+    margin: float = knob(0.0, "Margin subtracted inside -logsigmoid(r_c - r_r - margin).", min=0.0, max=100.0)
+    center_rewards_coefficient: float = knob(0.0, "Weight of the (r_c + r_r)^2 centering term (0 = off).", min=0.0, max=10.0)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = knob(16, "Longest completion generated in rollouts.", min=1, max=32768)
+    temperature: float = knob(1.0, "Sampling temperature for rollouts.", min=0.0, max=10.0)
+    top_p: float = knob(1.0, "Nucleus sampling threshold (1 = off).", min=0.0, max=1.0)
+
+
+@dataclass
+class PpoConfig:
+    reward_model: str = knob("", "Path to a trained reward model (a run directory or its checkpoint); empty uses ppo.reward_function.")
+    reward_function: str = knob("sorted_letters", "Registered reward function used when no reward model is given.")
+    value_model: str = knob("shared", "Value head on the policy trunk ('shared') or a separate copy of the base ('separate').", choices=("shared", "separate"))
+    kl_coef: float = knob(0.05, "Initial per-token KL penalty coefficient.", min=0.0, max=100.0)
+    kl_estimator: str = knob("k1", "Per-token KL estimator in the reward (k1 can go negative; k3 cannot).", choices=("k1", "k3"))
+    adaptive_kl: bool = knob(False, "Adapt kl_coef towards target_kl (coef *= 1 + clip(kl/target-1,±0.2)·n/horizon).")
+    target_kl: float = knob(6.0, "Target KL for the adaptive controller.", min=0.0, max=1000.0)
+    kl_horizon: int = knob(10000, "Horizon of the adaptive KL controller.", min=1, max=10_000_000)
+    cliprange: float = knob(0.2, "Clip range of the policy ratio.", min=0.0, max=10.0)
+    cliprange_value: float = knob(0.2, "Clip range of the value prediction.", min=0.0, max=100.0)
+    vf_coef: float = knob(0.1, "Weight of the value loss.", min=0.0, max=100.0)
+    gamma: float = knob(1.0, "Discount factor for GAE.", min=0.0, max=1.0)
+    lam: float = knob(0.95, "GAE lambda.", min=0.0, max=1.0)
+    ppo_epochs: int = knob(4, "Optimisation epochs over each rollout batch.", min=1, max=100)
+    num_minibatches: int = knob(1, "Minibatches per PPO epoch.", min=1, max=1024)
+    whiten_advantages: bool = knob(True, "Whiten advantages over the rollout batch.")
+    missing_eos_penalty: float = knob(0.0, "Score penalty for completions that never emit EOS (0 = off).", min=0.0, max=100.0)
+
+
+@dataclass
+class GrpoConfig:
+    num_generations: int = knob(8, "Completions sampled per prompt (the group).", min=2, max=1024)
+    epsilon: float = knob(0.2, "Lower clip of the policy ratio.", min=0.0, max=10.0)
+    epsilon_high: float = knob(0.0, "Upper clip (0 = same as epsilon; DAPO uses 0.28).", min=0.0, max=10.0)
+    beta: float = knob(0.0, "KL penalty weight against the reference (0 = no reference needed).", min=0.0, max=100.0)
+    loss_type: str = knob("grpo", "GRPO loss normalisation.", choices=("grpo", "dr_grpo", "dapo", "bnpo"))
+    num_iterations: int = knob(1, "Optimisation passes over each batch of generations.", min=1, max=100)
+    reward_functions: str = knob("sorted_letters", "Comma-separated registered reward functions, summed.")
+    scale_rewards: bool = knob(True, "Divide advantages by the group's reward std.")
+
+
+@dataclass
+class RunConfig:
+    name: str = knob("run", "Preset name, also the prefix of run ids.")
+    description: str = knob("", "One line shown in the presets list.")
+    algorithm: str = knob("dpo", "Training algorithm.", choices=ALGORITHMS)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    ppo: PpoConfig = field(default_factory=PpoConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    # Where the preset came from; relative data/model paths resolve against it. Not a knob.
+    base_dir: str = field(default="", metadata={"internal": True})
+
+
+# ---------------------------------------------------------------- schema walking
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One editable config key, as the editor and docs see it."""
+
+    key: str  # dotted, e.g. "train.learning_rate"
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None
+    min: float | None
+    max: float | None
+
+    def describe_allowed(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.type is bool:
+            return "true or false"
+        kind = {int: "an integer", float: "a number", str: "a string"}[self.type]
+        if self.min is not None and self.max is not None:
+            return f"{kind} in [{_fmt(self.min)}, {_fmt(self.max)}]"
+        return kind
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _resolve_type(tp: Any) -> Any:
+    if isinstance(tp, str):
+        return {"int": int, "float": float, "str": str, "bool": bool}.get(tp, tp)
+    return tp
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def schema() -> list[FieldSpec]:
+    """Every user-facing key in order: top-level first, then each section."""
+    specs: list[FieldSpec] = []
+
+    def add(prefix: str, cls: type) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if f.metadata.get("internal") or dataclasses.is_dataclass(tp):
+                continue
+            default = f.default
+            specs.append(
+                FieldSpec(
+                    key=prefix + f.name,
+                    type=tp,
+                    default=default,
+                    help=f.metadata.get("help", ""),
+                    choices=f.metadata.get("choices"),
+                    min=f.metadata.get("min"),
+                    max=f.metadata.get("max"),
+                )
+            )
+
+    add("", RunConfig)
+    for name, cls in _section_types().items():
+        add(name + ".", cls)
+    return specs
+
+
+def field_spec(key: str) -> FieldSpec:
+    for spec in schema():
+        if spec.key == key:
+            return spec
+    raise ConfigError(f"unknown key '{key}'" + _suggest(key))
+
+
+def _suggest(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, [s.key for s in schema()], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# ---------------------------------------------------------------- values
+
+
+def coerce(spec: FieldSpec, value: Any, *, source: str = "") -> Any:
+    """Check one value against its field; return it in the field's type or raise."""
+    where = f"{source}: " if source else ""
+    bad = f"{where}{spec.key} = {value!r} is not allowed; expected {spec.describe_allowed()}"
+    tp = spec.type
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(bad)
+        out: Any = value
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(bad)
+        out = int(value)
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(bad)
+        out = float(value)
+        if not math.isfinite(out):
+            raise ConfigError(bad)
+    else:
+        if not isinstance(value, str):
+            raise ConfigError(bad)
+        out = value
+    if spec.choices is not None and out not in spec.choices:
+        raise ConfigError(bad)
+    if spec.min is not None and out < spec.min:
+        raise ConfigError(bad)
+    if spec.max is not None and out > spec.max:
+        raise ConfigError(bad)
+    return out
+
+
+def parse_text_value(spec: FieldSpec, text: str, *, source: str = "") -> Any:
+    """Turn the text typed after ``--set key=`` (or into the editor) into a typed value."""
+    where = f"{source}: " if source else ""
+    raw = text.strip()
+    bad = f"{where}{spec.key} = {text!r} is not allowed; expected {spec.describe_allowed()}"
+    if spec.type is bool:
+        low = raw.lower()
+        if low in ("true", "yes", "on", "1"):
+            return True
+        if low in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(bad)
+    if spec.type is int:
+        try:
+            value: Any = int(raw)
+        except ValueError:
+            try:
+                f = float(raw)
+            except ValueError:
+                raise ConfigError(bad) from None
+            if not f.is_integer():
+                raise ConfigError(bad) from None
+            value = int(f)
+        return coerce(spec, value, source=source)
+    if spec.type is float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(bad) from None
+        return coerce(spec, value, source=source)
+    return coerce(spec, text, source=source)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.max_steps=50"`` -> ``("train.max_steps", 50)``; raises ConfigError."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.max_steps=50")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    spec = field_spec(key)
+    return key, parse_text_value(spec, value, source="--set")
+
+
+# ---------------------------------------------------------------- building
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "", base_dir: str = "") -> RunConfig:
+    """Build a RunConfig from a nested dict (a parsed TOML), rejecting anything unknown."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}expected a table of settings")
+    cfg = RunConfig()
+    sections = _section_types()
+    for key, value in data.items():
+        if key in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}[{key}] must be a table, found {value!r}")
+            for sub, subval in value.items():
+                set_value(cfg, f"{key}.{sub}", subval, source=source)
+        else:
+            set_value(cfg, key, value, source=source)
+    cfg.base_dir = base_dir
+    return cfg
+
+
+def set_value(cfg: RunConfig, key: str, value: Any, *, source: str = "") -> None:
+    try:
+        spec = field_spec(key)
+    except ConfigError as err:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}{err}") from None
+    value = coerce(spec, value, source=source)
+    target: Any = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+        target = getattr(target, p)
+    setattr(target, leaf, value)
+
+
+def get_value(cfg: RunConfig, key: str) -> Any:
+    target: Any = cfg
+    for part in key.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    for text in overrides:
+        key, value = parse_override(text)
+        set_value(cfg, key, value, source="--set")
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The fully resolved config as nested plain data (what config.toml holds)."""
+    out: dict[str, Any] = {}
+    sections = _section_types()
+    for f in dataclasses.fields(RunConfig):
+        if f.metadata.get("internal"):
+            continue
+        value = getattr(cfg, f.name)
+        if f.name in sections:
+            out[f.name] = dataclasses.asdict(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def resolved(cfg: RunConfig) -> RunConfig:
+    """A copy whose relative model/data paths are made absolute (what a run directory stores)."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.model.path = resolve_path(cfg, cfg.model.path)
+    out.data.train = resolve_path(cfg, cfg.data.train)
+    out.data.eval = resolve_path(cfg, cfg.data.eval)
+    out.ppo.reward_model = resolve_path(cfg, cfg.ppo.reward_model)
+    return out
+
+
+def diff(cfg: RunConfig, base: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ: key -> (base value, new value)."""
+    return {
+        s.key: (get_value(base, s.key), get_value(cfg, s.key))
+        for s in schema()
+        if get_value(base, s.key) != get_value(cfg, s.key)
+    }
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read ({err})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: TOML syntax error: {err}") from None
+
+
+def load_config_file(path: Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    cfg = config_from_dict(load_toml(path), source=str(path), base_dir=str(path.parent.resolve()))
+    return apply_overrides(cfg, overrides or [])
+
+
+def resolve_path(cfg: RunConfig, value: str) -> str:
+    """A relative data or model path in a preset resolves against the preset's folder."""
+    if not value or value.startswith("builtin:"):
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if cfg.base_dir and (Path(cfg.base_dir) / p).exists():
+        return str((Path(cfg.base_dir) / p).resolve())
+    return str(p)
+
+
+__all__ = [
+    "ALGORITHMS",
+    "ConfigError",
+    "FieldSpec",
+    "RunConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "diff",
+    "field_spec",
+    "get_value",
+    "load_config_file",
+    "parse_override",
+    "parse_text_value",
+    "resolve_path",
+    "schema",
+    "set_value",
+    "to_dict",
+]

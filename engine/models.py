@@ -1,0 +1,144 @@
+"""Loading models through mlx-lm and attaching what is trained (LoRA, DoRA or all weights)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from engine.config import RunConfig, resolve_path
+from engine.errors import ModelError
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+REQUIRED_FILES = ("config.json",)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    path: Path
+    adapter_config: dict[str, Any]
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.adapter_config["fine_tune_type"] != "full"
+
+
+def resolve_model_path(spec: str) -> Path | str:
+    """A local folder (checked), a built-in model (built on first use) or a hub repo id."""
+    if not spec:
+        raise ModelError("model.path is empty; give a local mlx-lm folder, a repo id or builtin:tiny-sorter")
+    if spec.startswith("builtin:"):
+        from engine.builtin import builtin_model_path
+
+        return builtin_model_path(spec.split(":", 1)[1])
+    p = Path(spec).expanduser()
+    looks_local = p.is_absolute() or spec.startswith((".", "~")) or p.exists() or spec.count("/") != 1
+    if not looks_local:
+        return spec  # a Hugging Face repo id: mlx-lm downloads (or finds it in the HF cache)
+    if not p.exists():
+        raise ModelError(f"{p}: model folder not found")
+    if not p.is_dir():
+        raise ModelError(f"{p}: expected a model folder (config.json, *.safetensors, tokenizer files), found a file")
+    missing = [f for f in REQUIRED_FILES if not (p / f).exists()]
+    if not list(p.glob("*.safetensors")):
+        missing.append("*.safetensors weights")
+    if not ((p / "tokenizer.json").exists() or (p / "tokenizer.model").exists() or (p / "tokenizer_config.json").exists()):
+        missing.append("tokenizer.json")
+    if missing:
+        raise ModelError(f"{p}: incomplete model folder, missing {', '.join(missing)}")
+    return p
+
+
+def load_base(spec: str, *, trust_remote_code: bool = False) -> tuple[nn.Module, Any, Path]:
+    from mlx_lm.utils import load
+
+    where = resolve_model_path(spec)
+    try:
+        model, tokenizer = load(
+            str(where),
+            tokenizer_config={"trust_remote_code": trust_remote_code},
+            trust_remote_code=trust_remote_code,
+        )
+    except ModelError:
+        raise
+    except Exception as err:  # mlx-lm raises many kinds; the user needs the path and the reason
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(where, str):
+            raise ModelError(f"{where}: cannot load this repo id (offline, or not an mlx-lm model?): {reason}") from None
+        raise ModelError(f"{where}: cannot load model: {reason}") from None
+    path = Path(where) if not isinstance(where, str) else Path(_hub_path(where))
+    return model, tokenizer, path
+
+
+def _hub_path(repo: str) -> str:
+    try:
+        from mlx_lm.utils import hf_repo_to_path
+
+        return str(hf_repo_to_path(repo))
+    except Exception:
+        return repo
+
+
+def adapter_config_for(cfg: RunConfig, num_layers: int) -> dict[str, Any]:
+    layers = num_layers if cfg.model.lora_layers < 0 else min(cfg.model.lora_layers, num_layers)
+    return {
+        "fine_tune_type": cfg.model.adapter,
+        "num_layers": layers,
+        "lora_parameters": {
+            "rank": cfg.model.lora_rank,
+            "scale": cfg.model.lora_scale,
+            "dropout": cfg.model.lora_dropout,
+        },
+    }
+
+
+def attach_trainable(model: nn.Module, adapter_config: dict[str, Any]) -> None:
+    """Freeze the base and add adapters, or unfreeze everything for full fine-tuning."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    kind = adapter_config["fine_tune_type"]
+    if kind == "full":
+        model.unfreeze()
+        return
+    model.freeze()
+    linear_to_lora_layers(
+        model,
+        adapter_config["num_layers"],
+        adapter_config["lora_parameters"],
+        use_dora=(kind == "dora"),
+    )
+
+
+def load_policy(cfg: RunConfig) -> LoadedModel:
+    """The model to train, with adapters attached as the config says."""
+    model, tokenizer, path = load_base(resolve_path(cfg, cfg.model.path), trust_remote_code=cfg.model.trust_remote_code)
+    dtype = DTYPES[cfg.model.dtype]
+    if not _is_quantized(model):
+        model.set_dtype(dtype)
+    elif cfg.model.adapter == "full":
+        raise ModelError(f"{path}: a quantized model can only be trained with model.adapter = 'lora' or 'dora'")
+    acfg = adapter_config_for(cfg, len(model.layers))
+    attach_trainable(model, acfg)
+    return LoadedModel(model, tokenizer, path, acfg)
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+
+
+def trainable_count(model: nn.Module) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+
+
+def write_adapter_config(folder: Path, adapter_config: dict[str, Any], base_path: Path) -> None:
+    data = dict(adapter_config)
+    data["model"] = str(base_path)
+    (folder / "adapter_config.json").write_text(json.dumps(data, indent=2))

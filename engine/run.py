@@ -1,0 +1,426 @@
+"""A training run: the loop in a background thread, pause/cancel, events, checkpoints, resume.
+
+    run = Run(load_preset("tiny-dpo"))
+    run.subscribe(print)          # called on the engine thread with each Event
+    run.start(); run.join()       # or run.run() to train in the calling thread
+    run.summary["status"]         # "completed" | "cancelled" | "failed"
+
+The run never calls UI code; subscribers must return quickly (post a message, put on a
+queue). ``Run.events()`` iterates over events from another thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from engine import events as ev
+from engine.algorithms import Algorithm, TrainContext, algorithm_class
+from engine.config import RunConfig, config_from_dict, load_toml, resolved, to_dict
+from engine.distributed import World, init_world
+from engine.errors import Cancelled, ConfigError, EngineError, RunDirError
+from engine.models import load_policy
+from engine.rundir import RunDirectory
+
+Subscriber = Callable[[ev.Event], None]
+PANEL_KEYS = ("loss", "kl", "reward", "tokens_per_sec")
+
+
+class Run:
+    """One training run. Create it, then ``start()`` (thread) or ``run()`` (blocking)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        out_dir: str | Path | None = None,
+        runs_root: str | Path = "runs",
+        resume_dir: str | Path | None = None,
+        world: World | None = None,
+    ) -> None:
+        self.config = config
+        self._out_dir = Path(out_dir) if out_dir else None
+        self._runs_root = Path(runs_root)
+        self._resume_dir = Path(resume_dir) if resume_dir else None
+        self._world = world
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._unpaused = threading.Event()
+        self._unpaused.set()
+        self._thread: threading.Thread | None = None
+        self.status = "created"  # running | paused | completed | cancelled | failed
+        self.step = 0
+        self.directory: RunDirectory | None = None
+        self.summary: dict[str, Any] = {}
+        self.last_metrics: dict[str, Any] = {}
+        self.last_eval: dict[str, Any] = {}
+        self.algorithm: Algorithm | None = None
+        self.ctx: TrainContext | None = None
+        self._started_at = 0.0
+        self._weights_lock = threading.Lock()  # held while weights change (a step)
+
+    # -------------------------------------------------------------- control (any thread)
+
+    def subscribe(self, fn: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.append(fn)
+
+    def events(self, timeout: float | None = None) -> Iterator[ev.Event]:
+        """Yield events until the run ends. Subscribe before ``start()`` to see them all."""
+        q: queue.Queue[ev.Event] = queue.Queue()
+        self.subscribe(q.put)
+        while True:
+            item = q.get(timeout=timeout)
+            yield item
+            if isinstance(item, ev.TERMINAL_EVENTS):
+                return
+
+    def start(self) -> threading.Thread:
+        if self._thread is not None:
+            raise RuntimeError("run already started")
+        self._thread = threading.Thread(target=self._thread_main, name="rlhf-tui-run", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def _thread_main(self) -> None:
+        try:
+            self.run()
+        finally:
+            # MLX gives each thread its own streams; a thread that ends without
+            # destroying them makes the process abort at exit ("terminate called ...").
+            try:
+                mx.synchronize()
+                mx.clear_streams()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("created", "running", "paused") and (self._thread is None or self._thread.is_alive())
+
+    def pause(self) -> None:
+        if self.status == "running":
+            self._unpaused.clear()
+
+    def resume(self) -> None:
+        self._unpaused.set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._unpaused.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._unpaused.is_set()
+
+    def weights_snapshot(self) -> dict[str, mx.array]:
+        """A copy of the current trainable weights, taken between steps."""
+        with self._weights_lock:
+            params = dict(tree_flatten(self.config_model().trainable_parameters()))
+            copied = {k: mx.array(v) for k, v in params.items()}
+            mx.eval(copied)
+            return copied
+
+    def config_model(self) -> Any:
+        if self.ctx is None:
+            raise RuntimeError("the run has not loaded its model yet")
+        return self.ctx.model
+
+    # -------------------------------------------------------------- engine-thread helpers
+
+    def _emit(self, event: ev.Event) -> None:
+        if self.directory is not None and self._is_main and not isinstance(event, ev.StepMetrics | ev.EvalMetrics):
+            try:
+                if isinstance(event, ev.Sample):
+                    self.directory.append_sample(dataclasses.asdict(event))
+                elif not isinstance(event, ev.PhaseChanged) or event.done in (0, event.total):
+                    self.directory.append_event(event.to_dict())
+            except RunDirError:
+                pass  # a full disk must not stop events reaching the console
+        with self._lock:
+            subs = list(self._subscribers)
+        for fn in subs:
+            try:
+                fn(event)
+            except Exception:  # a broken subscriber must not kill training
+                traceback.print_exc()
+
+    def _check(self) -> None:
+        """Block while paused; raise Cancelled when cancelled. Called between and inside steps."""
+        if self._cancel.is_set():
+            raise Cancelled()
+        if not self._unpaused.is_set():
+            self.status = "paused"
+            self._emit(ev.RunPaused(self.step))
+            while not self._unpaused.wait(0.05):
+                pass
+            if self._cancel.is_set():
+                raise Cancelled()
+            self.status = "running"
+            self._emit(ev.RunResumed(self.step))
+
+    @property
+    def _is_main(self) -> bool:
+        return self._world is None or self._world.is_main
+
+    # -------------------------------------------------------------- the loop
+
+    def run(self) -> dict[str, Any]:
+        """Train in the calling thread; returns the summary. Never raises for run errors."""
+        self.status = "running"
+        self._started_at = time.time()
+        try:
+            self._run()
+            self.status = "completed"
+            self._finish("completed")
+            self._emit(ev.RunFinished(self.summary))
+        except Cancelled:
+            self.status = "cancelled"
+            self._save_checkpoint_safely()
+            self._finish("cancelled")
+            self._emit(ev.RunCancelled(self.summary))
+        except BaseException as err:  # noqa: BLE001 - every failure must reach the user
+            self.status = "failed"
+            message = str(err) if isinstance(err, EngineError) else f"{type(err).__name__}: {err}"
+            self._finish("failed", error=message)
+            self._emit(ev.RunFailed(message, traceback.format_exc(), self.summary, bad_input=isinstance(err, EngineError)))
+            if isinstance(err, KeyboardInterrupt | SystemExit):
+                raise
+        return self.summary
+
+    def _prepare_dir(self) -> None:
+        if self._resume_dir is not None:
+            self.directory = RunDirectory.at(self._resume_dir, must_exist=True)
+        elif not self._is_main:
+            self.directory = RunDirectory(self._out_dir) if self._out_dir else None
+        elif self._out_dir is not None:
+            self.directory = RunDirectory.at(self._out_dir)
+        else:
+            self.directory = RunDirectory.create(self._runs_root, self.config.name)
+        if self.directory is not None and self._is_main:
+            self.directory.write_config(to_dict(resolved(self.config)))
+
+    def _run(self) -> None:
+        cfg = self.config
+        if self._world is None:
+            self._world = init_world()
+        world = self._world
+        if cfg.train.batch_size % world.size:
+            raise ConfigError(f"train.batch_size = {cfg.train.batch_size} must be a multiple of the number of ranks ({world.size})")
+        if cfg.train.memory_limit_gb > 0:
+            mx.set_memory_limit(int(cfg.train.memory_limit_gb * 2**30))
+        mx.random.seed(cfg.train.seed)
+        self._prepare_dir()
+        self._emit(ev.PhaseChanged("loading model", 0, 0))
+        policy = load_policy(cfg)
+        ctx = TrainContext(
+            cfg,
+            policy,
+            world,
+            check=self._check,
+            phase=lambda name, done, total: self._emit(ev.PhaseChanged(name, done, total)),
+            log=lambda text: self._emit(ev.LogLine(text)),
+            alert=lambda text: self._emit(ev.Alert(self.step, text)),
+            sample=lambda **kw: self._emit(ev.Sample(step=self.step, **kw)),
+        )
+        self.ctx = ctx
+        algo = algorithm_class(cfg.algorithm)(ctx)
+        self.algorithm = algo
+        saved = self.directory.load_run_arrays() if self._resume_dir and self.directory else {}
+        algo.setup(saved)
+        if self.directory is not None and self._is_main and not saved:
+            self.directory.save_run_arrays(algo.run_arrays())
+        ctx.trainable = algo.trainable_module()
+        ctx.build_optimizer()
+        start_step = self._restore() if self._resume_dir else 0
+        self.step = start_step
+        ctx.step = start_step
+        self._emit(
+            ev.RunStarted(
+                run_id=self.directory.id if self.directory else "",
+                run_dir=str(self.directory.path) if self.directory else "",
+                algorithm=cfg.algorithm,
+                total_steps=cfg.train.max_steps,
+                start_step=start_step,
+                world_size=world.size,
+                config=to_dict(cfg),
+            )
+        )
+        from engine.models import trainable_count
+
+        self._emit(ev.LogLine(f"{cfg.algorithm} on {policy.path.name}: {trainable_count(ctx.trainable):,} trainable parameters ({cfg.model.adapter}), world size {world.size}"))
+        t = cfg.train
+        elapsed_before = float(self._resumed_state.get("elapsed_s", 0.0)) if self._resume_dir else 0.0
+        run_t0 = time.time() - elapsed_before
+        for step in range(start_step + 1, t.max_steps + 1):
+            self._check()
+            ctx.step = step
+            t0 = time.perf_counter()
+            with self._weights_lock:
+                metrics = algo.train_step(step)
+            dt = time.perf_counter() - t0
+            self.step = step
+            num_tokens = float(metrics.pop("num_tokens", 0.0)) * world.size
+            metrics["tokens_per_sec"] = num_tokens / dt if dt > 0 else 0.0
+            metrics = {k: v for k, v in world.mean({k: v for k, v in metrics.items() if v is not None}).items()} | {
+                k: None for k, v in metrics.items() if v is None
+            }
+            row: dict[str, Any] = {
+                "step": step,
+                "elapsed_s": round(time.time() - run_t0, 4),
+                "learning_rate": ctx.learning_rate,
+                **{k: metrics.get(k) for k in PANEL_KEYS},
+                **metrics,
+                "step_time_s": dt,
+                "memory_active_gb": mx.get_active_memory() / 2**30,
+                "memory_peak_gb": mx.get_peak_memory() / 2**30,
+            }
+            self.last_metrics = row
+            if step % t.log_every == 0 or step == t.max_steps:
+                if self.directory is not None and self._is_main:
+                    self.directory.append_metrics(row)
+                self._emit(ev.StepMetrics(step, row))
+            if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
+                self._evaluate(step, run_t0)
+            if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
+                self._save_checkpoint(step, run_t0)
+        self._elapsed = time.time() - run_t0
+
+    def _evaluate(self, step: int, run_t0: float) -> None:
+        assert self.algorithm is not None and self._world is not None
+        self._emit(ev.PhaseChanged("evaluating", 0, 0))
+        raw = self.algorithm.evaluate()
+        if not raw:
+            return
+        raw = self._world.mean(raw)
+        row = {"step": step, "elapsed_s": round(time.time() - run_t0, 4), **{f"eval/{k}": v for k, v in raw.items()}}
+        self.last_eval = row
+        if self.directory is not None and self._is_main:
+            self.directory.append_metrics(row)
+        self._emit(ev.EvalMetrics(step, row))
+
+    # -------------------------------------------------------------- checkpoints
+
+    def _trainer_state(self, step: int) -> dict[str, Any]:
+        assert self.algorithm is not None
+        return {
+            "step": step,
+            "algorithm": self.algorithm.state_dict(),
+            "elapsed_s": time.time() - self._started_at + float(getattr(self, "_resumed_state", {}).get("elapsed_s", 0.0)),
+            "rng": [a.tolist() for a in mx.random.state],
+            "world_size": self._world.size if self._world else 1,
+            "time": time.time(),
+        }
+
+    def _save_checkpoint(self, step: int, run_t0: float | None = None) -> None:
+        if self.directory is None or not self._is_main or self.ctx is None or self.algorithm is None:
+            return
+        ctx = self.ctx
+        adapters = dict(tree_flatten(ctx.model.trainable_parameters()))
+        opt_state = dict(tree_flatten(ctx.optimizer.state)) if ctx.optimizer is not None else {}
+        acfg = dict(ctx.policy.adapter_config)
+        acfg["model"] = str(ctx.policy.path)
+        path = self.directory.save_checkpoint(
+            step,
+            adapters=adapters,
+            adapter_config=acfg,
+            optimizer=opt_state,
+            extra=self.algorithm.extra_arrays(),
+            trainer_state=self._trainer_state(step),
+            keep=3,
+        )
+        self._last_checkpoint = step
+        self._emit(ev.CheckpointSaved(step, str(path)))
+
+    def _save_checkpoint_safely(self) -> None:
+        """On cancel: checkpoint the last completed step unless it already is one."""
+        if self.step <= 0 or getattr(self, "_last_checkpoint", -1) == self.step:
+            return
+        try:
+            self._save_checkpoint(self.step)
+        except Exception as err:  # noqa: BLE001
+            self._emit(ev.Alert(self.step, f"could not write the cancel checkpoint: {err}"))
+
+    _resumed_state: dict[str, Any] = {}
+
+    def _restore(self) -> int:
+        """Load the latest complete checkpoint of the resume directory; return its step."""
+        assert self.directory is not None and self.ctx is not None and self.algorithm is not None
+        latest = self.directory.latest_checkpoint()
+        if latest is None:
+            raise RunDirError(f"{self.directory.path}: no complete checkpoint to resume from")
+        step, path = latest
+        ctx = self.ctx
+        weights = mx.load(str(path / "adapters.safetensors"))
+        ctx.model.load_weights(list(weights.items()), strict=False)
+        opt_file = path / "optimizer.safetensors"
+        if opt_file.exists() and ctx.optimizer is not None:
+            ctx.optimizer.init(ctx.trainable.trainable_parameters())
+            ctx.optimizer.state = tree_unflatten(list(mx.load(str(opt_file)).items()))
+        extra_file = path / "extra.safetensors"
+        if extra_file.exists():
+            self.algorithm.load_extra_arrays(dict(mx.load(str(extra_file))))
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.algorithm.load_state_dict(state.get("algorithm", {}))
+        if state.get("rng"):
+            mx.random.state[0] = mx.array(state["rng"][0], dtype=mx.uint32)
+        mx.eval(ctx.model.parameters(), ctx.optimizer.state if ctx.optimizer else [])
+        self._resumed_state = state
+        self._last_checkpoint = step
+        if self._is_main:
+            self.directory.trim_metrics_after(step)
+        self._emit(ev.LogLine(f"resumed from {path} (step {step})"))
+        return step
+
+    # -------------------------------------------------------------- summary
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        final = {k: v for k, v in self.last_metrics.items() if k != "step"}
+        self.summary = {
+            "status": status,
+            "steps": self.step,
+            "max_steps": self.config.train.max_steps,
+            "world_size": self._world.size if self._world else 1,
+            "algorithm": self.config.algorithm,
+            "preset": self.config.name,
+            "run_dir": str(self.directory.path) if self.directory else "",
+            "elapsed_s": round(time.time() - self._started_at, 3),
+            "final_metrics": final,
+            "final_eval": {k: v for k, v in self.last_eval.items() if k.startswith("eval/")},
+            "last_checkpoint": getattr(self, "_last_checkpoint", None),
+            "skipped_steps": self.ctx.skipped_steps if self.ctx else 0,
+        }
+        if error is not None:
+            self.summary["error"] = error
+        if self.directory is not None and self._is_main:
+            try:
+                self.directory.write_summary(self.summary)
+            except RunDirError as err:
+                self.summary.setdefault("error", str(err))
+
+
+def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
+    """A Run that continues ``run_dir`` from its last checkpoint (config from its config.toml)."""
+    from engine.config import apply_overrides
+
+    directory = RunDirectory.at(run_dir, must_exist=True)
+    if not directory.config_path.exists():
+        raise RunDirError(f"{directory.path}: not a run directory (no config.toml)")
+    cfg = config_from_dict(load_toml(directory.config_path), source=str(directory.config_path))
+    cfg = apply_overrides(cfg, overrides or [])
+    return Run(cfg, resume_dir=directory.path)

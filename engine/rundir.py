@@ -1,0 +1,330 @@
+"""The run directory: everything a run writes, written so a crash never leaves it torn.
+
+Layout of ``runs/<id>/``::
+
+    config.toml              fully resolved config
+    metrics.jsonl            one JSON object per logged step (eval rows carry eval/ keys)
+    events.log               one JSON object per event (logs, alerts, checkpoints, status)
+    samples.jsonl            PPO/GRPO samples
+    summary.json             status, steps, world_size, final metrics, error
+    reference.safetensors    arrays fixed for the whole run (cached reference log-probs)
+    adapters.safetensors     latest adapters/weights in mlx-lm's format, with
+    adapter_config.json      ... so `mlx_lm.generate --adapter-path runs/<id>` works
+    checkpoints/step-000050/ adapters.safetensors, adapter_config.json, optimizer.safetensors,
+                             extra.safetensors, trainer_state.json
+
+Files are replaced atomically (write a temp file, fsync, rename); a checkpoint folder is
+complete once it is renamed into place. ``metrics.jsonl`` lines are appended with a
+single write each, and readers skip a trailing partial line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import RunDirError
+
+CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A run-id prefix that cannot escape the runs folder."""
+    cleaned = SAFE_NAME_RE.sub("-", name).strip(".-") or "run"
+    return cleaned[:64]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise RunDirError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file, skipping a torn final line and any undecodable line."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, "rb") as fh:
+        data = fh.read()
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+class JsonlTail:
+    """Reads rows appended to a JSONL file since the last call (for following a live run)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.buffer = b""
+
+    def read_new(self) -> list[dict[str, Any]]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size < self.offset:  # rewritten (resume trims rows): start again
+            self.offset, self.buffer = 0, b""
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read(size - self.offset)
+        self.offset = size
+        data = self.buffer + chunk
+        lines = data.split(b"\n")
+        self.buffer = lines.pop()  # incomplete tail, if any
+        rows = []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(obj, dict):
+                rows.append(obj)
+        return rows
+
+
+class RunDirectory:
+    """A run's folder on disk; only rank 0 writes it."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    # -------------------------------------------------------------- creation
+
+    @classmethod
+    def create(cls, root: Path | str, name: str) -> RunDirectory:
+        root = Path(root)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = f"{safe_name(name)}-{stamp}"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for n in range(1000):
+                candidate = root / (base if n == 0 else f"{base}-{n}")
+                try:
+                    candidate.mkdir()
+                    return cls(candidate)
+                except FileExistsError:
+                    continue
+        except OSError as err:
+            raise RunDirError(f"{root}: cannot create a run directory ({err.strerror or err})") from None
+        raise RunDirError(f"{root}: too many runs named {base}")
+
+    @classmethod
+    def at(cls, path: Path | str, *, must_exist: bool = False) -> RunDirectory:
+        p = Path(path).expanduser()
+        if must_exist and not p.is_dir():
+            raise RunDirError(f"{p}: run directory not found")
+        if not must_exist:
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise RunDirError(f"{p}: cannot create the output directory ({err.strerror or err})") from None
+            if not os.access(p, os.W_OK):
+                raise RunDirError(f"{p}: output directory is not writable")
+        return cls(p)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    # -------------------------------------------------------------- files
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.log"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.path / "samples.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def write_config(self, config_dict: dict[str, Any]) -> None:
+        import tomli_w
+
+        atomic_write_text(self.config_path, tomli_w.dumps(config_dict))
+
+    def _append(self, path: Path, obj: dict[str, Any]) -> None:
+        line = (json.dumps(obj, allow_nan=False, default=_jsonable) + "\n").encode("utf-8")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)  # one write per line: readers never see half a row
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise RunDirError(f"{path}: cannot append ({err.strerror or err})") from None
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        self._append(self.metrics_path, _finite(row))
+
+    def append_event(self, event: dict[str, Any]) -> None:
+        self._append(self.events_path, _finite(event))
+
+    def append_sample(self, sample: dict[str, Any]) -> None:
+        self._append(self.samples_path, _finite(sample))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path)
+
+    def read_events(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.events_path)
+
+    def trim_metrics_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (a resumed run logs them again)."""
+        rows = [r for r in self.read_metrics() if int(r.get("step", 0)) <= step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.summary_path, json.dumps(_finite(summary), indent=2, default=_jsonable) + "\n")
+
+    def read_summary(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.summary_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    # -------------------------------------------------------------- checkpoints
+
+    def checkpoint_dirs(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = []
+        for child in self.checkpoints.iterdir():
+            m = CHECKPOINT_RE.match(child.name)
+            if m and (child / "trainer_state.json").exists():
+                found.append((int(m.group(1)), child))
+        return sorted(found)
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        dirs = self.checkpoint_dirs()
+        return dirs[-1] if dirs else None
+
+    def save_checkpoint(
+        self,
+        step: int,
+        *,
+        adapters: dict[str, Any],
+        adapter_config: dict[str, Any],
+        optimizer: dict[str, Any],
+        extra: dict[str, Any],
+        trainer_state: dict[str, Any],
+        keep: int = 0,
+    ) -> Path:
+        """Write checkpoint ``step`` atomically and copy its adapters to the run root."""
+        import mlx.core as mx
+
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        final = self.checkpoints / f"step-{step:06d}"
+        tmp = self.checkpoints / f".tmp-step-{step:06d}-{os.getpid()}"
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            mx.save_safetensors(str(tmp / "adapters.safetensors"), adapters)
+            (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+            if optimizer:
+                mx.save_safetensors(str(tmp / "optimizer.safetensors"), optimizer)
+            if extra:
+                mx.save_safetensors(str(tmp / "extra.safetensors"), extra)
+            # trainer_state.json last: its presence marks the checkpoint complete
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=_jsonable))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            # the run root mirrors the latest adapters for mlx_lm --adapter-path
+            for name in ("adapters.safetensors", "adapter_config.json"):
+                atomic_write_bytes(self.path / name, (final / name).read_bytes())
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RunDirError(f"{final}: cannot write checkpoint ({err.strerror or err}); earlier checkpoints are intact") from None
+        if keep > 0:
+            for _, old in self.checkpoint_dirs()[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def save_run_arrays(self, arrays: dict[str, Any]) -> None:
+        import mlx.core as mx
+
+        if not arrays:
+            return
+        tmp = self.path / ".reference.tmp.safetensors"
+        try:
+            mx.save_safetensors(str(tmp), arrays)
+            os.replace(tmp, self.path / "reference.safetensors")
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise RunDirError(f"{self.path / 'reference.safetensors'}: cannot write ({err.strerror or err})") from None
+
+    def load_run_arrays(self) -> dict[str, Any]:
+        import mlx.core as mx
+
+        p = self.path / "reference.safetensors"
+        return dict(mx.load(str(p))) if p.exists() else {}
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf become null so every line is strict JSON."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,288 @@
+"""Command line: the console (default), and headless ``run``, ``resume``, ``monitor``, ``presets``.
+
+    rlhf-tui [PRESET] [--start] [--set key=value ...]
+    rlhf-tui run PRESET [--set key=value ...] [--out DIR] [--runs-root DIR] [--debug]
+    rlhf-tui resume RUN_DIR [--set train.max_steps=N]
+    rlhf-tui monitor RUN_DIR
+    rlhf-tui presets
+
+Bad input gives one line on stderr and exit code 2 (no traceback unless ``--debug``);
+Ctrl-C during a headless run checkpoints and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+SUBCOMMANDS = ("run", "resume", "monitor", "presets")
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_CANCELLED = 130
+
+
+def _app_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rlhf-tui",
+        description="A terminal console for preference tuning on MLX. "
+        "Subcommands: run PRESET | resume RUN_DIR | monitor RUN_DIR | presets (see 'rlhf-tui run --help').",
+    )
+    p.add_argument("preset", nargs="?", default=None, help="preset name or .toml path (default: tiny-dpo)")
+    p.add_argument("--start", action="store_true", help="start training at once, in the run monitor")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.max_steps=50")
+    p.add_argument("--runs-root", default="runs", help="where runs are written (default: ./runs)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _sub_parser(cmd: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"rlhf-tui {cmd}")
+    if cmd == "run":
+        p.add_argument("preset", help="preset name (see 'rlhf-tui presets') or path to a .toml file")
+        p.add_argument("--out", default=None, help="run directory (default: RUNS_ROOT/<preset>-<time>)")
+        p.add_argument("--runs-root", default="runs", help="folder for new run directories (default: ./runs)")
+    elif cmd == "resume":
+        p.add_argument("run_dir", help="a run directory written by an earlier run")
+    elif cmd == "monitor":
+        p.add_argument("run_dir", help="a run directory another process is writing")
+    if cmd in ("run", "resume"):
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        p.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in ("-h", "--help") for a in argv):
+        from engine.blas import reexec_with_fast_blas
+
+        reexec_with_fast_blas(["-m", "rlhf_tui", *argv])
+    if argv and argv[0] in SUBCOMMANDS:
+        cmd = argv[0]
+        args = _sub_parser(cmd).parse_args(argv[1:])
+    else:
+        cmd = "app"
+        args = _app_parser().parse_args(argv)
+    try:
+        if cmd == "run":
+            return _cmd_run(args)
+        if cmd == "resume":
+            return _cmd_resume(args)
+        if cmd == "presets":
+            return _cmd_presets()
+        if cmd == "monitor":
+            return _cmd_monitor(args)
+        return _cmd_app(args)
+    except Exception as err:  # noqa: BLE001
+        from engine.errors import EngineError
+
+        if args.debug or not isinstance(err, EngineError):
+            if not isinstance(err, EngineError):
+                import traceback
+
+                traceback.print_exc()
+                return EXIT_FAILED
+            raise
+        print(f"rlhf-tui: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+# ------------------------------------------------------------------ headless runs
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from engine.presets import load_preset
+    from engine.run import Run
+
+    cfg = load_preset(args.preset, args.overrides)
+    return _drive(Run(cfg, out_dir=args.out, runs_root=args.runs_root), args)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from engine.run import resume_run
+
+    return _drive(resume_run(args.run_dir, args.overrides), args)
+
+
+def _drive(run: Any, args: argparse.Namespace) -> int:
+    """Train in a thread, print progress, turn Ctrl-C/SIGINT into a clean cancel."""
+    from engine.blas import blas_hint
+
+    printer = ProgressPrinter(quiet=args.quiet)
+    run.subscribe(printer)
+    hint = blas_hint()
+    if hint and not args.quiet:
+        print(f"note: {hint}", file=sys.stderr)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if run.status == "cancelled" or getattr(run, "_cancel").is_set():
+            raise KeyboardInterrupt
+        print("\ncancelling after this step (Ctrl-C again to abort without a checkpoint)...", file=sys.stderr)
+        run.cancel()
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    old_term = signal.signal(signal.SIGTERM, on_sigint)
+    try:
+        run.start()
+        while run._thread is not None and run._thread.is_alive():
+            run.join(0.2)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
+    summary = run.summary
+    printer.finish()
+    status = summary.get("status")
+    if status == "failed":
+        if args.debug and printer.traceback:
+            print(printer.traceback, file=sys.stderr)
+        print(f"rlhf-tui: error: {summary.get('error')}", file=sys.stderr)
+        if summary.get("run_dir"):
+            print(f"run directory: {summary['run_dir']} (last checkpoint: step {summary.get('last_checkpoint')})", file=sys.stderr)
+        return EXIT_BAD_INPUT if printer.bad_input else EXIT_FAILED
+    return EXIT_CANCELLED if status == "cancelled" else 0
+
+
+class ProgressPrinter:
+    """Events -> terminal: one live line on a TTY, plain lines otherwise."""
+
+    def __init__(self, quiet: bool = False, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.quiet = quiet
+        self.total = 0
+        self.start_step = 0
+        self.t0 = time.time()
+        self.last_print = 0.0
+        self.traceback = ""
+        self.bad_input = False
+        self.lock = threading.Lock()
+        self.live = False
+        self.last_eval = ""
+
+    def _line(self, text: str) -> None:
+        with self.lock:
+            if self.live:
+                self.stream.write("\r\033[K")
+                self.live = False
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def _live(self, text: str) -> None:
+        with self.lock:
+            self.stream.write("\r\033[K" + text[:200])
+            self.stream.flush()
+            self.live = True
+
+    def __call__(self, e: Any) -> None:
+        from engine import events as ev
+
+        if isinstance(e, ev.RunFailed):
+            self.traceback = e.traceback
+            self.bad_input = e.bad_input
+            return
+        if self.quiet:
+            if isinstance(e, ev.RunFinished | ev.RunCancelled):
+                self._line(_summary_line(e.summary))
+            return
+        if isinstance(e, ev.RunStarted):
+            self.total, self.start_step, self.t0 = e.total_steps, e.start_step, time.time()
+            self._line(f"run {e.run_id}: {e.algorithm}, {e.total_steps} steps, world size {e.world_size} -> {e.run_dir}")
+        elif isinstance(e, ev.StepMetrics):
+            m = e.metrics
+            done = e.step - self.start_step
+            rate = (time.time() - self.t0) / max(done, 1)
+            eta = rate * (self.total - e.step)
+            text = f"step {e.step:>5}/{self.total}  loss {_f(m.get('loss'))}  kl {_f(m.get('kl'))}  reward {_f(m.get('reward'))}  {_f(m.get('tokens_per_sec'), 0)} tok/s  ETA {_dur(eta)}{self.last_eval}"
+            if self.tty:
+                self._live(text)
+            elif time.time() - self.last_print >= 2.0 or e.step == self.total:
+                self.last_print = time.time()
+                self._line(text)
+        elif isinstance(e, ev.EvalMetrics):
+            key = next((k for k in ("eval/rewards/accuracies", "eval/accuracy", "eval/reward") if k in e.metrics), None)
+            if key:
+                self.last_eval = f"  {key} {_f(e.metrics[key])}"
+                self._line(f"eval at step {e.step}: " + "  ".join(f"{k} {_f(v)}" for k, v in e.metrics.items() if k.startswith("eval/") and k.count("/") <= 2 and v is not None))
+        elif isinstance(e, ev.LogLine | ev.Alert):
+            prefix = "ALERT: " if isinstance(e, ev.Alert) else ""
+            self._line(prefix + e.text)
+        elif isinstance(e, ev.CheckpointSaved):
+            self._line(f"checkpoint: {e.path}")
+        elif isinstance(e, ev.PhaseChanged) and self.tty and e.total:
+            self._live(f"{e.phase}: {e.done}/{e.total}")
+        elif isinstance(e, ev.RunFinished | ev.RunCancelled):
+            self._line(_summary_line(e.summary))
+
+    def finish(self) -> None:
+        with self.lock:
+            if self.live:
+                self.stream.write("\n")
+                self.live = False
+            self.stream.flush()
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    ev_ = s.get("final_eval") or {}
+    extra = "".join(f"  {k} {_f(v)}" for k, v in ev_.items() if k in ("eval/rewards/accuracies", "eval/accuracy", "eval/reward", "eval/loss"))
+    return f"{s.get('status')}: {s.get('steps')} steps in {_dur(s.get('elapsed_s', 0))}{extra} -> {s.get('run_dir')}"
+
+
+def _f(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    try:
+        return f"{float(v):.{digits}f}" if digits else f"{float(v):,.0f}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _dur(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+# ------------------------------------------------------------------ other commands
+
+
+def _cmd_presets() -> int:
+    from engine.presets import list_presets
+
+    rows = list_presets()
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        kind = "built-in" if r.builtin else "user"
+        if r.error:
+            print(f"{r.name:<{width}}  {kind:<8}  BROKEN: {r.error}")
+        else:
+            print(f"{r.name:<{width}}  {kind:<8}  {r.algorithm:<6}  {r.model}  {r.description}")
+    return 0
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from engine.presets import DEFAULT_PRESET, load_preset
+
+    preset = args.preset or DEFAULT_PRESET
+    load_preset(preset, args.overrides)  # bad input fails here with one line, before the UI
+    from rlhf_tui.app import run_app
+
+    return run_app(preset=preset, start=args.start, overrides=args.overrides, runs_root=args.runs_root)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from engine.rundir import RunDirectory
+
+    RunDirectory.at(args.run_dir, must_exist=True)
+    from rlhf_tui.app import run_monitor
+
+    return run_monitor(args.run_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
