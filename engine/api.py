@@ -1,0 +1,292 @@
+"""Conveniences for driving the engine from scripts and notebooks.
+
+Everything here is built on the same pieces the console and the CLI use (``Run``, its
+events and its run directory), so a script produces the same run directory and metrics
+as the console would.
+
+    import engine
+    run = engine.train("tiny-dpo", overrides=["train.max_steps=50"], out_dir="runs/dpo")
+    rows = engine.read_metrics(run.directory.path)
+
+Also here: loading a trained run back as an mlx-lm ``(model, tokenizer)`` pair, and
+scoring preference pairs with a run's policy against its base (reference) model.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from engine.config import RunConfig
+from engine.errors import RunDirError
+
+if TYPE_CHECKING:
+    from engine.events import Event
+    from engine.run import Run
+
+
+def use_fast_blas() -> None:
+    """On Linux CPUs, restart this script once with OpenBLAS preloaded (about 30x faster training).
+
+    Call it first thing in a script (``python my_script.py ...``); it does nothing on macOS,
+    when OpenBLAS is not installed (``apt-get install libopenblas0-pthread``), when it is
+    already loaded, in notebooks and other non-script processes, or with
+    ``RLHF_TUI_NO_FAST_BLAS=1``. The ``rlhf-tui`` command does this by itself.
+    """
+    import sys
+
+    from engine.blas import reexec_with_fast_blas
+
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.suffix != ".py" or not script.is_file():
+        return
+    reexec_with_fast_blas(list(sys.argv))
+
+
+def _as_config(config: RunConfig | str | Path, overrides: list[str] | None) -> RunConfig:
+    from engine.config import apply_overrides
+    from engine.presets import load_preset
+
+    if isinstance(config, RunConfig):
+        return apply_overrides(config, list(overrides or []))
+    return load_preset(str(config), list(overrides or []))
+
+
+def train(
+    config: RunConfig | str | Path = "tiny-dpo",
+    *,
+    overrides: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    on_event: Callable[[Event], None] | None = None,
+) -> Run:
+    """Train to the end and return the finished :class:`~engine.run.Run` (TRL's ``.train()``).
+
+    ``config`` is a :class:`RunConfig`, a preset name or a preset path; ``overrides`` are
+    ``"key=value"`` strings as on the command line. ``on_event`` is called on the training
+    thread with every event and must return quickly. Ctrl-C (KeyboardInterrupt) cancels the
+    run cleanly, after a checkpoint, and is then raised again.
+
+    The returned run's ``status`` is ``"completed"``, ``"cancelled"`` or ``"failed"``;
+    ``summary`` holds the final metrics (and ``error`` when it failed); ``directory`` is
+    its :class:`~engine.rundir.RunDirectory`. Failures are reported there, not raised.
+    """
+    from engine.run import Run
+
+    run = Run(_as_config(config, overrides), out_dir=out_dir, runs_root=runs_root)
+    if on_event is not None:
+        run.subscribe(on_event)
+    run.start()
+    try:
+        while run.running:
+            run.join(0.2)
+    except KeyboardInterrupt:
+        run.cancel()
+        run.join()
+        raise
+    run.join()
+    return run
+
+
+def stream(run: Run, *, start: bool = True, timeout: float | None = None) -> Iterator[Event]:
+    """Start ``run`` in a background thread and yield its events until it ends.
+
+    The last event is ``RunFinished``, ``RunCancelled`` or ``RunFailed``. Leaving the loop
+    early (``break``, an exception) cancels the run and waits for its cancel checkpoint.
+    ``timeout`` (seconds) raises ``queue.Empty`` when no event arrives for that long.
+    Pass ``start=False`` when the run was started already (events before this call are lost).
+    """
+    from engine.events import TERMINAL_EVENTS
+
+    q: queue.Queue[Event] = queue.Queue()
+    run.subscribe(q.put)  # before start(): no event is missed
+    if start:
+        run.start()
+    return _drain(run, q, timeout, TERMINAL_EVENTS)
+
+
+def _drain(run: Run, q: queue.Queue[Event], timeout: float | None, terminal: tuple[type, ...]) -> Iterator[Event]:
+    finished = False
+    try:
+        while True:
+            event = q.get(timeout=timeout)
+            if isinstance(event, terminal):
+                finished = True
+            yield event
+            if finished:
+                break
+    finally:
+        if not finished:
+            run.cancel()
+            run.join()
+        else:
+            run.join()
+
+
+MetricsKind = Literal["train", "eval", "all"]
+
+
+def read_metrics(run_dir: str | Path, kind: MetricsKind = "train") -> list[dict[str, Any]]:
+    """Rows of a run's ``metrics.jsonl``: training rows (default), ``eval`` rows, or ``all``.
+
+    Training rows hold ``step``, ``loss``, ``kl``, ``reward``, ``tokens_per_sec``,
+    ``learning_rate``, ``grad_norm`` and the algorithm's TRL-named extras; evaluation rows
+    hold ``step``, ``elapsed_s`` and ``eval/<name>`` keys. Values may be ``None``
+    (e.g. SFT's ``kl``). Works while the run is still writing (a torn last line is skipped).
+    """
+    from engine.rundir import RunDirectory
+
+    rows = RunDirectory.at(run_dir, must_exist=True).read_metrics()
+    if kind == "all":
+        return rows
+    is_eval = [any(k.startswith("eval/") for k in r) for r in rows]
+    if kind == "eval":
+        return [r for r, e in zip(rows, is_eval, strict=True) if e]
+    if kind == "train":
+        return [r for r, e in zip(rows, is_eval, strict=True) if not e]
+    raise ValueError(f"kind must be 'train', 'eval' or 'all', not {kind!r}")
+
+
+# ---------------------------------------------------------------- trained models
+
+
+def run_config(run_dir: str | Path) -> RunConfig:
+    """The fully resolved config a run directory was trained with (its ``config.toml``)."""
+    from engine.config import config_from_dict, load_toml
+
+    path = Path(run_dir).expanduser() / "config.toml"
+    if not path.exists():
+        raise RunDirError(f"{Path(run_dir)}: not a run directory (no config.toml)")
+    return config_from_dict(load_toml(path), source=str(path))
+
+
+def adapter_path(run_dir: str | Path, step: int | None = None) -> Path:
+    """The folder mlx-lm's ``--adapter-path`` takes: the run itself (latest) or checkpoint ``step``."""
+    from engine.rundir import RunDirectory
+
+    directory = RunDirectory.at(run_dir, must_exist=True)
+    if step is None:
+        if (directory.path / "adapters.safetensors").exists():
+            return directory.path
+        latest = directory.latest_checkpoint()
+        if latest is None:
+            raise RunDirError(f"{directory.path}: no adapters yet (no checkpoint has been written)")
+        return latest[1]
+    for s, path in directory.checkpoint_dirs():
+        if s == step:
+            return path
+    have = ", ".join(str(s) for s, _ in directory.checkpoint_dirs()) or "none"
+    raise RunDirError(f"{directory.path}: no checkpoint for step {step} (checkpoints: {have})")
+
+
+def base_model_path(run_dir: str | Path) -> str:
+    """The base model of a run as mlx-lm's ``--model`` takes it (built-in models are built if missing)."""
+    from engine.models import resolve_model_path
+
+    return str(resolve_model_path(run_config(run_dir).model.path))
+
+
+def load_trained(run_dir: str | Path, step: int | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a trained run, loaded by mlx-lm exactly as
+    ``mlx_lm.load(base, adapter_path=run_dir)`` does (latest weights, or checkpoint ``step``)."""
+    from mlx_lm import load
+
+    return load(base_model_path(run_dir), adapter_path=str(adapter_path(run_dir, step)))
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """One preference pair scored by a trained policy and its reference (the base model).
+
+    Log-probs are summed over answer tokens (the prompt is masked), as DPO uses them.
+    ``chosen_reward = beta * (policy_chosen - ref_chosen)`` and likewise for rejected;
+    ``margin = chosen_reward - rejected_reward`` is the implicit reward margin (> 0: the
+    policy prefers the chosen answer more than the reference did).
+    """
+
+    where: str
+    prompt: str
+    chosen: str
+    rejected: str
+    policy_chosen: float
+    policy_rejected: float
+    ref_chosen: float
+    ref_rejected: float
+    beta: float
+
+    @property
+    def chosen_reward(self) -> float:
+        return self.beta * (self.policy_chosen - self.ref_chosen)
+
+    @property
+    def rejected_reward(self) -> float:
+        return self.beta * (self.policy_rejected - self.ref_rejected)
+
+    @property
+    def margin(self) -> float:
+        return self.chosen_reward - self.rejected_reward
+
+    @property
+    def policy_prefers_chosen(self) -> bool:
+        return self.policy_chosen > self.policy_rejected
+
+
+def score_pairs(
+    run_dir: str | Path,
+    data: str | Path,
+    *,
+    step: int | None = None,
+    beta: float | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+) -> list[PairScore]:
+    """Score every pair of a preference file with a run's policy and its base model.
+
+    ``data`` is any preference file or folder the engine reads (see docs/data.md); ``step``
+    picks a checkpoint (default: the latest weights); ``beta`` defaults to the run's
+    ``dpo.beta``. The reference is the run's base model, loaded separately (two copies
+    of the weights are held while scoring).
+    """
+    from mlx_lm import load
+
+    from engine.data import load_pairs
+
+    cfg = run_config(run_dir)
+    model, tokenizer = load_trained(run_dir, step)
+    ref_model, _ = load(base_model_path(run_dir))
+    pairs = load_pairs(str(data), tokenizer, cfg.model.max_length, "train")
+    if limit is not None:
+        pairs = pairs[:limit]
+    policy = _pair_logps(model, pairs, batch_size)
+    del model
+    ref = _pair_logps(ref_model, pairs, batch_size)
+    b = cfg.dpo.beta if beta is None else beta
+    return [
+        PairScore(p.where, p.prompt, p.chosen, p.rejected, pc, pr, rc, rr, b)
+        for p, (pc, pr), (rc, rr) in zip(pairs, policy, ref, strict=True)
+    ]
+
+
+def _pair_logps(model: Any, pairs: list[Any], batch_size: int) -> list[tuple[float, float]]:
+    import mlx.core as mx
+
+    from engine.batching import collate
+    from engine.logprobs import sequence_logprobs
+
+    out: list[tuple[float, float]] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        rows = [(p.prompt_ids, p.chosen_ids) for p in chunk] + [(p.prompt_ids, p.rejected_ids) for p in chunk]
+        batch = collate(rows)
+        logps = sequence_logprobs(model, batch.tokens, batch.mask)
+        mx.eval(logps)
+        values = logps.tolist()
+        n = len(chunk)
+        out.extend(zip(values[:n], values[n:], strict=True))
+    if any(not math.isfinite(v) for pair in out for v in pair):
+        raise RunDirError("scoring produced non-finite log-probs (are these weights trained to NaN?)")
+    return out
