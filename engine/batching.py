@@ -89,3 +89,41 @@ def collate(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0
         num_tokens=sum(lengths),
         completion_tokens=sum(len(c) for _, c in rows),
     )
+
+
+@dataclass
+class SharedPromptBatch:
+    """Preference pairs laid out to run each prompt once (see ``logprobs.shared_prompt_logprobs``).
+
+    ``prompts`` [N, P] left-padded; ``answers`` [2N, C] chosen rows then rejected rows,
+    right-padded; ``mask`` [2N, C] marks real answer tokens. ``P`` and ``C`` are bucketed.
+    """
+
+    prompts: mx.array
+    prompt_pad: mx.array
+    answers: mx.array
+    mask: mx.array
+    num_tokens: int  # tokens of the pairs as plain rows (prompt counted with each answer)
+    completion_tokens: int
+
+
+def collate_shared(
+    prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int = 0, bucket: int = BUCKET
+) -> SharedPromptBatch:
+    """``answers`` holds ``k * len(prompts)`` rows; row ``j`` answers prompt ``j % len(prompts)``."""
+    n = len(prompts)
+    if n == 0 or len(answers) % n or any(len(p) == 0 for p in prompts) or any(len(a) == 0 for a in answers):
+        raise ValueError("shared-prompt batches need non-empty prompts and answers, a whole number of answers per prompt")
+    p_width = bucket_length(max(len(p) for p in prompts), bucket)
+    c_width = bucket_length(max(len(a) for a in answers), bucket)
+    prompt_rows = [[pad_id] * (p_width - len(p)) + list(p) for p in prompts]
+    answer_rows = [list(a) + [pad_id] * (c_width - len(a)) for a in answers]
+    mask = [[1.0] * len(a) + [0.0] * (c_width - len(a)) for a in answers]
+    return SharedPromptBatch(
+        prompts=mx.array(prompt_rows, dtype=mx.int32),
+        prompt_pad=mx.array([p_width - len(p) for p in prompts], dtype=mx.int32),
+        answers=mx.array(answer_rows, dtype=mx.int32),
+        mask=mx.array(mask, dtype=mx.float32),
+        num_tokens=sum(len(prompts[j % n]) + len(a) for j, a in enumerate(answers)),
+        completion_tokens=sum(len(a) for a in answers),
+    )

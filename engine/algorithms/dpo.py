@@ -18,10 +18,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm
-from engine.batching import DataOrder, collate
+from engine.batching import DataOrder, SharedPromptBatch, TokenBatch, collate, collate_shared
 from engine.config import resolve_path
 from engine.data import PreferencePair, load_pairs
-from engine.logprobs import shifted_token_logprobs
+from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
+
+# Run each prompt once for both answers where the model allows it (same log-probs, less
+# work: see engine.logprobs.shared_prompt_logprobs). Benchmarks turn it off to compare.
+SHARE_PROMPT = True
 
 
 def dpo_losses(
@@ -58,6 +62,13 @@ def dpo_losses(
     raise ValueError(f"unknown DPO loss_type {loss_type!r}")
 
 
+def pair_batch(pairs: list[PreferencePair], shared: bool) -> TokenBatch | SharedPromptBatch:
+    """The model input for ``pairs``: chosen answers first, then rejected ones."""
+    if shared:
+        return collate_shared([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs])
+    return collate(pair_rows(pairs))
+
+
 def pair_rows(pairs: list[PreferencePair]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Chosen rows first, then rejected rows, as (prompt, completion) token tuples."""
     return [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
@@ -77,6 +88,8 @@ class Dpo(Algorithm):
         self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
         self.per_rank = per_rank
         self.average = cfg.dpo.loss_type == "ipo"
+        everything = self.train + self.eval
+        self.shared = SHARE_PROMPT and supports_shared_prompt(ctx.model) and all(p.prompt_ids and p.chosen_ids and p.rejected_ids for p in everything)
         if "ref_train" in saved and saved["ref_train"].shape[0] == len(self.train):
             self.ref_train = saved["ref_train"]
             self.ref_eval = saved.get("ref_eval", mx.zeros((0, 2)))
@@ -90,8 +103,16 @@ class Dpo(Algorithm):
 
     # -------------------------------------------------------------- log-probs
 
-    def _logps(self, model: nn.Module, tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
-        lp, logits = shifted_token_logprobs(model, tokens)
+    def _logps(self, model: nn.Module, tokens: mx.array, mask: mx.array, prompts: mx.array | None = None, prompt_pad: mx.array | None = None) -> tuple[mx.array, mx.array]:
+        """Summed (or, for ipo, averaged) answer log-probs per row, and the logits behind them.
+
+        Plain batches: ``tokens`` are [prompt, answer] rows. Shared-prompt batches: ``tokens``
+        are the answers alone and ``prompts``/``prompt_pad`` the left-padded prompts.
+        """
+        if prompts is not None and prompt_pad is not None:
+            lp, logits = shared_prompt_logprobs(model, prompts, prompt_pad, tokens)
+        else:
+            lp, logits = shifted_token_logprobs(model, tokens)
         summed = (lp * mask).sum(axis=-1)
         if self.average:
             summed = summed / mx.maximum(mask.sum(axis=-1), 1.0)
@@ -104,8 +125,7 @@ class Dpo(Algorithm):
         for start in range(0, len(pairs), step):
             self.ctx.check()
             chunk = pairs[start : start + step]
-            batch = collate(pair_rows(chunk))
-            logps, _ = self._logps(self.ctx.model, batch.tokens, batch.mask)
+            logps, _ = self._logps(self.ctx.model, *self._inputs(pair_batch(chunk, self.shared)))
             logps = mx.stop_gradient(logps)
             n = len(chunk)
             out.append(mx.stack([logps[:n], logps[n:]], axis=1))
@@ -115,9 +135,17 @@ class Dpo(Algorithm):
 
     # -------------------------------------------------------------- training
 
-    def loss_fn(self, model: nn.Module, tokens: mx.array, mask: mx.array, ref: mx.array) -> tuple[mx.array, dict[str, mx.array]]:
+    @staticmethod
+    def _inputs(batch: TokenBatch | SharedPromptBatch) -> tuple[mx.array, ...]:
+        if isinstance(batch, SharedPromptBatch):
+            return batch.answers, batch.mask, batch.prompts, batch.prompt_pad
+        return batch.tokens, batch.mask
+
+    def loss_fn(
+        self, model: nn.Module, ref: mx.array, tokens: mx.array, mask: mx.array, prompts: mx.array | None = None, prompt_pad: mx.array | None = None
+    ) -> tuple[mx.array, dict[str, mx.array]]:
         d = self.cfg.dpo
-        logps, logits = self._logps(model, tokens, mask)
+        logps, logits = self._logps(model, tokens, mask, prompts, prompt_pad)
         n = ref.shape[0]
         pc, pr = logps[:n], logps[n:]
         rc, rr = ref[:, 0], ref[:, 1]
@@ -142,9 +170,9 @@ class Dpo(Algorithm):
     def train_step(self, step: int) -> dict[str, float]:
         idx = self.order.next_indices()
         pairs = [self.train[i] for i in idx]
-        batch = collate(pair_rows(pairs))
+        batch = pair_batch(pairs, self.shared)
         ref = self.ref_train[mx.array(idx)]
-        loss, aux, norm = self.ctx.update(self.loss_fn, batch.tokens, batch.mask, ref)
+        loss, aux, norm = self.ctx.update(self.loss_fn, ref, *self._inputs(batch))
         return {
             "loss": loss,
             "grad_norm": norm,

@@ -1,0 +1,127 @@
+"""Speed paths of DPO must not change what is computed.
+
+* Shared prompt: each prompt runs once and both answers attend to its keys/values; the
+  answers' log-probs, the DPO loss and its gradients must equal the plain path's, where
+  each row is [prompt, answer] (log-softmax written out here, independently).
+* Length buckets: batches of varied lengths pad to few distinct shapes.
+"""
+
+from __future__ import annotations
+
+import random
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.models.llama import Model, ModelArgs
+
+from engine.batching import bucket_length, collate, collate_shared
+from engine.logprobs import shared_prompt_logprobs, supports_shared_prompt
+
+VOCAB = 50
+
+
+def tiny_llama(seed: int = 0) -> Model:
+    mx.random.seed(seed)
+    args = ModelArgs(
+        model_type="llama",
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        vocab_size=VOCAB,
+        tie_word_embeddings=False,
+    )
+    model = Model(args)
+    # random weights big enough that positions and context really change the outputs
+    model.update(nn.utils.tree_map(lambda a: mx.random.normal(a.shape) * 0.3, model.parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def random_pairs(n: int, seed: int = 1) -> list[tuple[list[int], list[int], list[int]]]:
+    rnd = random.Random(seed)
+    tok = lambda k: [rnd.randrange(3, VOCAB) for _ in range(k)]  # noqa: E731
+    return [(tok(rnd.randint(1, 21)), tok(rnd.randint(1, 19)), tok(rnd.randint(1, 19))) for _ in range(n)]
+
+
+def plain_sequence_logps(model: Model, prompt: list[int], answer: list[int]) -> float:
+    """Sum over answer tokens of log softmax(model([prompt, answer]))[next token], one row, no padding."""
+    seq = prompt + answer
+    logits = model(mx.array([seq[:-1]]))[0].astype(mx.float32)
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    total = 0.0
+    for j in range(len(answer)):
+        pos = len(prompt) - 1 + j  # the position whose output predicts answer[j]
+        total += float(logp[pos, answer[j]].item())
+    return total
+
+
+def shared_sequence_logps(model: Model, pairs) -> mx.array:
+    batch = collate_shared([p for p, _, _ in pairs], [c for _, c, _ in pairs] + [r for _, _, r in pairs])
+    lp, _ = shared_prompt_logprobs(model, batch.prompts, batch.prompt_pad, batch.answers)
+    return (lp * batch.mask).sum(axis=-1)
+
+
+def test_tiny_llama_takes_the_shared_path():
+    assert supports_shared_prompt(tiny_llama())
+
+
+def test_shared_prompt_gives_the_same_answer_logprobs_as_separate_rows():
+    model = tiny_llama()
+    pairs = random_pairs(6)
+    shared = shared_sequence_logps(model, pairs).tolist()
+    expected = [plain_sequence_logps(model, p, c) for p, c, _ in pairs] + [plain_sequence_logps(model, p, r) for p, _, r in pairs]
+    assert shared == pytest.approx(expected, rel=1e-4, abs=1e-3)
+
+
+def test_shared_prompt_gives_the_same_dpo_loss_and_gradients_as_the_plain_batch():
+    model = tiny_llama(3)
+    pairs = random_pairs(4, seed=7)
+    beta = 0.1
+    ref = mx.array([[-30.0, -28.0]] * len(pairs))
+
+    def dpo(lc, lr):  # -log sigmoid(beta * ((lc - ref_c) - (lr - ref_r))), mean over pairs
+        z = beta * ((lc - ref[:, 0]) - (lr - ref[:, 1]))
+        return mx.mean(mx.logaddexp(0.0, -z))
+
+    def plain_loss(m):
+        batch = collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs])
+        logits = m(batch.tokens[:, :-1]).astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        picked = mx.take_along_axis(logp, batch.tokens[:, 1:, None], axis=-1)[..., 0]
+        seq = (picked * batch.mask).sum(axis=-1)
+        return dpo(seq[: len(pairs)], seq[len(pairs) :])
+
+    def shared_loss(m):
+        seq = shared_sequence_logps(m, pairs)
+        return dpo(seq[: len(pairs)], seq[len(pairs) :])
+
+    lp, gp = nn.value_and_grad(model, plain_loss)(model)
+    ls, gs = nn.value_and_grad(model, shared_loss)(model)
+    assert float(ls.item()) == pytest.approx(float(lp.item()), rel=1e-5)
+    flat_p, flat_s = dict(tree_flatten(gp)), dict(tree_flatten(gs))
+    assert flat_p.keys() == flat_s.keys()
+    for k in flat_p:
+        diff = float(mx.abs(flat_p[k] - flat_s[k]).max().item())
+        scale = float(mx.abs(flat_p[k]).max().item())
+        assert diff <= 1e-3 * scale + 1e-6, k
+    assert any(float(mx.abs(g).max().item()) > 0 for g in flat_s.values())
+
+
+def test_length_buckets_give_few_shapes():
+    rnd = random.Random(0)
+    lengths = [rnd.randint(1, 200) for _ in range(500)]
+    widths = {bucket_length(n) for n in lengths}
+    assert all(w % 16 == 0 and w >= n for w, n in ((bucket_length(n), n) for n in lengths))
+    assert len(widths) <= 200 // 16 + 1
+    shapes = set()
+    for _ in range(8):
+        rows = [([5] * rnd.randint(1, 120), [6] * rnd.randint(1, 80)) for _ in range(8)]
+        shapes.add(collate(rows).tokens.shape)
+        sb = collate_shared([p for p, _ in rows], [c for _, c in rows] * 2)
+        assert sb.prompts.shape[1] % 16 == 0 and sb.answers.shape[1] % 16 == 0
+    assert all(s[1] % 16 == 0 for s in shapes)
