@@ -223,6 +223,7 @@ def schema() -> list[FieldSpec]:
 
 
 def field_spec(key: str) -> FieldSpec:
+    """The schema entry of a dotted key; ConfigError (with a suggestion) if there is none."""
     for spec in schema():
         if spec.key == key:
             return spec
@@ -340,6 +341,7 @@ def config_from_dict(data: dict[str, Any], *, source: str = "", base_dir: str = 
 
 
 def set_value(cfg: RunConfig, key: str, value: Any, *, source: str = "") -> None:
+    """Set dotted ``key`` on ``cfg`` after checking ``value`` against the schema (ConfigError if not allowed)."""
     try:
         spec = field_spec(key)
     except ConfigError as err:
@@ -354,6 +356,7 @@ def set_value(cfg: RunConfig, key: str, value: Any, *, source: str = "") -> None
 
 
 def get_value(cfg: RunConfig, key: str) -> Any:
+    """The value of dotted ``key`` (e.g. ``"train.max_steps"``) in ``cfg``."""
     target: Any = cfg
     for part in key.split("."):
         target = getattr(target, part)
@@ -361,6 +364,7 @@ def get_value(cfg: RunConfig, key: str) -> Any:
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``"key=value"`` strings (as given to ``--set``) to ``cfg`` in place and return it."""
     for text in overrides:
         key, value = parse_override(text)
         set_value(cfg, key, value, source="--set")
@@ -417,6 +421,7 @@ def load_toml(path: Path) -> dict[str, Any]:
 
 
 def load_config_file(path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """A config from a TOML file (relative paths resolve against its folder), with overrides applied."""
     path = Path(path)
     cfg = config_from_dict(load_toml(path), source=str(path), base_dir=str(path.parent.resolve()))
     return apply_overrides(cfg, overrides or [])

@@ -61,6 +61,7 @@ def list_presets() -> list[PresetInfo]:
 
 
 def find_preset(name_or_path: str) -> Path:
+    """The TOML file of a preset: a path, else a user preset, else a built-in one (ConfigError if none)."""
     p = Path(name_or_path).expanduser()
     if p.suffix == ".toml" or p.exists():
         if not p.exists():
