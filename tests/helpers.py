@@ -32,3 +32,23 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def metrics_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def small_data(folder: Path, n_train: int = 64, n_eval: int = 32) -> tuple[Path, Path]:
+    """The first rows of the bundled sorting pairs, for quick runs."""
+    from engine.presets import builtin_dir
+
+    data = builtin_dir() / "data"
+    train = folder / "train.jsonl"
+    evalf = folder / "valid.jsonl"
+    train.write_text("".join(data.joinpath("sort_train.jsonl").read_text().splitlines(keepends=True)[:n_train]))
+    evalf.write_text("".join(data.joinpath("sort_eval.jsonl").read_text().splitlines(keepends=True)[:n_eval]))
+    return train, evalf
+
+
+def quick_overrides(folder: Path, steps: int = 4, **extra: object) -> list[str]:
+    train, evalf = small_data(folder)
+    out = [f"data.train={train}", f"data.eval={evalf}", f"train.max_steps={steps}", "train.batch_size=4",
+           "train.eval_every=0", "train.save_every=0"]
+    out += [f"{k.replace('__', '.')}={v}" for k, v in extra.items()]
+    return out
