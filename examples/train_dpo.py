@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     engine.use_fast_blas()  # Linux CPUs: restart once with OpenBLAS preloaded
 
     config = engine.load_preset("tiny-dpo", overrides=[f"train.max_steps={args.steps}"])
-    config.train.eval_every = max(1, min(config.train.eval_every, args.steps // 4))
+    # about four evaluations per run (only the final one for very short runs)
+    config.train.eval_every = min(config.train.eval_every, args.steps // 4) if args.steps >= 8 else 0
     run = engine.Run(config, out_dir=args.out)
 
     for event in engine.stream(run):

@@ -1,0 +1,80 @@
+"""Every script in examples/ runs as a user would run it, with a small step count, so none rots."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import engine
+from tests.helpers import ROOT
+
+EXAMPLES = ROOT / "examples"
+PRESETS = ROOT / "presets"
+
+
+def run_example(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert out.returncode == 0, f"{name} exited {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def needs_preset(name: str):
+    return pytest.mark.skipif(
+        not (PRESETS / f"{name}.toml").exists(),
+        reason=f"presets/{name}.toml does not exist yet (the algorithm lands from another helper)",
+    )
+
+
+def test_every_example_is_tested():
+    tested = {"train_dpo.py", "score_pairs.py", "train_grpo.py", "train_reward_then_ppo.py"}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_train_dpo_then_score_pairs(tmp_path):
+    out = run_example("train_dpo.py", "--steps", "4", "--out", str(tmp_path / "dpo"))
+    assert "training dpo for 4 steps" in out.stdout
+    m = re.search(r"completed: held-out accuracy ([\d.]+) -> ([\d.]+)", out.stdout)
+    assert m, out.stdout
+    evals = engine.read_metrics(tmp_path / "dpo", "eval")
+    assert float(m.group(2)) == pytest.approx(evals[-1]["eval/rewards/accuracies"], abs=1e-3)
+    assert (tmp_path / "dpo" / "adapters.safetensors").exists()
+
+    scored = run_example("score_pairs.py", str(tmp_path / "dpo"), "--limit", "6")
+    lines = [line for line in scored.stdout.splitlines() if line.startswith("sort_eval.jsonl:")]
+    assert len(lines) == 6
+    m = re.search(r"6 pairs: implicit reward prefers chosen in (\d+) .* mean margin ([-+][\d.]+)", scored.stdout)
+    assert m, scored.stdout
+    margins = [float(line.split()[-1]) for line in lines]
+    assert int(m.group(1)) == sum(x > 0 for x in margins)
+    assert float(m.group(2)) == pytest.approx(sum(margins) / 6, abs=2e-3)
+
+
+@needs_preset("tiny-grpo")
+def test_train_grpo(tmp_path):
+    out = run_example("train_grpo.py", "--steps", "2", "--out", str(tmp_path / "grpo"))
+    assert re.search(r"completed: mean reward [-\d.]+ at step 1 -> [-\d.]+ at step 2", out.stdout), out.stdout
+    assert "sample:" in out.stdout
+    assert len(engine.read_metrics(tmp_path / "grpo")) == 2
+
+
+@needs_preset("tiny-reward")
+@needs_preset("tiny-ppo")
+def test_train_reward_then_ppo(tmp_path):
+    out = run_example("train_reward_then_ppo.py", "--reward-steps", "3", "--ppo-steps", "2", "--out", str(tmp_path))
+    assert "reward model done: held-out accuracy" in out.stdout
+    assert re.search(r"PPO completed: reward [-+\d.]+ at step 1 -> [-+\d.]+ at step 2", out.stdout), out.stdout
+    ppo_config = engine.run_config(tmp_path / "ppo")
+    assert Path(ppo_config.ppo.reward_model) == (tmp_path / "reward").resolve()
