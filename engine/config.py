@@ -287,6 +287,13 @@ def parse_text_value(spec: FieldSpec, text: str, *, source: str = "") -> Any:
         if low in ("false", "no", "off", "0"):
             return False
         raise ConfigError(bad)
+    try:
+        return _parse_text(spec, raw, text, bad, source)
+    except ConfigError:
+        raise ConfigError(bad) from None
+
+
+def _parse_text(spec: FieldSpec, raw: str, text: str, bad: str, source: str) -> Any:
     if spec.type is int:
         try:
             value: Any = int(raw)
