@@ -1,0 +1,208 @@
+"""The Textual console: app class, factory and the two entry points the CLI calls.
+
+Screens live in ``rlhf_tui/screens/`` (one module each). To add one: write the module,
+add a ``show_<name>`` method or a palette command here, and one Binding on the screen
+that opens it. Every Binding has an ``id`` so it can be remapped with ``set_keymap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from engine.presets import DEFAULT_PRESET
+from rlhf_tui.screens.dialogs import ConfirmScreen, HelpScreen
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+    from engine.run import Run
+
+
+class RlhfApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "rlhf-tui"
+    BINDINGS = [
+        Binding("ctrl+q", "request_quit", "Quit", id="app.quit", priority=True, tooltip="Quit (asks first while a run trains)"),
+        Binding("question_mark", "help", "Help", id="app.help", tooltip="Help for this screen"),
+        # shown at the footer's right edge by Textual itself
+        Binding("ctrl+p", "command_palette", "Commands", id="app.palette", show=False, tooltip="Command palette"),
+    ]
+
+    def __init__(
+        self,
+        preset: str = DEFAULT_PRESET,
+        *,
+        overrides: list[str] | None = None,
+        runs_root: str = "runs",
+        start: bool = False,
+        follow_dir: str | None = None,
+        initial_screen: Screen | None = None,
+    ) -> None:
+        super().__init__()
+        self.preset = preset
+        self.overrides = list(overrides or [])
+        self.runs_root = runs_root
+        self.start_at_once = start
+        self.follow_dir = follow_dir
+        self.initial_screen = initial_screen
+        self.active_run: Run | None = None
+        self.exit_code = 0
+
+    def on_mount(self) -> None:
+        if self.initial_screen is not None:
+            self.push_screen(self.initial_screen)
+        elif self.follow_dir is not None:
+            self.follow_run_dir(self.follow_dir)
+        else:
+            self.show_presets()
+            if self.start_at_once:
+                from engine.presets import load_preset
+
+                self.start_run(load_preset(self.preset, self.overrides))
+
+    # ------------------------------------------------------------------ navigation
+
+    def show_presets(self) -> None:
+        from rlhf_tui.screens.presets import PresetsScreen
+
+        for i, screen in enumerate(self.screen_stack):
+            if isinstance(screen, PresetsScreen):
+                while len(self.screen_stack) > i + 1:
+                    self.pop_screen()
+                screen.reload()
+                return
+        self.push_screen(PresetsScreen(self.preset, self.overrides))
+
+    def start_run(self, cfg: RunConfig) -> None:
+        """Start training ``cfg`` in a background thread and open its monitor."""
+        from engine.run import Run
+        from rlhf_tui.screens.monitor import MonitorScreen
+
+        if self.active_run is not None and self.active_run.running:
+            self.notify("A run is already training; cancel it first.", severity="warning")
+            return
+        run = Run(cfg, runs_root=self.runs_root)
+        self.active_run = run
+        self.push_screen(MonitorScreen(run=run, title=f"{cfg.name} · {cfg.algorithm.upper()}"))
+
+    def follow_run_dir(self, run_dir: str) -> None:
+        from rlhf_tui.screens.monitor import MonitorScreen
+
+        path = Path(run_dir).expanduser()
+        if not path.is_dir():
+            self.notify(f"{path}: run directory not found", severity="error")
+            return
+        self.push_screen(MonitorScreen(run_dir=str(path), title=f"following {path.name}"))
+
+    # ------------------------------------------------------------------ app-wide actions
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.screen))
+
+    def action_request_quit(self) -> None:
+        run = self.active_run
+        if run is None or not run.running:
+            self.exit(self.exit_code)
+            return
+        if isinstance(self.screen, ConfirmScreen):
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.notify("Cancelling the run and writing a checkpoint…", title="Quitting")
+                self._cancel_then_exit()
+
+        self.push_screen(
+            ConfirmScreen(
+                "A run is training. Cancel it and quit?",
+                f"It stops after the current step (step {run.step}) and writes a checkpoint you can resume.",
+                yes="Cancel run and quit",
+                no="Keep training",
+            ),
+            done,
+        )
+
+    @work(thread=True, exclusive=True, group="quit", exit_on_error=False)
+    def _cancel_then_exit(self) -> None:
+        run = self.active_run
+        if run is not None:
+            run.cancel()
+            run.join(120)
+        self.call_from_thread(self.exit, 130 if run is not None else 0)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        provider = getattr(screen, "palette_commands", None)
+        if provider is not None:
+            for title, help_text, callback in provider():
+                yield SystemCommand(title, help_text, callback)
+        yield SystemCommand("Go to presets", "Browse, edit and start presets", self._palette_presets)
+        yield SystemCommand("Follow a run directory…", "Monitor a run another process writes", self._palette_follow)
+        yield SystemCommand("Help for this screen", "What this screen does and its keys", self.action_help)
+        yield from super().get_system_commands(screen)
+
+    def _palette_presets(self) -> None:
+        from rlhf_tui.screens.monitor import MonitorScreen
+
+        if isinstance(self.screen, MonitorScreen):
+            self.screen.action_back()
+        else:
+            self.show_presets()
+
+    def _palette_follow(self) -> None:
+        from rlhf_tui.screens.dialogs import PromptScreen
+
+        def done(path: str | None) -> None:
+            if path:
+                self.follow_run_dir(path)
+
+        self.push_screen(PromptScreen("Follow a run directory:", placeholder="runs/<run id>"), done)
+
+    def on_worker_state_changed(self, event) -> None:  # noqa: ANN001 - textual's Worker.StateChanged
+        """Errors from any background worker land here and are shown; the app stays up."""
+        from textual.worker import WorkerState
+
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            err = event.worker.error
+            self.notify(f"{type(err).__name__}: {err}", title=f"{event.worker.name} failed", severity="error", timeout=15)
+
+
+def make_app(
+    preset: str = DEFAULT_PRESET,
+    *,
+    overrides: list[str] | None = None,
+    runs_root: str = "runs",
+    start: bool = False,
+    follow_dir: str | None = None,
+    initial_screen: Screen | None = None,
+) -> RlhfApp:
+    """The app, as the CLI and the tests build it."""
+    return RlhfApp(preset, overrides=overrides, runs_root=runs_root, start=start, follow_dir=follow_dir, initial_screen=initial_screen)
+
+
+def run_app(preset: str, start: bool, overrides: list[str], runs_root: str) -> int:
+    app = make_app(preset, overrides=overrides, runs_root=runs_root, start=start)
+    code = app.run()
+    _finish_run(app)
+    return int(code or 0)
+
+
+def run_monitor(run_dir: str) -> int:
+    app = make_app(follow_dir=run_dir)
+    code = app.run()
+    return int(code or 0)
+
+
+def _finish_run(app: RlhfApp) -> None:
+    """A run still going when the app closed (e.g. SIGTERM) is cancelled cleanly."""
+    run = app.active_run
+    if run is not None and run.running:
+        run.cancel()
+        run.join(120)

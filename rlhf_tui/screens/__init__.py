@@ -1,0 +1,1 @@
+"""Screens of the console; each module holds one screen (or a family of small dialogs)."""

@@ -1,0 +1,450 @@
+"""The run monitor: live charts, progress with ETA, values, eval, memory, log and controls.
+
+It shows either a Run training inside the app (``run=``; pause / resume / cancel work) or a
+run directory another process writes (``run_dir=``; read-only). Events arrive as batched
+:class:`RunEventsArrived` messages and are folded into a :class:`RunState`; widgets are
+redrawn from a timer at ``REDRAW_HZ``, never per event.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, ProgressBar, RichLog, Sparkline, Static
+
+from engine import events as ev
+from rlhf_tui.messages import FollowFailed, RunEnded, RunEventsArrived
+from rlhf_tui.monitoring import PANELS, SMOOTHING_STEPS, RunState, duration, fmt
+from rlhf_tui.screens.dialogs import ConfirmScreen
+from rlhf_tui.widgets.chart import MetricChart
+
+if TYPE_CHECKING:
+    from engine.run import Run
+
+REDRAW_HZ = 5
+CHART_COLOURS = {"loss": "#5fafff", "kl": "#d787ff", "reward": "#87d75f", "tokens_per_sec": "#ffaf5f"}
+STATUS_STYLE = {
+    "waiting": ("WAITING", "black on grey70"),
+    "loading": ("LOADING", "black on #5fafff"),
+    "running": ("RUNNING", "black on #87d75f"),
+    "pausing": ("PAUSING…", "black on #ffd75f"),
+    "paused": ("PAUSED", "black on #ffd75f"),
+    "cancelling": ("CANCELLING…", "black on #ff875f"),
+    "completed": ("COMPLETED", "black on #5fd7af"),
+    "cancelled": ("CANCELLED", "black on #ff875f"),
+    "failed": ("FAILED", "white on #d70000"),
+}
+
+HELP = """\
+Live view of one training run. The four charts show **loss**, **KL**, **reward** and
+**tokens/second** against the step: the bright line is the EMA-smoothed curve, the faint one
+behind it the raw values. What KL and reward mean depends on the algorithm (for DPO: reward is
+the implicit reward margin, KL the mean policy-vs-reference log-ratio; for SFT: reward is token
+accuracy and KL is not defined).
+
+The side panel shows the held-out **eval** score (e.g. `eval/rewards/accuracies`, the
+fraction of held-out pairs the model prefers correctly), the latest value of every metric
+and MLX memory (active now and peak).
+
+**space** pauses and resumes (takes effect between steps), **c** cancels after the current
+step (a checkpoint is written; asks first). **l** toggles a log-scale y axis, **x** switches
+the x axis between step and wall time, **m** cycles the smoothing. Click a chart to zoom
+(+/-) and pan (arrows); **r** on a chart resets it. When the run has ended, **escape** goes
+back to the presets.
+
+A run followed from its directory (`rlhf-tui monitor RUN_DIR`) is read-only: pause and
+cancel belong to the process that trains it.
+"""
+
+
+class MonitorScreen(Screen):
+    HELP_TITLE = "Run monitor"
+    AUTO_FOCUS = "#log"  # not a chart: their zoom/pan keys would crowd the footer
+    HELP = HELP
+    BINDINGS = [
+        Binding("space", "toggle_pause", "Pause/Resume", id="monitor.pause", tooltip="Pause or resume training between steps"),
+        Binding("c", "cancel_run", "Cancel run", id="monitor.cancel", tooltip="Stop after this step, with a checkpoint"),
+        Binding("l", "toggle_log_y", "Log y", id="monitor.log_y", tooltip="Log-scale y axis on the charts"),
+        Binding("x", "toggle_x", "Step/time", id="monitor.x_axis", tooltip="x axis: step or wall time"),
+        Binding("m", "cycle_smoothing", "Smoothing", id="monitor.smoothing", tooltip="Cycle the EMA smoothing weight"),
+        Binding("escape", "back", "Presets", id="monitor.back", tooltip="Back to the presets (when the run has ended)"),
+    ]
+
+    def __init__(self, run: Run | None = None, run_dir: str | None = None, title: str = "") -> None:
+        super().__init__()
+        self.run = run
+        self.run_dir = run_dir
+        self.state = RunState()
+        self.log_y = False
+        self.wall_time = False
+        self.requested = ""  # "pausing" | "cancelling" while the engine has not answered yet
+        self._drawn_version = -1
+        self._bridge: Any = None
+        self._follower: Any = None
+        self.events_received = 0
+        self.batches_received = 0
+        self.alerts: list[str] = []
+        self.run_title = title
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="run-bar"):
+            yield Static(id="status-badge")
+            yield ProgressBar(total=100, show_eta=False, show_percentage=True, id="progress")
+            yield Static(id="progress-text")
+        with Horizontal(id="monitor-body"):
+            with Grid(id="charts"):
+                for key, title in PANELS:
+                    yield MetricChart(key, title, CHART_COLOURS[key], id=f"chart-{key}")
+            with Vertical(id="side"):
+                with Vertical(id="eval-panel", classes="panel"):
+                    yield Static(id="eval-headline")
+                    yield Sparkline([], id="eval-spark")
+                    yield Static(id="eval-others")
+                yield Static(id="values", classes="panel")
+                with Vertical(id="memory-panel", classes="panel"):
+                    yield Static(id="memory-text")
+                    yield Sparkline([], id="memory-spark")
+        yield Static(id="outcome")
+        yield RichLog(id="log", markup=False, wrap=True, max_lines=2000)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "rlhf-tui"
+        self.sub_title = self.run_title or ("following " + self.run_dir if self.run_dir else "run monitor")
+        self.query_one("#eval-panel").border_title = "Held-out eval"
+        self.query_one("#values").border_title = "Latest values"
+        self.query_one("#memory-panel").border_title = "MLX memory"
+        self.query_one("#log").border_title = "Log"
+        self.query_one("#outcome").display = False
+        self.set_interval(1 / REDRAW_HZ, self.redraw)
+        if self.run is not None:
+            from rlhf_tui.bridge import RunBridge
+
+            self._bridge = RunBridge(self.post_message)
+            self.run.subscribe(self._bridge)
+            if self.run.status == "created":
+                self.run.start()
+            self.write_log(Text("starting: loading the model and data…", style="dim"))
+        elif self.run_dir is not None:
+            from rlhf_tui.bridge import RunDirectoryFollower
+
+            self._follower = RunDirectoryFollower(self.run_dir, self.post_message)
+            self._follower.start()
+            self.write_log(Text(f"following {self.run_dir} (read-only: pause and cancel belong to its own process)", style="dim"))
+        self.redraw()
+
+    def on_unmount(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+        if self._bridge is not None:
+            self._bridge.stop()
+
+    # ------------------------------------------------------------------ events in
+
+    @on(RunEventsArrived)
+    def _events_arrived(self, message: RunEventsArrived) -> None:
+        message.stop()
+        self.batches_received += 1
+        self.apply_events(message.events)
+
+    @on(FollowFailed)
+    def _follow_failed(self, message: FollowFailed) -> None:
+        self.write_log(Text(f"cannot follow the run: {message.error}", style="bold red"))
+        self.notify(message.error, title="Following stopped", severity="error", timeout=10)
+
+    def apply_events(self, events: tuple[ev.Event, ...] | list[ev.Event]) -> None:
+        """Fold events into the state; log lines and alerts are written at once (cheap)."""
+        for event in events:
+            self.events_received += 1
+            alerts = self.state.apply(event)
+            for text in alerts:
+                self.raise_alert(text)
+            self._log_event(event)
+            if isinstance(event, ev.RunPaused | ev.RunResumed):
+                self.requested = ""
+            if isinstance(event, ev.TERMINAL_EVENTS):
+                self.requested = ""
+                self._ended(event)
+        self.refresh_bindings()
+
+    def _log_event(self, e: ev.Event) -> None:
+        step = f"[{self.state.step:>5}] "
+        if isinstance(e, ev.RunStarted):
+            where = f" → {e.run_dir}" if e.run_dir else ""
+            resumed = f", resuming at step {e.start_step}" if e.start_step else ""
+            self.write_log(Text(f"{step}run {e.run_id} started: {e.algorithm}, {e.total_steps} steps, world size {e.world_size}{resumed}{where}", style="bold"))
+        elif isinstance(e, ev.LogLine):
+            self.write_log(Text(step + e.text, style="red" if e.level == "error" else ("yellow" if e.level == "warning" else "")))
+        elif isinstance(e, ev.Alert):
+            self.raise_alert(f"step {e.step}: {e.text}", from_engine=True)
+        elif isinstance(e, ev.CheckpointSaved):
+            self.write_log(Text(f"{step}checkpoint saved: {e.path}", style="green"))
+        elif isinstance(e, ev.EvalMetrics):
+            parts = "  ".join(f"{k} {fmt(v)}" for k, v in e.metrics.items() if k.startswith("eval/") and k.count("/") <= 2)
+            self.write_log(Text(f"{step}eval: {parts}", style="cyan"))
+        elif isinstance(e, ev.PhaseChanged) and e.done in (0,) and e.phase:
+            self.write_log(Text(f"{step}{e.phase}…", style="dim"))
+        elif isinstance(e, ev.RunPaused):
+            self.write_log(Text(f"{step}paused after step {e.step}", style="yellow"))
+        elif isinstance(e, ev.RunResumed):
+            self.write_log(Text(f"{step}resumed", style="yellow"))
+        elif isinstance(e, ev.RunFailed):
+            self.write_log(Text(f"{step}FAILED: {e.error}", style="bold red"))
+            if e.traceback and not e.bad_input:
+                self.write_log(Text(e.traceback.rstrip(), style="red dim"))
+        elif isinstance(e, ev.RunCancelled):
+            self.write_log(Text(f"{step}cancelled", style="bold #ff875f"))
+        elif isinstance(e, ev.RunFinished):
+            self.write_log(Text(f"{step}completed", style="bold green"))
+
+    def write_log(self, text: Text) -> None:
+        self.query_one("#log", RichLog).write(text)
+
+    def raise_alert(self, text: str, *, from_engine: bool = False) -> None:
+        self.alerts.append(text)
+        self.write_log(Text(f"[{self.state.step:>5}] ALERT: {text}", style="bold #ff5f5f"))
+        self.notify(text, title="Training alert", severity="warning", timeout=8)
+
+    def _ended(self, event: ev.Event) -> None:
+        s = self.state
+        summary = s.summary or {}
+        outcome = self.query_one("#outcome", Static)
+        outcome.display = True
+        outcome.set_classes(s.status)
+        outcome.border_title = {"completed": "Run completed", "cancelled": "Run cancelled", "failed": "Run failed"}[s.status]
+        outcome.update(self._outcome_text(summary))
+        if s.status == "failed":
+            self.notify(s.error or "the run failed", title="Run failed", severity="error", timeout=15)
+        elif s.status == "cancelled":
+            self.notify(f"Checkpoint at step {summary.get('last_checkpoint')}", title="Run cancelled", timeout=6)
+        else:
+            self.notify(f"Saved in {summary.get('run_dir') or s.run_dir}", title="Run completed", timeout=8)
+        self.post_message(RunEnded(s.status, summary))
+        self.redraw(force=True)
+
+    def _outcome_text(self, summary: dict[str, Any]) -> Text:
+        s = self.state
+        t = Text()
+        if s.status == "failed":
+            t.append(s.error or str(summary.get("error", "")), style="bold red")
+            t.append("\n")
+        t.append(f"{summary.get('steps', s.step)}/{summary.get('max_steps', s.total_steps)} steps", style="bold")
+        t.append(f" in {duration(summary.get('elapsed_s'))}")
+        key, value = s.headline_eval()
+        if key:
+            t.append(f" · {key} ", style="dim")
+            t.append(fmt(value), style="bold cyan")
+        final = summary.get("final_metrics") or {}
+        for k in ("loss", "kl", "reward"):
+            if final.get(k) is not None:
+                t.append(f" · {k} {fmt(final.get(k))}", style="dim")
+        run_dir = summary.get("run_dir") or s.run_dir
+        if run_dir:
+            t.append("\nsaved in ")
+            t.append(run_dir, style="bold underline")
+            if summary.get("last_checkpoint") is not None:
+                t.append(f"  (last checkpoint: step {summary.get('last_checkpoint')})", style="dim")
+            if s.status != "completed" or summary.get("steps", 0) < summary.get("max_steps", 0):
+                t.append(f"\ncontinue with: rlhf-tui resume {run_dir}", style="dim")
+        return t
+
+    # ------------------------------------------------------------------ drawing (timer)
+
+    def redraw(self, force: bool = False) -> None:
+        s = self.state
+        if s.version == self._drawn_version and not force:
+            return
+        self._drawn_version = s.version
+        self._draw_bar()
+        for key, _ in PANELS:
+            chart = self.query_one(f"#chart-{key}", MetricChart)
+            if key == "kl" and s.algorithm == "sft":
+                chart.set_empty_text("KL is not defined for SFT")
+            elif s.status == "loading":
+                chart.set_empty_text(f"{s.phase or 'loading'}…")
+            elif s.ended and not len(s.series[key]):
+                chart.set_empty_text("no values were logged")
+            chart.redraw(s.series[key], wall_time=self.wall_time, log_y=self.log_y)
+        self._draw_eval()
+        self._draw_values()
+        self._draw_memory()
+
+    def _draw_bar(self) -> None:
+        s = self.state
+        status = self.requested if self.requested and not s.ended else s.status
+        label, style = STATUS_STYLE.get(status, (status.upper(), "reverse"))
+        self.query_one("#status-badge", Static).update(Text(f" {label} ", style=style + " bold"))
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=max(s.total_steps, 1), progress=s.step if s.total_steps else 0)
+        text = Text()
+        if s.total_steps:
+            text.append(f"step {s.step}/{s.total_steps}", style="bold")
+            text.append(f"  elapsed {duration(s.elapsed_s)}")
+            if not s.ended:
+                text.append(f"  ETA {duration(s.eta_s)}", style="bold")
+        elif s.phase:
+            text.append(f"{s.phase}…")
+        if s.phase and s.total_steps and not s.ended:
+            prog = f" {s.phase_done}/{s.phase_total}" if s.phase_total else ""
+            text.append(f"  · {s.phase}{prog}", style="dim")
+        if s.algorithm:
+            text.append(f"  · {s.algorithm.upper()}", style="cyan")
+        if s.world_size > 1:
+            text.append(f" × {s.world_size} ranks", style="cyan")
+        self.query_one("#progress-text", Static).update(text)
+
+    def _draw_eval(self) -> None:
+        s = self.state
+        key, value = s.headline_eval()
+        head = self.query_one("#eval-headline", Static)
+        spark = self.query_one("#eval-spark", Sparkline)
+        others = self.query_one("#eval-others", Static)
+        if not key:
+            head.update(Text("no evaluation yet", style="dim"))
+            spark.display = False
+            others.update("")
+            return
+        hist = s.eval_history.get(key, [])
+        t = Text()
+        t.append(fmt(value), style="bold #5fd7ff")
+        t.append(f"  {key.removeprefix('eval/')}", style="bold")
+        if len(hist) > 1:
+            delta = hist[-1] - hist[0]
+            t.append(f"\n{'▲' if delta >= 0 else '▼'} {delta:+.3f} since first eval", style="green" if (delta >= 0) != (key == "eval/loss") else "red")
+        t.append(f"  (step {s.latest_eval.get('step', '?')})", style="dim")
+        head.update(t)
+        spark.display = len(hist) > 1
+        spark.data = hist
+        rest = [(k, v) for k, v in s.latest_eval.items() if k.startswith("eval/") and k != key and k.count("/") <= 2]
+        others.update(Text("  ".join(f"{k.removeprefix('eval/')} {fmt(v, 3)}" for k, v in rest[:6]), style="dim"))
+
+    def _draw_values(self) -> None:
+        rows = self.state.table_rows()
+        widget = self.query_one("#values", Static)
+        if not rows:
+            widget.update(Text("values appear after the first step", style="dim"))
+            return
+        table = Table.grid(padding=(0, 1), expand=True)
+        table.add_column(style="dim", no_wrap=True, ratio=3)
+        table.add_column(justify="right", no_wrap=True, ratio=2)
+        for k, v in rows:
+            table.add_row(k, v)
+        widget.update(table)
+
+    def _draw_memory(self) -> None:
+        s = self.state
+        mem = s.memory_active
+        text = self.query_one("#memory-text", Static)
+        spark = self.query_one("#memory-spark", Sparkline)
+        if not mem:
+            text.update(Text("—", style="dim"))
+            spark.display = False
+            return
+        text.update(Group(Text.assemble(("active ", "dim"), (f"{mem[-1]:.2f} GB", "bold"), ("  peak ", "dim"), (f"{fmt(s.memory_peak, 2)} GB", "bold"))))
+        spark.display = len(mem) > 1
+        spark.data = mem[-120:]
+
+    # ------------------------------------------------------------------ actions
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        ended = self.state.ended
+        if action in ("toggle_pause", "cancel_run"):
+            if self.run is None:
+                return False  # followed runs are read-only: hide the keys
+            return None if ended or self.requested == "cancelling" else True
+        if action == "back":
+            return True if (ended or self.run is None) else None
+        return True
+
+    def action_toggle_pause(self) -> None:
+        run = self.run
+        if run is None or self.state.ended:
+            return
+        if self.state.status == "paused" or self.requested == "pausing":
+            run.resume()
+            self.requested = "" if self.state.status != "paused" else self.requested
+            self.write_log(Text(f"[{self.state.step:>5}] resuming…", style="yellow"))
+        else:
+            run.pause()
+            self.requested = "pausing"
+            self.write_log(Text(f"[{self.state.step:>5}] pausing after the current step…", style="yellow"))
+        self.redraw(force=True)
+
+    def action_cancel_run(self) -> None:
+        if self.run is None or self.state.ended:
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.cancel_now()
+
+        step = self.state.step
+        self.app.push_screen(
+            ConfirmScreen(
+                "Cancel this run?",
+                f"Training stops after the current step (now {step}) and a checkpoint is written; "
+                "you can resume it later with 'rlhf-tui resume'.",
+                yes="Cancel run",
+                no="Keep training",
+            ),
+            done,
+        )
+
+    def cancel_now(self) -> None:
+        if self.run is None or self.state.ended:
+            return
+        self.run.cancel()
+        self.requested = "cancelling"
+        self.write_log(Text(f"[{self.state.step:>5}] cancelling after the current step…", style="#ff875f"))
+        self.refresh_bindings()
+        self.redraw(force=True)
+
+    def action_toggle_log_y(self) -> None:
+        self.log_y = not self.log_y
+        self.notify("log-scale y (values ≤ 0 are hidden)" if self.log_y else "linear y", timeout=2)
+        self.redraw(force=True)
+
+    def action_toggle_x(self) -> None:
+        self.wall_time = not self.wall_time
+        self.redraw(force=True)
+
+    def action_cycle_smoothing(self) -> None:
+        steps = SMOOTHING_STEPS
+        i = min(range(len(steps)), key=lambda j: abs(steps[j] - self.state.smoothing))
+        new = steps[(i + 1) % len(steps)]
+        self.state.set_smoothing(new)
+        self.notify(f"EMA smoothing {new:g}" if new else "smoothing off (raw values)", timeout=2)
+        self.redraw(force=True)
+
+    def action_back(self) -> None:
+        if self.run is not None and not self.state.ended:
+            self.notify("The run is still training: pause it (space) or cancel it (c) first.", severity="warning")
+            return
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+        else:
+            self.app.show_presets()  # type: ignore[attr-defined]
+
+    def palette_commands(self) -> list[tuple[str, str, Any]]:
+        cmds = [
+            ("Monitor: toggle log-scale y", "Charts: log10 y axis on/off", self.action_toggle_log_y),
+            ("Monitor: x axis step / wall time", "Charts: switch the x axis", self.action_toggle_x),
+            ("Monitor: cycle smoothing", "EMA weight 0 → 0.6 → 0.8 → 0.9 → 0.97", self.action_cycle_smoothing),
+        ]
+        if self.run is not None and not self.state.ended:
+            cmds += [
+                ("Run: pause / resume", "Pause or resume training between steps", self.action_toggle_pause),
+                ("Run: cancel", "Stop after this step with a checkpoint (asks first)", self.action_cancel_run),
+            ]
+        return cmds

@@ -1,0 +1,83 @@
+"""A live metric chart: the raw curve faint behind its EMA, drawn by textual-plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from textual.app import ComposeResult
+from textual.containers import Container
+from textual.widgets import Static
+from textual_plot import DurationFormatter, HiResMode, NumericAxisFormatter, PlotWidget
+
+from rlhf_tui.monitoring import MetricSeries, fmt
+
+
+class Log10Formatter(NumericAxisFormatter):
+    """Ticks placed on log10(y), labelled with y itself."""
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        return [f"{10**t:.3g}" for t in ticks]
+
+
+class MetricChart(Container):
+    """One panel of the monitor. ``redraw`` is called from a timer, never per step."""
+
+    DEFAULT_CSS = """
+    MetricChart {
+        border: round $panel-lighten-2;
+        border-title-color: $text;
+        border-title-style: bold;
+        border-subtitle-color: $text-muted;
+        padding: 0 0;
+        height: 1fr;
+        width: 1fr;
+    }
+    MetricChart:focus-within { border: round $accent; }
+    MetricChart > PlotWidget { height: 1fr; width: 1fr; }
+    MetricChart > .empty {
+        height: 1fr; width: 1fr; content-align: center middle; color: $text-muted;
+    }
+    """
+
+    def __init__(self, key: str, title: str, colour: str, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.key = key
+        self.title = title
+        self.colour = colour
+        self.empty_text = "waiting for the first step…"
+        self.border_title = title
+        self.drawn_points = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.empty_text, classes="empty")
+        plot = PlotWidget(allow_pan_and_zoom=True)
+        plot.display = False
+        # before mount: set without watchers (they need the plot's own children)
+        plot.set_reactive(PlotWidget.margin_top, 0)
+        plot.set_reactive(PlotWidget.margin_bottom, 2)
+        plot.set_reactive(PlotWidget.margin_left, 8)
+        yield plot
+
+    def set_empty_text(self, text: str) -> None:
+        self.empty_text = text
+        self.query_one(".empty", Static).update(text)
+
+    def redraw(self, series: MetricSeries, *, wall_time: bool, log_y: bool, max_points: int = 240) -> None:
+        plot = self.query_one(PlotWidget)
+        empty = self.query_one(".empty", Static)
+        last, smooth = series.last, series.last_smoothed
+        self.border_title = f"{self.title}  [b]{fmt(last)}[/b]" + (f"  [dim]ema {fmt(smooth)}[/dim]" if len(series) > 1 else "")
+        self.border_subtitle = ("log-y · " if log_y else "") + ("x: wall time" if wall_time else "x: step")
+        if not len(series):
+            plot.display, empty.display = False, True
+            return
+        plot.display, empty.display = True, False
+        width = max(20, plot.size.width * 2) if plot.size.width else max_points
+        x, raw, ema = series.xy(wall_time=wall_time, log_y=log_y, max_points=min(max_points, width))
+        plot.clear()
+        plot.set_x_formatter(DurationFormatter() if wall_time else NumericAxisFormatter())
+        plot.set_y_formatter(Log10Formatter() if log_y else NumericAxisFormatter())
+        if len(x) > 1 and series.smoothing > 0:
+            plot.plot(x, raw, line_style="grey37", hires_mode=HiResMode.BRAILLE)
+        plot.plot(x, ema if series.smoothing > 0 else raw, line_style=f"bold {self.colour}", hires_mode=HiResMode.BRAILLE)
+        self.drawn_points = len(x)
