@@ -9,7 +9,9 @@ Accepted shapes (one JSON object per line in ``.jsonl``, or a list in ``.json``)
   ``{"text": str}``, or any preference row (its chosen answer is used)
 * prompt-only (PPO/GRPO):     ``{"prompt": str}`` or ``{"prompt": [messages]}``
 
-A folder is read as mlx-lm lays data out: ``train.jsonl`` and ``valid.jsonl``.
+A folder is read as mlx-lm lays data out: ``train.jsonl`` and ``valid.jsonl``. A ``.json``
+file may also hold one object per line (``datasets``' ``to_json`` default); ``.parquet`` and
+``.arrow`` files (``datasets`` exports) are read when pyarrow is installed.
 Every problem is reported with the file and line number.
 """
 
@@ -96,6 +98,8 @@ def resolve_data_file(path: str, split: str = "train") -> Path:
 
 def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every row; blank lines are skipped."""
+    if path.suffix in (".parquet", ".arrow"):
+        return _read_table_rows(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -103,7 +107,7 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
     rows: list[tuple[int, dict[str, Any]]] = []
-    if path.suffix == ".json":
+    if path.suffix == ".json" and not _looks_like_json_lines(text):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -127,6 +131,45 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, found {type(obj).__name__}")
             rows.append((lineno, obj))
+    if not rows:
+        raise DataError(f"{path}: no examples (the file is empty)")
+    return rows
+
+
+def _looks_like_json_lines(text: str) -> bool:
+    """A ``.json`` file holding one object per line (what ``datasets``' ``to_json`` writes)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[0].lstrip().startswith("{"):
+        return False
+    try:
+        json.loads(lines[0])
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _read_table_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a Parquet or Arrow file (as Hugging Face ``datasets`` saves them), via pyarrow."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"{path}: reading {path.suffix} files needs pyarrow (uv add pyarrow), "
+            "or convert it to JSONL: datasets.Dataset.from_parquet(path).to_json('train.jsonl')"
+        ) from None
+    try:
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+        else:
+            with pa.memory_map(str(path)) as source:
+                try:
+                    table = pa.ipc.open_stream(source).read_all()
+                except pa.ArrowInvalid:
+                    table = pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+    rows = [(i, obj) for i, obj in enumerate(table.to_pylist(), 1)]
     if not rows:
         raise DataError(f"{path}: no examples (the file is empty)")
     return rows
