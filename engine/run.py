@@ -162,17 +162,25 @@ class Run:
 
     def _check(self) -> None:
         """Block while paused; raise Cancelled when cancelled. Called between and inside steps."""
-        if self._cancel.is_set():
+        # With several ranks a cancel takes effect at the next step boundary, where the
+        # ranks agree on it (_agreed_cancel); stopping one rank alone would hang the others.
+        solo = self._world is None or self._world.size == 1
+        if self._cancel.is_set() and solo:
             raise Cancelled()
         if not self._unpaused.is_set():
             self.status = "paused"
             self._emit(ev.RunPaused(self.step))
             while not self._unpaused.wait(0.05):
                 pass
-            if self._cancel.is_set():
+            if self._cancel.is_set() and solo:
                 raise Cancelled()
             self.status = "running"
             self._emit(ev.RunResumed(self.step))
+
+    def _agreed_cancel(self) -> None:
+        """Every rank raises Cancelled when any rank was asked to cancel (one all-reduce)."""
+        if self._world is not None and self._world.size > 1 and self._world.any(self._cancel.is_set()):
+            raise Cancelled()
 
     @property
     def _is_main(self) -> bool:
@@ -212,6 +220,11 @@ class Run:
             self.directory = RunDirectory.at(self._out_dir)
         else:
             self.directory = RunDirectory.create(self._runs_root, self.config.name)
+        if self._resume_dir is None and self._out_dir is None and self._world is not None and self._world.size > 1:
+            # rank 0 named (and created) the directory; the others learn its name
+            path = self._world.broadcast_text(str(self.directory.path) if self.directory else "")
+            if not self._is_main:
+                self.directory = RunDirectory(path)
         if self.directory is not None and self._is_main:
             self.directory.write_config(to_dict(resolved(self.config)))
 
@@ -269,7 +282,11 @@ class Run:
         run_t0 = time.time() - elapsed_before
         for step in range(start_step + 1, t.max_steps + 1):
             self._check()
+            self._agreed_cancel()
             ctx.step = step
+            # sampling and dropout draw from a key fixed by (seed, step): a resumed run
+            # draws exactly what an uninterrupted one would have
+            mx.random.seed(cfg.train.seed * 1_000_003 + step)
             t0 = time.perf_counter()
             with self._weights_lock:
                 metrics = algo.train_step(step)
@@ -322,7 +339,7 @@ class Run:
             "step": step,
             "algorithm": self.algorithm.state_dict(),
             "elapsed_s": time.time() - self._started_at + float(getattr(self, "_resumed_state", {}).get("elapsed_s", 0.0)),
-            "rng": [a.tolist() for a in mx.random.state],
+            "rng": "mx.random.seed(train.seed * 1000003 + step) before every step",
             "world_size": self._world.size if self._world else 1,
             "time": time.time(),
         }
@@ -377,8 +394,6 @@ class Run:
             self.algorithm.load_extra_arrays(dict(mx.load(str(extra_file))))
         state = json.loads((path / "trainer_state.json").read_text())
         self.algorithm.load_state_dict(state.get("algorithm", {}))
-        if state.get("rng"):
-            mx.random.state[0] = mx.array(state["rng"][0], dtype=mx.uint32)
         mx.eval(ctx.model.parameters(), ctx.optimizer.state if ctx.optimizer else [])
         self._resumed_state = state
         self._last_checkpoint = step
