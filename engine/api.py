@@ -14,10 +14,8 @@ scoring preference pairs with a run's policy against its base (reference) model.
 
 from __future__ import annotations
 
-import math
 import queue
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -198,41 +196,8 @@ def load_trained(run_dir: str | Path, step: int | None = None) -> tuple[Any, Any
     return load(base_model_path(run_dir), adapter_path=str(adapter_path(run_dir, step)))
 
 
-@dataclass(frozen=True)
-class PairScore:
-    """One preference pair scored by a trained policy and its reference (the base model).
-
-    Log-probs are summed over answer tokens (the prompt is masked), as DPO uses them.
-    ``chosen_reward = beta * (policy_chosen - ref_chosen)`` and likewise for rejected;
-    ``margin = chosen_reward - rejected_reward`` is the implicit reward margin (> 0: the
-    policy prefers the chosen answer more than the reference did).
-    """
-
-    where: str
-    prompt: str
-    chosen: str
-    rejected: str
-    policy_chosen: float
-    policy_rejected: float
-    ref_chosen: float
-    ref_rejected: float
-    beta: float
-
-    @property
-    def chosen_reward(self) -> float:
-        return self.beta * (self.policy_chosen - self.ref_chosen)
-
-    @property
-    def rejected_reward(self) -> float:
-        return self.beta * (self.policy_rejected - self.ref_rejected)
-
-    @property
-    def margin(self) -> float:
-        return self.chosen_reward - self.rejected_reward
-
-    @property
-    def policy_prefers_chosen(self) -> bool:
-        return self.policy_chosen > self.policy_rejected
+# PairScore lives in engine.scoring (with the inspector's scoring); kept importable from here.
+from engine.scoring import PairScore  # noqa: E402
 
 
 def score_pairs(
@@ -272,21 +237,6 @@ def score_pairs(
 
 
 def _pair_logps(model: Any, pairs: list[Any], batch_size: int) -> list[tuple[float, float]]:
-    import mlx.core as mx
+    from engine.scoring import pair_logprobs
 
-    from engine.batching import collate
-    from engine.logprobs import sequence_logprobs
-
-    out: list[tuple[float, float]] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        rows = [(p.prompt_ids, p.chosen_ids) for p in chunk] + [(p.prompt_ids, p.rejected_ids) for p in chunk]
-        batch = collate(rows)
-        logps = sequence_logprobs(model, batch.tokens, batch.mask)
-        mx.eval(logps)
-        values = logps.tolist()
-        n = len(chunk)
-        out.extend(zip(values[:n], values[n:], strict=True))
-    if any(not math.isfinite(v) for pair in out for v in pair):
-        raise RunDirError("scoring produced non-finite log-probs (are these weights trained to NaN?)")
-    return out
+    return pair_logprobs(model, pairs, batch_size)
