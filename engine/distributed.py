@@ -1,11 +1,28 @@
-"""Data-parallel ranks over ``mx.distributed`` (launched with ``mlx.launch``)."""
+"""Data-parallel ranks over ``mx.distributed`` (launched with ``mlx.launch``).
+
+Every rank runs the same program on its own share of each global batch; gradients are
+averaged with one all-reduce per update (``nn.average_gradients``), metrics with one
+all-reduce per step. Nothing here opens sockets itself: the backend (ring over TCP, NCCL
+on NVIDIA GPUs, MPI, JACCL over Thunderbolt RDMA) is whatever ``mlx.launch`` set up.
+
+Rules every rank-dependent code path must keep, or the ranks deadlock or drift apart:
+
+* every rank makes the same collective calls in the same order (so a decision that ends a
+  loop early, such as cancelling, is agreed with ``World.any`` first);
+* every rank holds the same weights (same seed, same averaged gradients), so only rank 0
+  writes the run directory and nothing has to be broadcast.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
+
+# Variables a launcher sets in each rank's environment (mlx.launch: MLX_RANK; mpirun: OMPI_*).
+RANK_ENV = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 
 
 @dataclass
@@ -39,21 +56,60 @@ class World:
             return value
         return float(mx.distributed.all_sum(mx.array([float(value)]), group=self.group).item())
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on at least one (a collective call)."""
+        if self.size == 1:
+            return flag
+        return self.sum(1.0 if flag else 0.0) > 0
+
     def broadcast_int(self, value: int) -> int:
         """Rank 0's value on every rank."""
         if self.size == 1:
             return value
-        mine = mx.array([value if self.rank == 0 else 0], dtype=mx.int64)
-        return int(mx.distributed.all_sum(mine, group=self.group).item())
+        # float32 all-reduce on every backend; exact for |value| < 2**24 per half
+        hi, lo = divmod(int(value), 1 << 20)
+        mine = mx.array([hi, lo] if self.rank == 0 else [0, 0], dtype=mx.float32)
+        h, l_ = mx.distributed.all_sum(mine, group=self.group).tolist()
+        return (int(h) << 20) + int(l_)
+
+    def broadcast_text(self, text: str) -> str:
+        """Rank 0's string on every rank (e.g. the run directory it created)."""
+        if self.size == 1:
+            return text
+        data = text.encode("utf-8") if self.rank == 0 else b""
+        n = self.broadcast_int(len(data))
+        mine = mx.array(list(data) if self.rank == 0 else [0] * n, dtype=mx.float32)
+        if n == 0:
+            return ""
+        return bytes(int(b) for b in mx.distributed.all_sum(mine, group=self.group).tolist()).decode("utf-8")
+
+
+_WORLD: World | None = None
+
+
+def launched_rank() -> int:
+    """This process's rank as the launcher announced it (0 when not launched)."""
+    for name in RANK_ENV:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def init_world() -> World:
-    """The launcher's world, or a world of one when not launched by ``mlx.launch``."""
+    """The launcher's world, or a world of one when not launched by ``mlx.launch``.
+
+    Initialised once per process; later calls return the same world.
+    """
+    global _WORLD
+    if _WORLD is not None:
+        return _WORLD
     try:
         group = mx.distributed.init()
-    except Exception:
-        return World(None, 0, 1)
-    size = group.size()
-    if size <= 1:
-        return World(None, 0, 1)
-    return World(group, group.rank(), size)
+    except Exception:  # noqa: BLE001 - no backend: train alone
+        group = None
+    if group is None or group.size() <= 1:
+        _WORLD = World(None, 0, 1)
+    else:
+        _WORLD = World(group, group.rank(), group.size())
+    return _WORLD

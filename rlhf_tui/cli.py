@@ -112,17 +112,25 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _drive(run: Any, args: argparse.Namespace) -> int:
     """Train in a thread, print progress, turn Ctrl-C/SIGINT into a clean cancel."""
     from engine.blas import blas_hint
+    from engine.distributed import launched_rank
 
+    rank = launched_rank()  # under mlx.launch only rank 0 reports progress
     printer = ProgressPrinter(quiet=args.quiet)
-    run.subscribe(printer)
+    if rank == 0:
+        run.subscribe(printer)
+    else:  # other ranks print nothing but still learn why a run failed (for the exit code)
+        from engine import events as ev
+
+        run.subscribe(lambda e: printer(e) if isinstance(e, ev.RunFailed) else None)
     hint = blas_hint()
-    if hint and not args.quiet:
+    if hint and not args.quiet and rank == 0:
         print(f"note: {hint}", file=sys.stderr)
 
     def on_sigint(signum: int, frame: Any) -> None:
         if run.status == "cancelled" or getattr(run, "_cancel").is_set():
             raise KeyboardInterrupt
-        print("\ncancelling after this step (Ctrl-C again to abort without a checkpoint)...", file=sys.stderr)
+        if rank == 0:
+            print("\ncancelling after this step (Ctrl-C again to abort without a checkpoint)...", file=sys.stderr)
         run.cancel()
 
     old = signal.signal(signal.SIGINT, on_sigint)
@@ -140,7 +148,8 @@ def _drive(run: Any, args: argparse.Namespace) -> int:
     if status == "failed":
         if args.debug and printer.traceback:
             print(printer.traceback, file=sys.stderr)
-        print(f"rlhf-tui: error: {summary.get('error')}", file=sys.stderr)
+        who = f" (rank {rank})" if rank else ""
+        print(f"rlhf-tui: error{who}: {summary.get('error')}", file=sys.stderr)
         if summary.get("run_dir"):
             print(f"run directory: {summary['run_dir']} (last checkpoint: step {summary.get('last_checkpoint')})", file=sys.stderr)
         return EXIT_BAD_INPUT if printer.bad_input else EXIT_FAILED

@@ -35,9 +35,11 @@ class Sft(Algorithm):
             return [(c.prompt_ids, c.completion_ids) for c in items]
         return [(c.prompt_ids[:1], c.prompt_ids[1:] + c.completion_ids) for c in items]
 
-    def loss_fn(self, model: nn.Module, tokens: mx.array, mask: mx.array) -> tuple[mx.array, dict[str, mx.array]]:
+    def loss_fn(self, model: nn.Module, tokens: mx.array, mask: mx.array, share: mx.array | None = None) -> tuple[mx.array, dict[str, mx.array]]:
+        """Mean token loss. ``share``: the global token count / ranks, so that the ranks'
+        averaged gradients equal one process's on the whole batch (ranks hold unequal tokens)."""
         lp, logits = shifted_token_logprobs(model, tokens)
-        n = mx.maximum(mask.sum(), 1.0)
+        n = mx.maximum(mask.sum() if share is None else share, 1.0)
         loss = -(lp * mask).sum() / n
         correct = (mx.argmax(logits, axis=-1) == tokens[:, 1:]).astype(mx.float32)
         acc = mx.stop_gradient((correct * mask).sum() / n)
@@ -46,7 +48,9 @@ class Sft(Algorithm):
     def train_step(self, step: int) -> dict[str, float]:
         items = [self.train[i] for i in self.order.next_indices()]
         batch = collate(self._rows(items))
-        loss, aux, norm = self.ctx.update(self.loss_fn, batch.tokens, batch.mask)
+        world = self.ctx.world
+        share = mx.array(world.sum(float(batch.completion_tokens)) / world.size) if world.size > 1 else None
+        loss, aux, norm = self.ctx.update(self.loss_fn, batch.tokens, batch.mask, share)
         return {
             "loss": loss,
             "grad_norm": norm,
