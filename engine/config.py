@@ -46,6 +46,7 @@ class ModelConfig:
     dtype: str = knob("float32", "Weights and activations dtype; log-softmax and losses always run in float32.", choices=("float32", "bfloat16", "float16"))
     trust_remote_code: bool = knob(False, "Allow tokenizer code from the model repo to run (off unless you opt in).")
     max_length: int = knob(512, "Longest prompt+completion in tokens; longer pairs are truncated from the prompt's left.", min=8, max=131072)
+    init_from: str = knob("", "Start from trained weights: a run directory or checkpoint folder (adapters.safetensors + adapter_config.json); empty: the base as is.")
 
 
 @dataclass
@@ -402,6 +403,7 @@ def resolved(cfg: RunConfig) -> RunConfig:
     out.data.train = resolve_path(cfg, cfg.data.train)
     out.data.eval = resolve_path(cfg, cfg.data.eval)
     out.ppo.reward_model = resolve_path(cfg, cfg.ppo.reward_model)
+    out.model.init_from = resolve_path(cfg, cfg.model.init_from)
     return out
 
 

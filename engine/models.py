@@ -124,6 +124,10 @@ def load_policy(cfg: RunConfig) -> LoadedModel:
     elif cfg.model.adapter == "full":
         raise ModelError(f"{path}: a quantized model can only be trained with model.adapter = 'lora' or 'dora'")
     acfg = adapter_config_for(cfg, len(model.layers))
+    if cfg.model.init_from:
+        start = Path(resolve_path(cfg, cfg.model.init_from))
+        apply_trained_weights(model, start)
+        acfg["init_from"] = str(start.resolve())
     attach_trainable(model, acfg)
     return LoadedModel(model, tokenizer, path, acfg)
 
@@ -142,3 +146,38 @@ def write_adapter_config(folder: Path, adapter_config: dict[str, Any], base_path
     data = dict(adapter_config)
     data["model"] = str(base_path)
     (folder / "adapter_config.json").write_text(json.dumps(data, indent=2))
+
+
+def apply_trained_weights(model: nn.Module, folder: Path) -> None:
+    """Bake a run's or checkpoint's trained weights into ``model`` (model.init_from).
+
+    ``folder`` holds ``adapters.safetensors`` + ``adapter_config.json`` (a run directory or a
+    checkpoint). Full weights are loaded as they are; LoRA/DoRA adapters are attached, loaded
+    and fused into the base. A folder that itself started from other weights (its
+    ``adapter_config.json`` has ``init_from``) has those applied first.
+    """
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    folder = Path(folder).expanduser()
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapters.safetensors"
+    if not folder.is_dir() or not config_file.exists() or not weights_file.exists():
+        raise ModelError(f"{folder}: model.init_from needs a run directory or checkpoint folder with adapters.safetensors and adapter_config.json")
+    try:
+        acfg = json.loads(config_file.read_text())
+        kind = acfg["fine_tune_type"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{config_file}: not an mlx-lm adapter config ({err})") from None
+    if acfg.get("init_from"):
+        apply_trained_weights(model, Path(acfg["init_from"]))
+    if kind != "full":
+        attach_trainable(model, acfg)
+    weights = mx.load(str(weights_file))
+    known = {k for k, _ in tree_flatten(model.parameters())}
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise ModelError(f"{weights_file}: {len(unknown)} weights do not fit this base model (e.g. {unknown[0]}); was it trained on another model?")
+    model.load_weights(list(weights.items()), strict=False)
+    if kind != "full":
+        fused = [(name, m.fuse()) for name, m in model.named_modules() if hasattr(m, "fuse")]
+        model.update_modules(tree_unflatten(fused))
+    mx.eval(model.parameters())
