@@ -79,7 +79,7 @@ class RlhfApp(App[int]):
                 return
         self.push_screen(PresetsScreen(self.preset, self.overrides))
 
-    def start_run(self, cfg: RunConfig) -> None:
+    def start_run(self, cfg: RunConfig, out_dir: str | None = None) -> None:
         """Start training ``cfg`` in a background thread and open its monitor."""
         from engine.run import Run
         from rlhf_tui.screens.monitor import MonitorScreen
@@ -87,9 +87,20 @@ class RlhfApp(App[int]):
         if self.active_run is not None and self.active_run.running:
             self.notify("A run is already training; cancel it first.", severity="warning")
             return
-        run = Run(cfg, runs_root=self.runs_root)
+        run = Run(cfg, runs_root=self.runs_root, out_dir=out_dir)
         self.active_run = run
         self.push_screen(MonitorScreen(run=run, title=f"{cfg.name} · {cfg.algorithm.upper()}"))
+
+    def show_labelling(self, cfg: RunConfig | None = None) -> None:
+        """The labelling screen (back to it if open), for ``cfg``'s model (default: the built-in)."""
+        from rlhf_tui.screens.labelling import LabellingScreen, labelling_screen_for
+
+        for i, screen in enumerate(self.screen_stack):
+            if isinstance(screen, LabellingScreen):
+                while len(self.screen_stack) > i + 1:
+                    self.pop_screen()
+                return
+        self.push_screen(labelling_screen_for(cfg))
 
     def follow_run_dir(self, run_dir: str) -> None:
         from rlhf_tui.screens.monitor import MonitorScreen
@@ -145,6 +156,7 @@ class RlhfApp(App[int]):
                 yield SystemCommand(title, help_text, callback)
         yield SystemCommand("Go to presets", "Browse, edit and start presets", self._palette_presets)
         yield SystemCommand("Follow a run directory…", "Monitor a run another process writes", self._palette_follow)
+        yield SystemCommand("Label completions", "Pick the better of the model's own completions; train on the labels", self.show_labelling)
         yield SystemCommand("Help for this screen", "What this screen does and its keys", self.action_help)
         yield from super().get_system_commands(screen)
 

@@ -42,6 +42,9 @@ class PresetsScreen(Screen):
         Binding("d", "duplicate", "Duplicate", id="presets.duplicate", tooltip="Save a copy as a user preset"),
         Binding("delete", "delete", "Delete", id="presets.delete", tooltip="Delete the selected user preset"),
         Binding("f", "follow", "Follow run dir", id="presets.follow", tooltip="Monitor a run another process writes"),
+        Binding("l", "label", "Label", id="presets.label", tooltip="Label this preset's model's completions (human feedback)"),
+        Binding("i", "app.inspect", "Pairs", id="presets.inspect", tooltip="Inspect and score this preset's preference pairs"),
+        Binding("h", "app.history", "History", id="presets.history", tooltip="Every run: reopen, overlay, compare, resume, export"),
         Binding("f5", "refresh", "Refresh", id="presets.refresh", show=False),
     ]
 
@@ -210,6 +213,9 @@ class PresetsScreen(Screen):
                 self.app.follow_run_dir(path)  # type: ignore[attr-defined]
 
         self.app.push_screen(PromptScreen("Follow a run directory (being written by another process):", placeholder="runs/tiny-dpo-20260101-120000"), done)
+
+    def action_label(self) -> None:
+        self.app.show_labelling(self.current_config)  # type: ignore[attr-defined]
 
     def action_refresh(self) -> None:
         self.reload()
