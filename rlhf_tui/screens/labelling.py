@@ -1,0 +1,622 @@
+"""The labelling screen: a person picks the better of two completions; the labels train the next round.
+
+Completions are sampled in a background thread that keeps ``AHEAD`` prompts ready, so the
+person never waits on the model. Every label is written to the label file at once
+(``engine.labels``: one fsync'd line each); quitting and coming back resumes at the first
+prompt this labeller has not judged. **r** starts a DPO round on the pairs collected so far,
+starting from the weights that wrote them, in the run monitor.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Header, Label, Static, TextArea
+from textual.worker import get_current_worker
+
+from engine.errors import Cancelled, EngineError
+from engine.labels import Label as LabelRecord
+from engine.labels import LabelFile, agreements, items_to_relabel, prompt_key, utc_now
+from engine.sampling import ModelChoice, Sampling
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+    from engine.sampling import CompletionWriter
+
+AHEAD = 6  # prompts kept generated ahead of the person
+BATCH = 4  # prompts sampled together
+DEFAULT_LABEL_FILE = "labels/labels.jsonl"
+
+HELP = """\
+Judge the model's own completions. The prompt is on top, two sampled completions below
+(**A** left, **B** right). One key per judgement:
+
+**a** A is better · **b** B is better · **t** tie · **x** both bad · **s** skip.
+**e** rewrites the selected completion (←/→ select it) into a better answer: your text becomes
+`chosen`, the model's original `rejected`. **u** undoes your last label.
+
+Labels are appended to the label file as you make them (a crash loses at most the one being
+made); pairs go to the file itself, which trains like any preference file (`prompt`/`chosen`/
+`rejected` plus provenance); ties, both-bad and skips go to `<file>.skipped.jsonl`. Coming back
+later resumes at the first prompt you have not labelled.
+
+**r** trains a DPO round on the pairs collected so far, starting from the weights that wrote
+the completions; the run directory keeps a copy of the rows it trained on and
+`data_provenance.json`. **m** picks the model: a base model, a run directory (its latest
+weights) or a checkpoint folder; after a round it offers the new run.
+
+When several labellers share a label file, the bar at the bottom shows how often they agree
+(and Cohen's kappa). To label the same pairs a second time (yourself or someone else), start
+with *relabel* on: the pairs already in the file are shown again, A/B order shuffled.
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """A prompt and the two completions shown for it."""
+
+    prompt: Any
+    completions: tuple[str, str]
+    model: ModelChoice
+
+
+class ItemsReady(Message):
+    """The generator thread queued new items."""
+
+
+@dataclass
+class GeneratorFailed(Message):
+    error: str
+
+
+@dataclass
+class ModelLoaded(Message):
+    description: str
+
+
+class EditScreen(ModalScreen[str | None]):
+    """Rewrite a completion; ctrl+s keeps it, escape cancels."""
+
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Use this answer", id="edit.save"),
+        Binding("escape", "cancel", "Cancel", id="edit.cancel"),
+    ]
+    DEFAULT_CSS = """
+    EditScreen { align: center middle; background: $background 60%; }
+    EditScreen #edit-dialog { width: 90; max-width: 95%; height: auto; border: thick $accent; background: $surface; padding: 1 2; }
+    EditScreen TextArea { height: 10; }
+    """
+
+    def __init__(self, pane: str, prompt: str, text: str) -> None:
+        super().__init__()
+        self.pane, self.prompt, self.text = pane, prompt, text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="edit-dialog"):
+            yield Label(f"Rewrite completion {self.pane.upper()} into a better answer", id="question")
+            yield Static(Text(self.prompt.rstrip("\n"), style="italic"), classes="hint")
+            yield TextArea(self.text, id="edit-text", soft_wrap=True)
+            yield Static("ctrl+s uses your text as the chosen answer · escape cancels", classes="hint")
+
+    def on_mount(self) -> None:
+        area = self.query_one(TextArea)
+        area.focus()
+        area.move_cursor(area.document.end)
+
+    def action_save(self) -> None:
+        self.dismiss(self.query_one(TextArea).text)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class LabellingScreen(Screen):
+    HELP_TITLE = "Labelling"
+    HELP = HELP
+    AUTO_FOCUS = ""
+    BINDINGS = [
+        Binding("a", "label('a')", "A better", id="labelling.a", tooltip="Completion A is better"),
+        Binding("b", "label('b')", "B better", id="labelling.b", tooltip="Completion B is better"),
+        Binding("t", "label('tie')", "Tie", id="labelling.tie", tooltip="Equally good (kept aside, not a training pair)"),
+        Binding("x", "label('both_bad')", "Both bad", id="labelling.both_bad", tooltip="Neither is acceptable (kept aside)"),
+        Binding("s", "label('skip')", "Skip", id="labelling.skip", tooltip="Cannot judge this one"),
+        Binding("e", "edit", "Edit", id="labelling.edit", tooltip="Rewrite the selected completion; it becomes chosen"),
+        Binding("u", "undo", "Undo", id="labelling.undo", tooltip="Remove your last label and show it again"),
+        Binding("left", "select('a')", "Select A", id="labelling.select_a", show=False),
+        Binding("right", "select('b')", "Select B", id="labelling.select_b", show=False),
+        Binding("r", "train_round", "Train DPO", id="labelling.train", tooltip="Start a DPO round on the labelled pairs"),
+        Binding("m", "choose_model", "Model", id="labelling.model", tooltip="Label completions from another model or checkpoint"),
+        Binding("escape", "back", "Back", id="labelling.back", tooltip="Leave (labels are already saved)"),
+    ]
+    DEFAULT_CSS = """
+    LabellingScreen #label-prompt { height: auto; max-height: 12; border: round $accent; border-title-style: bold; padding: 0 1; }
+    LabellingScreen #panes { height: 1fr; }
+    LabellingScreen .pane { width: 1fr; height: 1fr; border: round $panel-lighten-2; border-title-style: bold; padding: 0 1; }
+    LabellingScreen .pane.-selected { border: round $accent; }
+    LabellingScreen .pane Static { width: 1fr; }
+    LabellingScreen #label-sampling { height: 1; padding: 0 1; color: $text-muted; }
+    LabellingScreen #label-stats { height: 1; padding: 0 1; }
+    """
+
+    def __init__(
+        self,
+        *,
+        label_file: str | Path = DEFAULT_LABEL_FILE,
+        prompts: str | Path | None = None,
+        model: str | ModelChoice = "builtin:tiny-sorter",
+        labeller: str | None = None,
+        sampling: Sampling | None = None,
+        relabel: bool = False,
+        max_length: int = 512,
+        seed: int = 0,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        super().__init__()
+        self.labels = LabelFile(label_file, clock=clock)
+        self.prompts_path = Path(prompts) if prompts else _builtin_prompts()
+        self.model_spec = model
+        self.labeller = labeller or _default_labeller()
+        self.sampling = sampling or Sampling()
+        self.relabel = relabel
+        self.max_length = max_length
+        self.seed = seed
+        self.choice: ModelChoice | None = model if isinstance(model, ModelChoice) else None
+        self.current: Item | None = None
+        self.selected = "a"
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._ready: deque[Item] = deque()
+        self._pending: deque[Any] = deque()
+        self._generation = 0
+        self._status = "loading model…"
+        self.session_count = 0
+        self._first_shown: float | None = None
+        self.last_round: str | None = None  # the run directory of the last round started here
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        prompt = Static("", id="label-prompt-text", markup=False)
+        with VerticalScroll(id="label-prompt"):
+            yield prompt
+        with Horizontal(id="panes"):
+            for pane in ("a", "b"):
+                with VerticalScroll(id=f"pane-{pane}", classes="pane" + (" -selected" if pane == "a" else "")):
+                    yield Static("", id=f"text-{pane}", markup=False)
+        yield Static("", id="label-sampling", markup=False)
+        yield Static("", id="label-stats")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "rlhf-tui"
+        self.sub_title = f"labelling · {self.labels.path}"
+        self.query_one("#label-prompt").border_title = "Prompt"
+        self.query_one("#pane-a").border_title = "A  (a)"
+        self.query_one("#pane-b").border_title = "B  (b)"
+        self._refresh_sampling_line()
+        self._start()
+        self.set_interval(1.0, self._refresh_stats)
+
+    def on_unmount(self) -> None:
+        self._stop_generator()
+
+    # ------------------------------------------------------------------ the queue
+
+    def _start(self) -> None:
+        """(Re)fill the queue: generated completions, or the pairs of the file when relabelling."""
+        self._stop_generator()
+        with self._lock:
+            self._generation += 1
+            self._ready.clear()
+            self.current = None
+        try:
+            rows = self.labels.rows()
+        except EngineError as err:
+            self._fail(str(err))
+            return
+        if self.relabel:
+            rng = random.Random(self.seed)
+            placeholder = ModelChoice("relabel", "", None)
+            for prompt, (a, b) in items_to_relabel(rows, self.labeller):
+                pair = (b, a) if rng.random() < 0.5 else (a, b)
+                self._ready.append(Item(prompt, pair, _model_of(rows, prompt, (a, b)) or placeholder))
+            self._status = "nothing left to relabel" if not self._ready else ""
+            self._show_next()
+            return
+        try:
+            from engine.data import load_records
+
+            records = load_records(str(self.prompts_path), "prompt")
+        except EngineError as err:
+            self._fail(str(err))
+            return
+        done = {prompt_key(r["prompt"]) for r in rows if r.get("labeller") == self.labeller}
+        with self._lock:
+            self._pending = deque(r.prompt for r in records if prompt_key(r.prompt) not in done)
+        self.total_prompts = len(records)
+        self._status = "loading model…"
+        self._show_next()
+        self._generate(self._generation)
+
+    def _stop_generator(self) -> None:
+        self.workers.cancel_group(self, "labelling-generate")
+        self._wake.set()
+
+    @work(thread=True, exclusive=True, group="labelling-generate", exit_on_error=False)
+    def _generate(self, generation: int) -> None:
+        import mlx.core as mx
+
+        from engine.sampling import CompletionWriter, resolve_model_choice
+
+        worker = get_current_worker()
+
+        def check() -> None:
+            if worker.is_cancelled:
+                raise Cancelled()
+
+        try:
+            choice = self.choice or resolve_model_choice(str(self.model_spec))
+            self.choice = choice
+            mx.random.seed(self.seed)
+            writer: CompletionWriter = CompletionWriter(choice, self.max_length)
+            self.post_message(ModelLoaded(choice.describe()))
+            while not worker.is_cancelled:
+                with self._lock:
+                    if generation != self._generation:
+                        return
+                    room = AHEAD - len(self._ready)
+                    batch = [self._pending.popleft() for _ in range(min(max(room, 0), BATCH, len(self._pending)))]
+                if not batch:
+                    self._wake.wait(0.2)
+                    self._wake.clear()
+                    continue
+                texts = writer.complete(batch, self.sampling, check=check)
+                with self._lock:
+                    if generation != self._generation:
+                        return
+                    self._ready.extend(Item(p, (t[0], t[1]), choice) for p, t in zip(batch, texts, strict=True))
+                self.post_message(ItemsReady())
+        except Cancelled:
+            return
+        except EngineError as err:
+            self.post_message(GeneratorFailed(str(err)))
+        finally:
+            try:
+                mx.synchronize()
+                mx.clear_streams()
+            except Exception:  # noqa: BLE001
+                pass
+
+    @on(ItemsReady)
+    def _items_ready(self) -> None:
+        if self.current is None:
+            self._show_next()
+        self._refresh_stats()
+
+    @on(ModelLoaded)
+    def _model_loaded(self, message: ModelLoaded) -> None:
+        self._status = "generating…"
+        self._refresh_sampling_line()
+        self._refresh_stats()
+
+    @on(GeneratorFailed)
+    def _generator_failed(self, message: GeneratorFailed) -> None:
+        self._fail(message.error)
+
+    def _fail(self, error: str) -> None:
+        self._status = f"error: {error}"
+        self.notify(error, title="Labelling", severity="error", timeout=15)
+        self._refresh_stats()
+
+    def _show_next(self) -> None:
+        with self._lock:
+            self.current = self._ready.popleft() if self._ready else None
+        self._wake.set()
+        self._show(self.current)
+
+    def _show(self, item: Item | None) -> None:
+        prompt = self.query_one("#label-prompt-text", Static)
+        a, b = self.query_one("#text-a", Static), self.query_one("#text-b", Static)
+        if item is None:
+            waiting = self._status or ("all prompts labelled" if not self._pending else "generating…")
+            prompt.update(waiting)
+            a.update("")
+            b.update("")
+        else:
+            if self._first_shown is None:
+                self._first_shown = time.monotonic()
+            text = item.prompt if isinstance(item.prompt, str) else json.dumps(item.prompt, ensure_ascii=False, indent=1)
+            prompt.update(text.rstrip("\n"))
+            a.update(item.completions[0] or "(empty)")
+            b.update(item.completions[1] or "(empty)")
+        self._refresh_stats()
+
+    # ------------------------------------------------------------------ status lines
+
+    def _refresh_sampling_line(self) -> None:
+        s = self.sampling
+        model = "pairs from the label file" if self.relabel else (self.choice.describe() if self.choice else str(self.model_spec))
+        self.query_one("#label-sampling", Static).update(
+            f"model {model} · temperature {s.temperature:g} · top_p {s.top_p:g} · max tokens {s.max_tokens} · labeller {self.labeller}"
+        )
+
+    def stats_text(self) -> Text:
+        rows = self.labels.rows()
+        pairs = sum(1 for r in rows if "chosen" in r)
+        out = Text()
+        out.append(f"{self.session_count} labelled", style="bold")
+        out.append(f" this session · {pairs} pairs + {len(rows) - pairs} other in file")
+        if self.session_count and self._first_shown is not None:
+            minutes = max(time.monotonic() - self._first_shown, 1.0) / 60
+            out.append(f" · {self.session_count / minutes:.1f}/min")
+        with self._lock:
+            ready, left = len(self._ready), len(self._pending)
+        out.append(f" · {ready} ready" + (f", {left} to generate" if not self.relabel else ""))
+        for ag in agreements(rows):
+            if self.labeller in (ag.labeller_a, ag.labeller_b):
+                other = ag.labeller_b if ag.labeller_a == self.labeller else ag.labeller_a
+                kappa = f", κ {ag.kappa:.2f}" if ag.kappa is not None else ""
+                out.append(f" · agree with {other} {100 * (ag.rate or 0):.0f}% of {ag.shared}{kappa}", style="bold")
+        if self._status.startswith("error"):
+            out.append(f" · {self._status}", style="red")
+        return out
+
+    def _refresh_stats(self) -> None:
+        try:
+            self.query_one("#label-stats", Static).update(self.stats_text())
+        except EngineError as err:
+            self.query_one("#label-stats", Static).update(Text(str(err), style="red"))
+
+    # ------------------------------------------------------------------ actions
+
+    def _record(self, label: str, **extra: Any) -> None:
+        item = self.current
+        if item is None:
+            self.notify("Nothing to label yet: completions are being generated.", severity="warning")
+            return
+        record = LabelRecord(
+            item.prompt,
+            item.completions,
+            label,
+            self.labeller,
+            item.model.base or "unknown",
+            item.model.checkpoint,
+            self.sampling.provenance() if not self.relabel else {},
+            **extra,
+        )
+        try:
+            self.labels.append(record)
+        except EngineError as err:
+            self.notify(str(err), title="Label not saved", severity="error", timeout=15)
+            return
+        self.session_count += 1
+        self._show_next()
+
+    def action_label(self, label: str) -> None:
+        self._record(label)
+
+    def action_select(self, pane: str) -> None:
+        self.selected = pane
+        for p in ("a", "b"):
+            self.query_one(f"#pane-{p}").set_class(p == pane, "-selected")
+
+    def action_edit(self) -> None:
+        item = self.current
+        if item is None:
+            return
+        pane = self.selected
+        original = item.completions[0 if pane == "a" else 1]
+        prompt = item.prompt if isinstance(item.prompt, str) else json.dumps(item.prompt)
+
+        def done(text: str | None) -> None:
+            if text is None or self.current is not item:
+                return
+            if text == original:
+                self.notify("Unchanged: press a or b to pick it as it is.", severity="warning")
+                return
+            self._record("edit", edited=pane, edit_text=text)
+
+        self.app.push_screen(EditScreen(pane, prompt, original), done)
+
+    def action_undo(self) -> None:
+        try:
+            row = self.labels.undo(self.labeller)
+        except EngineError as err:
+            self.notify(str(err), severity="error")
+            return
+        if row is None:
+            self.notify("Nothing of yours to undo in this label file.", severity="warning")
+            return
+        self.session_count = max(self.session_count - 1, 0)
+        model = self.current.model if self.current else (self.choice or ModelChoice("", str(row.get("model", "")), None))
+        model = replace(model, base=str(row.get("model", model.base)), adapter_dir=row.get("checkpoint"))
+        back = Item(row["prompt"], tuple(row["completions"]), model)  # type: ignore[arg-type]
+        with self._lock:
+            if self.current is not None:
+                self._ready.appendleft(self.current)
+            self.current = back
+        self._show(back)
+        self.notify(f"Undid '{row['label']}' on this prompt.", timeout=3)
+
+    def action_back(self) -> None:
+        self._stop_generator()
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+        else:
+            self.app.show_presets()  # type: ignore[attr-defined]
+
+    def action_choose_model(self) -> None:
+        from rlhf_tui.screens.dialogs import PromptScreen
+
+        suggestion = self.last_round or (self.choice.spec if self.choice else str(self.model_spec))
+
+        def done(spec: str | None) -> None:
+            if spec:
+                self.use_model(spec)
+
+        self.app.push_screen(
+            PromptScreen("Label completions from (base model, run directory or checkpoint folder):", suggestion, "runs/<id>"),
+            done,
+        )
+
+    def use_model(self, spec: str | ModelChoice) -> None:
+        """Label completions from other weights (the queue is refilled)."""
+        self.model_spec = spec
+        self.choice = spec if isinstance(spec, ModelChoice) else None
+        self.relabel = False
+        self._refresh_sampling_line()
+        self._start()
+
+    # ------------------------------------------------------------------ close the loop
+
+    def round_config(self, algorithm: str = "dpo") -> RunConfig:
+        """The config of a training round on the labelled pairs, from the weights that wrote them."""
+        from engine.api import run_config
+        from engine.presets import DEFAULT_PRESET, load_preset
+
+        choice = self.choice or (None if self.relabel else _resolve(str(self.model_spec)))
+        if choice is not None and choice.run_dir:
+            cfg = run_config(choice.run_dir)
+        else:
+            cfg = load_preset(getattr(self.app, "preset", DEFAULT_PRESET) or DEFAULT_PRESET)
+            if choice is not None and choice.base and cfg.model.path != choice.base:
+                cfg = load_preset(DEFAULT_PRESET)
+                cfg.model.path = choice.base
+        pairs = len(self.labels.pairs())
+        cfg.algorithm = algorithm
+        cfg.name = f"labels-{algorithm}"
+        cfg.description = f"{algorithm.upper()} on {pairs} labelled pairs from {self.labels.path}"
+        cfg.model.init_from = (choice.adapter_dir or "") if choice is not None else ""
+        cfg.train.batch_size = max(1, min(cfg.train.batch_size, pairs))
+        cfg.train.max_steps = max(10, min(200, math.ceil(8 * pairs / cfg.train.batch_size)))
+        cfg.train.save_every = 0
+        cfg.train.eval_every = max(cfg.train.max_steps // 4, 1)
+        return cfg
+
+    def action_train_round(self, algorithm: str = "dpo") -> None:
+        from rlhf_tui.screens.dialogs import ConfirmScreen
+
+        try:
+            pairs = self.labels.pairs()
+        except EngineError as err:
+            self.notify(str(err), severity="error")
+            return
+        if not pairs:
+            self.notify("No pairs yet: label some with a, b or e first (ties and skips are not pairs).", severity="warning")
+            return
+        try:
+            cfg = self.round_config(algorithm)
+        except EngineError as err:
+            self.notify(str(err), title="Cannot start a round", severity="error", timeout=15)
+            return
+        start = cfg.model.init_from or cfg.model.path
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.start_round(cfg)
+
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Train {algorithm.upper()} on {len(pairs)} labelled pairs?",
+                f"Starting from {start}; {cfg.train.max_steps} steps of {cfg.train.batch_size} pairs, "
+                f"learning rate {cfg.train.learning_rate:g}. The run monitor opens; come back here with escape "
+                "when it ends, then m labels the new weights.",
+                yes="Start training",
+                no="Not now",
+            ),
+            done,
+        )
+
+    def start_round(self, cfg: RunConfig) -> Path | None:
+        """Copy the pairs into a new run directory, record where they came from, and start training."""
+        from engine.labels import snapshot_pairs
+        from engine.rundir import RunDirectory, atomic_write_text
+
+        runs_root = getattr(self.app, "runs_root", "runs")
+        try:
+            directory = RunDirectory.create(runs_root, cfg.name)
+            record = snapshot_pairs(self.labels.path, directory.path / "train_labels.jsonl")
+            record |= {
+                "algorithm": cfg.algorithm,
+                "base_model": cfg.model.path,
+                "init_from": cfg.model.init_from or None,
+                "skipped_file": str(self.labels.sidecar.resolve()),
+                "started": utc_now(),
+            }
+            atomic_write_text(directory.path / "data_provenance.json", json.dumps(record, indent=2) + "\n")
+        except EngineError as err:
+            self.notify(str(err), title="Cannot start a round", severity="error", timeout=15)
+            return None
+        cfg.data.train = str(directory.path / "train_labels.jsonl")
+        self.last_round = str(directory.path)
+        self.app.start_run(cfg, out_dir=str(directory.path))  # type: ignore[attr-defined]
+        return directory.path
+
+    def palette_commands(self) -> list[tuple[str, str, Any]]:
+        return [
+            ("Labelling: train DPO on the labels", "Start a DPO round on the labelled pairs", self.action_train_round),
+            ("Labelling: train a reward model on the labels", "Bradley-Terry reward model on the labelled pairs", lambda: self.action_train_round("reward")),
+            ("Labelling: choose the model", "Base model, run directory or checkpoint folder", self.action_choose_model),
+        ]
+
+
+def labelling_screen_for(cfg: RunConfig | None) -> LabellingScreen:
+    """A labelling screen for a preset's model: the built-in prompts for the built-in model,
+    otherwise the prompts of the preset's training data; labels go to ``labels/<preset>.jsonl``."""
+    if cfg is None:
+        return LabellingScreen()
+    from engine.config import resolve_path
+
+    model = resolve_path(cfg, cfg.model.path)
+    prompts = None if model.startswith("builtin:") or not cfg.data.train else resolve_path(cfg, cfg.data.train)
+    return LabellingScreen(
+        label_file=Path("labels") / f"{cfg.name}.jsonl",
+        prompts=prompts,
+        model=model,
+        max_length=cfg.model.max_length,
+        sampling=Sampling(cfg.generation.temperature, cfg.generation.top_p, cfg.generation.max_new_tokens),
+    )
+
+
+def _resolve(spec: str) -> ModelChoice:
+    from engine.sampling import resolve_model_choice
+
+    return resolve_model_choice(spec)
+
+
+def _model_of(rows: list[dict[str, Any]], prompt: Any, completions: tuple[str, str]) -> ModelChoice | None:
+    for r in rows:
+        if r.get("prompt") == prompt and tuple(r.get("completions", ())) == completions:
+            return ModelChoice("relabel", str(r.get("model", "")), r.get("checkpoint"))
+    return None
+
+
+def _builtin_prompts() -> Path:
+    from engine.presets import builtin_dir
+
+    return builtin_dir() / "data" / "sort_prompts.jsonl"
+
+
+def _default_labeller() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "labeller"
