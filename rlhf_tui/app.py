@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 class RlhfApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "rlhf-tui"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
     BINDINGS = [
         Binding("ctrl+q", "request_quit", "Quit", id="app.quit", priority=True, tooltip="Quit (asks first while a run trains)"),
         Binding("question_mark", "help", "Help", id="app.help", tooltip="Help for this screen"),
@@ -111,6 +113,86 @@ class RlhfApp(App[int]):
             return
         self.push_screen(MonitorScreen(run_dir=str(path), title=f"following {path.name}"))
 
+    # ------------------------------------------------------------------ inspector, history, samples
+
+    def show_inspector(self, cfg: RunConfig | None = None, *, data: str | None = None, run: Run | None = None, run_dir: str | None = None) -> None:
+        """The pair inspector on a preset's data (``cfg``), a run's, or any file (``data``)."""
+        from rlhf_tui.screens.inspector import InspectorScreen
+
+        self.push_screen(InspectorScreen(cfg, data=data, run=run, run_dir=run_dir))
+
+    def show_history(self) -> None:
+        """Every run in the runs folder: reopen, overlay, compare configs, resume, export."""
+        from rlhf_tui.screens.history import HistoryScreen
+
+        for i, screen in enumerate(self.screen_stack):
+            if isinstance(screen, HistoryScreen):
+                while len(self.screen_stack) > i + 1:
+                    self.pop_screen()
+                screen.reload()
+                return
+        self.push_screen(HistoryScreen(self.runs_root))
+
+    def show_samples(self, run: Run | None = None, run_dir: str | None = None) -> None:
+        """PPO/GRPO samples (prompt, completion, score, advantage), live or from a run directory."""
+        from rlhf_tui.screens.samples import SamplesScreen
+
+        self.push_screen(SamplesScreen(run=run, run_dir=run_dir))
+
+    def resume_run_dir(self, run_dir: str) -> None:
+        """Continue a stopped run from its last checkpoint, training in this app, in the monitor."""
+        from engine.errors import EngineError
+        from engine.run import resume_run
+        from rlhf_tui.screens.monitor import MonitorScreen
+
+        if self.active_run is not None and self.active_run.running:
+            self.notify("A run is already training; cancel it first.", severity="warning")
+            return
+        try:
+            run = resume_run(run_dir)
+        except EngineError as err:
+            self.notify(str(err), title="Cannot resume", severity="error")
+            return
+        self.active_run = run
+        self.push_screen(MonitorScreen(run=run, title=f"{run.config.name} · {run.config.algorithm.upper()} · resumed"))
+
+    def _screen_run(self) -> tuple[Run | None, str | None]:
+        """The run the current screen shows (an in-app Run, or a run directory), if any."""
+        from engine.run import Run
+
+        run = getattr(self.screen, "run", None)
+        run = run if isinstance(run, Run) else None
+        run_dir = getattr(self.screen, "run_dir", None)
+        if run is not None and run.directory is not None:
+            run_dir = str(run.directory.path)
+        return run, run_dir if isinstance(run_dir, str) else None
+
+    def action_inspect(self) -> None:
+        """``i``: the pair inspector on what the current screen shows (a preset or a run)."""
+        run, run_dir = self._screen_run()
+        cfg = getattr(self.screen, "current_config", None)
+        if run is None and run_dir is None and cfg is None and hasattr(self.screen, "current_config"):
+            self.notify("This preset has an error; fix its file first.", severity="error")
+            return
+        self.show_inspector(cfg, run=run, run_dir=run_dir)
+
+    def action_history(self) -> None:
+        """``h``: the run history."""
+        self.show_history()
+
+    def _palette_samples(self) -> None:
+        run, run_dir = self._screen_run()
+        if run is None and run_dir is None:
+            from rlhf_tui.screens.dialogs import PromptScreen
+
+            def done(path: str | None) -> None:
+                if path:
+                    self.show_samples(run_dir=str(Path(path).expanduser()))
+
+            self.push_screen(PromptScreen("Samples of which run directory?", placeholder="runs/<run id>"), done)
+            return
+        self.show_samples(run=run, run_dir=run_dir)
+
     # ------------------------------------------------------------------ app-wide actions
 
     def action_help(self) -> None:
@@ -156,6 +238,9 @@ class RlhfApp(App[int]):
                 yield SystemCommand(title, help_text, callback)
         yield SystemCommand("Go to presets", "Browse, edit and start presets", self._palette_presets)
         yield SystemCommand("Follow a run directory…", "Monitor a run another process writes", self._palette_follow)
+        yield SystemCommand("Pair inspector", "Browse, search and score the preference pairs of this preset or run", self.action_inspect)
+        yield SystemCommand("Run history", "Every run: reopen, overlay, diff configs, resume, export", self.action_history)
+        yield SystemCommand("Samples (PPO/GRPO)", "Prompts, completions, scores and advantages of a run", self._palette_samples)
         yield SystemCommand("Label completions", "Pick the better of the model's own completions; train on the labels", self.show_labelling)
         yield SystemCommand("Help for this screen", "What this screen does and its keys", self.action_help)
         yield from super().get_system_commands(screen)

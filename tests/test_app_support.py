@@ -64,7 +64,7 @@ def scripted_events(steps: int, total: int = 200, *, finish: str = "") -> list[e
     elif finish == "cancelled":
         out.append(ev.RunCancelled(summary, time=T0 + 2 + 0.25 * steps))
     elif finish == "failed":
-        summary["error"] = "loss is NaN at step %d (train.on_nan = 'stop'); last good checkpoint: step 50" % steps
+        summary["error"] = f"loss is NaN at step {steps} (train.on_nan = 'stop'); last good checkpoint: step 50"
         out.append(ev.RunFailed(summary["error"], "", summary, bad_input=True, time=T0 + 2 + 0.25 * steps))
     return out
 

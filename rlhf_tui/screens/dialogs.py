@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
@@ -73,7 +73,8 @@ class HelpScreen(ModalScreen[None]):
         super().__init__()
         self.for_screen = for_screen
         # taken now: once this dialog is on top, the screen below has no active bindings
-        self.bindings = [(k, a.binding) for k, a in for_screen.active_bindings.items()]
+        # (widgets' own keys, like a log's scrolling, are left out)
+        self.bindings = [(k, a.binding) for k, a in for_screen.active_bindings.items() if isinstance(a.node, Screen | App)]
 
     def compose(self) -> ComposeResult:
         screen = self.for_screen
@@ -87,7 +88,7 @@ class HelpScreen(ModalScreen[None]):
             seen.add(b.description)
             rows.append(f"| `{self.app.get_key_display(b)}` | {b.description}{' — ' + b.tooltip if b.tooltip else ''} |")
         with VerticalScroll(id="help-dialog", classes="dialog"):
-            yield Markdown(f"# {title}\n\n{text}\n\n## Keys\n\n" + "\n".join(rows))
+            yield Markdown(f"# {title}\n\n" + "\n".join(rows) + f"\n\n{text}")
             yield Static("escape or ? closes this help · ctrl+p opens the command palette", classes="hint")
 
     def action_close(self) -> None:

@@ -65,6 +65,16 @@ cancel belong to the process that trains it.
 """
 
 
+def cancel_dialog(step: int) -> ConfirmScreen:
+    return ConfirmScreen(
+        "Cancel this run?",
+        f"Training stops after the current step (now {step}) and a checkpoint is written; "
+        "you can resume it later with 'rlhf-tui resume'.",
+        yes="Cancel run",
+        no="Keep training",
+    )
+
+
 class MonitorScreen(Screen):
     HELP_TITLE = "Run monitor"
     AUTO_FOCUS = "#log"  # not a chart: their zoom/pan keys would crowd the footer
@@ -75,6 +85,8 @@ class MonitorScreen(Screen):
         Binding("l", "toggle_log_y", "Log y", id="monitor.log_y", tooltip="Log-scale y axis on the charts"),
         Binding("x", "toggle_x", "Step/time", id="monitor.x_axis", tooltip="x axis: step or wall time"),
         Binding("m", "cycle_smoothing", "Smoothing", id="monitor.smoothing", tooltip="Cycle the EMA smoothing weight"),
+        Binding("i", "app.inspect", "Pairs", id="monitor.inspect", tooltip="Inspect this run's pairs, scored by its checkpoints or live weights"),
+        Binding("h", "app.history", "History", id="monitor.history", show=False, tooltip="Every run: reopen, overlay, compare, resume, export"),
         Binding("escape", "back", "Presets", id="monitor.back", tooltip="Back to the presets (when the run has ended)"),
     ]
 
@@ -288,11 +300,16 @@ class MonitorScreen(Screen):
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=max(s.total_steps, 1), progress=s.step if s.total_steps else 0)
         text = Text()
+        narrow = self.has_class("-narrow")
         if s.total_steps:
             text.append(f"step {s.step}/{s.total_steps}", style="bold")
-            text.append(f"  elapsed {duration(s.elapsed_s)}")
             if not s.ended:
                 text.append(f"  ETA {duration(s.eta_s)}", style="bold")
+            key, value = s.headline_eval()
+            if key and narrow:  # the eval panel is hidden on narrow terminals
+                text.append(f"  {key.rsplit('/', 1)[-1]} ", style="dim")
+                text.append(fmt(value, 3), style="bold #5fd7ff")
+            text.append(f"  elapsed {duration(s.elapsed_s)}")
         elif s.phase:
             text.append(f"{s.phase}…")
         if s.phase and s.total_steps and not s.ended:
@@ -389,17 +406,7 @@ class MonitorScreen(Screen):
             if yes:
                 self.cancel_now()
 
-        step = self.state.step
-        self.app.push_screen(
-            ConfirmScreen(
-                "Cancel this run?",
-                f"Training stops after the current step (now {step}) and a checkpoint is written; "
-                "you can resume it later with 'rlhf-tui resume'.",
-                yes="Cancel run",
-                no="Keep training",
-            ),
-            done,
-        )
+        self.app.push_screen(cancel_dialog(self.state.step), done)
 
     def cancel_now(self) -> None:
         if self.run is None or self.state.ended:

@@ -43,6 +43,8 @@ class PresetsScreen(Screen):
         Binding("delete", "delete", "Delete", id="presets.delete", tooltip="Delete the selected user preset"),
         Binding("f", "follow", "Follow run dir", id="presets.follow", tooltip="Monitor a run another process writes"),
         Binding("l", "label", "Label", id="presets.label", tooltip="Label this preset's model's completions (human feedback)"),
+        Binding("i", "app.inspect", "Pairs", id="presets.inspect", tooltip="Inspect and score this preset's preference pairs"),
+        Binding("h", "app.history", "History", id="presets.history", tooltip="Every run: reopen, overlay, compare, resume, export"),
         Binding("f5", "refresh", "Refresh", id="presets.refresh", show=False),
     ]
 
