@@ -1,0 +1,106 @@
+"""model.dtype: half-precision weights still learn, and log-probs and losses stay float32."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+import engine
+from engine.logprobs import shifted_token_logprobs
+from tests.helpers import ROOT
+
+DATA = ROOT / "presets" / "data"
+
+
+def slice_jsonl(src: Path, dst: Path, n: int) -> Path:
+    dst.write_text("".join(src.read_text().splitlines(keepends=True)[:n]))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def builtin_model():
+    from mlx_lm import load
+
+    from engine.models import resolve_model_path
+
+    return load(str(resolve_model_path("builtin:tiny-sorter")))
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+def test_log_probs_are_float32_for_half_precision_weights(builtin_model, dtype):
+    model, tok = builtin_model
+    tokens = mx.array([tok.encode("sort: q c m f\nc f m q")])
+    lp32, _ = shifted_token_logprobs(model, tokens)
+    half = type(model)(model.args)
+    half.load_weights(list(tree_flatten(model.parameters())))
+    half.set_dtype(dtype)
+    assert {v.dtype for _, v in tree_flatten(half.parameters())} == {dtype}
+    lp, logits = shifted_token_logprobs(half, tokens)
+    assert lp.dtype == mx.float32 and logits.dtype == mx.float32
+    # each log-prob within a half-precision rounding of the float32 model's
+    assert mx.abs(lp - lp32).max().item() < 0.1
+    assert float(mx.exp(lp).max().item()) <= 1.0
+
+
+def test_a_bfloat16_dpo_run_learns_the_builtin_task(tmp_path):
+    train = slice_jsonl(DATA / "sort_train.jsonl", tmp_path / "train.jsonl", 160)
+    evl = slice_jsonl(DATA / "sort_eval.jsonl", tmp_path / "eval.jsonl", 64)
+    seen: dict[str, set] = {}
+
+    def on_event(event):
+        if isinstance(event, engine.StepMetrics) and event.step == 1:
+            seen["weights"] = {v.dtype for _, v in tree_flatten(run_holder[0].ctx.model.trainable_parameters())}
+
+    run_holder: list = []
+    cfg = engine.load_preset(
+        "tiny-dpo",
+        overrides=[
+            "model.dtype=bfloat16",
+            "train.max_steps=24",
+            "train.eval_every=0",
+            "train.save_every=0",
+            f"data.train={train}",
+            f"data.eval={evl}",
+        ],
+    )
+    run = engine.Run(cfg, out_dir=tmp_path / "run")
+    run_holder.append(run)
+    run.subscribe(on_event)
+    run.run()
+    assert run.status == "completed", run.summary.get("error")
+    assert seen["weights"] == {mx.bfloat16}
+
+    rows = engine.read_metrics(tmp_path / "run")
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows)
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1
+    final = engine.read_metrics(tmp_path / "run", "eval")[-1]
+    # before training every pair ties (margin 0): DPO loss ln 2, accuracy 0, chance 0.5.
+    # 24 steps is early in DPO on this task (noisy), so the bounds are loose but one-sided.
+    assert final["eval/loss"] < math.log(2) - 0.03
+    assert final["eval/rewards/margins"] > 0.1
+    assert final["eval/rewards/accuracies"] > 0.55
+    saved = mx.load(str(tmp_path / "run" / "adapters.safetensors"))
+    assert {v.dtype for v in saved.values()} == {mx.bfloat16}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MLX's Adam keeps m and v in the parameters' dtype; with bfloat16 weights the "
+    "optimizer state is bfloat16 although train.optimizer's help says float32 (reported to the lead)",
+)
+def test_optimizer_state_is_float32_with_bfloat16_weights(tmp_path):
+    train = slice_jsonl(DATA / "sort_train.jsonl", tmp_path / "train.jsonl", 16)
+    cfg = engine.load_preset(
+        "tiny-dpo",
+        overrides=["model.dtype=bfloat16", "train.max_steps=1", "train.batch_size=8", f"data.train={train}", "data.eval="],
+    )
+    run = engine.Run(cfg, out_dir=tmp_path / "run")
+    run.run()
+    assert run.status == "completed", run.summary.get("error")
+    state = mx.load(str(next((tmp_path / "run" / "checkpoints").iterdir()) / "optimizer.safetensors"))
+    moments = {k: v.dtype for k, v in state.items() if k.endswith((".m", ".v"))}
+    assert moments and set(moments.values()) == {mx.float32}
