@@ -348,6 +348,36 @@ def score(
     ]
 
 
+def cleaned_path(data: str | Path) -> Path:
+    """Where the cleaned copy of ``data`` goes: ``<name>.cleaned.jsonl`` beside it (never the original)."""
+    p = Path(data)
+    suffix = ".json" if p.suffix == ".json" else ".jsonl"
+    candidate = p.with_name(f"{p.stem}.cleaned{suffix}")
+    n = 2
+    while candidate.exists():
+        candidate = p.with_name(f"{p.stem}.cleaned-{n}{suffix}")
+        n += 1
+    return candidate
+
+
+def save_without(data: str | Path, drop_lines: set[int] | frozenset[int]) -> tuple[Path, int]:
+    """Copy a preference file without the rows on ``drop_lines`` (line numbers as data.py reports
+    them, e.g. the flagged pairs); return (the new file, rows kept). The original is untouched."""
+    from engine.data import read_rows, resolve_data_file
+    from engine.rundir import atomic_write_text
+
+    source = resolve_data_file(str(data))
+    rows = read_rows(source)
+    kept = [obj for line, obj in rows if line not in drop_lines]
+    out = cleaned_path(source)
+    if out.suffix == ".json":
+        text = json.dumps(kept, ensure_ascii=False, indent=1) + "\n"
+    else:
+        text = "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in kept)
+    atomic_write_text(out, text)
+    return out, len(kept)
+
+
 def release_thread_streams() -> None:
     """Call at the end of a thread that ran MLX work (as Run does): avoids an abort at exit."""
     try:
@@ -363,12 +393,14 @@ __all__ = [
     "PairScore",
     "Scorer",
     "base_scorer",
+    "cleaned_path",
     "checkpoint_scorer",
     "find_checkpoint",
     "live_scorer",
     "pair_logprobs",
     "release_thread_streams",
     "reward_scores",
+    "save_without",
     "score",
     "tokenize_pairs",
     "weights_scorer",
