@@ -5,6 +5,7 @@
     rlhf-tui resume RUN_DIR [--set train.max_steps=N]
     rlhf-tui monitor RUN_DIR
     rlhf-tui presets
+    rlhf-tui export RUN_DIR [--format csv|jsonl] [--kind all|train|eval] [--output FILE]
 
 Bad input gives one line on stderr and exit code 2 (no traceback unless ``--debug``);
 Ctrl-C during a headless run checkpoints and exits 130.
@@ -19,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-SUBCOMMANDS = ("run", "resume", "monitor", "presets")
+SUBCOMMANDS = ("run", "resume", "monitor", "presets", "export")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
@@ -47,6 +48,11 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--runs-root", default="runs", help="folder for new run directories (default: ./runs)")
     elif cmd == "resume":
         p.add_argument("run_dir", help="a run directory written by an earlier run")
+    elif cmd == "export":
+        p.add_argument("run_dir", help="a run directory")
+        p.add_argument("--format", choices=("csv", "jsonl"), default=None, help="default: from --output's suffix, else csv")
+        p.add_argument("--kind", choices=("all", "train", "eval"), default="all", help="which rows (default: all)")
+        p.add_argument("--output", "-o", default=None, help="file to write (default: standard output)")
     elif cmd == "monitor":
         p.add_argument("run_dir", help="a run directory another process is writing")
     if cmd in ("run", "resume"):
@@ -77,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_presets()
         if cmd == "monitor":
             return _cmd_monitor(args)
+        if cmd == "export":
+            from rlhf_tui.export import run_export_command
+
+            return run_export_command(args)
         return _cmd_app(args)
     except Exception as err:  # noqa: BLE001
         from engine.errors import EngineError

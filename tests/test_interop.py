@@ -234,3 +234,40 @@ def test_parquet_and_arrow_files_load_with_pyarrow(tokenizer, tmp_path):
     expected = ids(load_pairs(str(write_rows(tmp_path / "p.jsonl", PLAIN)), tokenizer, 64))
     assert ids(load_pairs(str(tmp_path / "train.parquet"), tokenizer, 64)) == expected
     assert ids(load_pairs(str(tmp_path / "train.arrow"), tokenizer, 64)) == expected
+
+
+# ---------------------------------------------------------------- export
+
+
+def fake_run(tmp: Path) -> tuple[Path, list[dict]]:
+    rows = [
+        {"step": 1, "elapsed_s": 0.5, "loss": 0.6931, "kl": None, "reward": 0.25, "tokens_per_sec": 1000.0},
+        {"step": 2, "elapsed_s": 1.0, "loss": 0.61, "kl": None, "reward": 0.5, "tokens_per_sec": 1100.0},
+        {"step": 2, "elapsed_s": 1.2, "eval/loss": 0.6, "eval/reward": 0.55},
+    ]
+    run = tmp / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')  # torn tail
+    return run, rows
+
+
+def test_export_csv_and_jsonl_from_the_cli(tmp_path):
+    import csv
+
+    from tests.helpers import cli
+
+    run, rows = fake_run(tmp_path)
+    out = cli("export", str(run))
+    assert out.returncode == 0, out.stderr
+    table = list(csv.DictReader(out.stdout.splitlines()))
+    assert list(table[0])[:2] == ["step", "elapsed_s"] and "eval/loss" in table[0]
+    assert len(table) == 3
+    assert [float(r["loss"]) for r in table[:2]] == [0.6931, 0.61]
+    assert table[0]["kl"] == "" and table[2]["loss"] == "" and float(table[2]["eval/loss"]) == 0.6
+
+    out = cli("export", str(run), "--kind", "eval", "--output", str(tmp_path / "eval.jsonl"))
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()] == rows[2:]
+
+    out = cli("export", str(tmp_path / "missing"))
+    assert out.returncode == 2 and "missing: run directory not found" in out.stderr
