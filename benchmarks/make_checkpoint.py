@@ -9,7 +9,7 @@ pairs have exact, known lengths.
     uv run python benchmarks/make_checkpoint.py --out benchmarks/.cache/small
     uv run python benchmarks/make_checkpoint.py --size 1b --out /tmp/llama-1b   # GPU run
 
-Sizes: ``small`` (~13M parameters, for the 2-core CPU), ``1b`` (~1.2B, Llama-3.2-1B shape).
+Sizes: ``cpu`` (~5M parameters: the shared 2-core CPU here), ``small`` (~13M), ``1b`` (~1.2B, Llama-3.2-1B shape).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 SIZES = {
+    "cpu": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=8192),
     "small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2, vocab_size=8192),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, vocab_size=32768),
 }
@@ -95,6 +96,8 @@ def write_tokenizer(folder: Path, vocab_size: int) -> None:
                 "unk_token": "<unk>",
                 "model_max_length": 4096,
                 "add_bos_token": True,
+                # mlx-lm-lora renders every pair through a chat template: this one is the plain text
+                "chat_template": "{% for m in messages %}{{ m['content'] }}{% if not loop.last %} {% endif %}{% endfor %}",
             },
             indent=1,
         )
@@ -134,8 +137,8 @@ def build(out: Path, size: str = "small", seed: int = 0, pairs: int = 128, promp
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/.cache/small")
-    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--out", default="benchmarks/.cache/cpu")
+    ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
     ap.add_argument("--pairs", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=120)
     ap.add_argument("--answer-len", type=int, default=72)

@@ -1,0 +1,174 @@
+"""DPO side by side: rlhf-tui's engine vs mlx-lm-lora vs TRL, same checkpoint, data and batch.
+
+    uv run python benchmarks/compare_dpo.py                 # everything (CPU: ~40 min on 2 busy cores)
+    uv run python benchmarks/compare_dpo.py --only ours     # just our engine
+    uv run python benchmarks/compare_dpo.py --table benchmarks/results/cpu.jsonl   # reprint a table
+
+Builds the checkpoint (benchmarks/make_checkpoint.py) if missing and the peers' own
+environment ``benchmarks/.venv`` must exist (see docs/performance.md: the peers are never
+project dependencies). Each run is a separate process; its wall time and peak resident
+memory come from the operating system (``os.wait4``), its start-up / per-step split from
+the trainer's own step hooks. Results are appended as JSON lines to ``--results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+PEER_PY = HERE / ".venv" / "bin" / "python"
+
+
+def runs(model: Path, steps: int, blas_steps: int) -> list[dict]:
+    m = str(model)
+    ours = [sys.executable, str(HERE / "run_ours.py"), "--model", m, "--steps", str(steps)]
+    mll = [str(PEER_PY), str(HERE / "peers" / "mlx_lm_lora_dpo.py"), "--model", m, "--steps", str(steps)]
+    trl = [str(PEER_PY), str(HERE / "peers" / "trl_dpo.py"), "--model", m, "--steps", str(steps)]
+    out = []
+    for adapter in ("lora", "full"):
+        out += [
+            {"name": f"ours/{adapter}", "group": "ours", "adapter": adapter, "cmd": ours + ["--adapter", adapter], "blas": True},
+            {"name": f"mlx-lm-lora/{adapter}", "group": "mlx-lm-lora", "adapter": adapter, "cmd": mll + ["--adapter", adapter], "blas": True},
+            {"name": f"trl/{adapter}", "group": "trl", "adapter": adapter, "cmd": trl + ["--adapter", adapter], "blas": False},
+        ]
+    out += [
+        {"name": "ours/lora plain-rows", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--plain"], "blas": True},
+        {"name": "ours/sft-lora", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--algorithm", "sft"], "blas": True},
+        {
+            "name": "ours/lora reference-BLAS",
+            "group": "blas",
+            "adapter": "lora",
+            "cmd": [sys.executable, str(HERE / "run_ours.py"), "--model", m, "--steps", str(blas_steps), "--adapter", "lora"],
+            "blas": False,
+        },
+    ]
+    return out
+
+
+def env_for(blas: bool) -> dict[str, str]:
+    from engine.blas import OPT_OUT, env_with_fast_blas
+
+    base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    base["TOKENIZERS_PARALLELISM"] = "false"
+    if blas:
+        env = env_with_fast_blas(base)
+        if env is None:
+            raise SystemExit("OpenBLAS not found: apt-get install libopenblas0-pthread")
+        return env
+    base[OPT_OUT] = "1"
+    return base
+
+
+def run_one(spec: dict, log_dir: Path) -> dict:
+    log = log_dir / (spec["name"].replace("/", "_").replace(" ", "_") + ".log")
+    t0 = time.time()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(spec["cmd"], cwd=ROOT, env=env_for(spec["blas"]), stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - t0
+    result: dict = {"name": spec["name"], "group": spec["group"], "adapter": spec["adapter"], "cmd": shlex.join(spec["cmd"]), "blas": spec["blas"]}
+    result |= {"whole_s": wall, "maxrss_gb": usage.ru_maxrss / 2**20, "cpu_s": usage.ru_utime + usage.ru_stime, "exit": os.waitstatus_to_exitcode(status)}
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("BENCH_RESULT "):
+            result |= json.loads(line[len("BENCH_RESULT ") :])
+    if "step_s" not in result:
+        result["error"] = f"no result; see {log}"
+    return result
+
+
+def tokens_per_pair(model: Path) -> float:
+    """Tokens of a pair as plain rows (prompt + BOS with each answer + EOS), from the data file."""
+    rows = [json.loads(line) for line in (model / "data" / "train.jsonl").read_text().splitlines()]
+    total = sum(2 * (len(r["prompt"].split()) + 1) + len(r["chosen"].split()) + 1 + len(r["rejected"].split()) + 1 for r in rows)
+    return total / len(rows)
+
+
+def table(results: list[dict], tok_per_step: float) -> str:
+    def f(v, d=2):
+        return "—" if v is None else f"{v:.{d}f}"
+
+    by = {r["name"]: r for r in results}
+    lines = [
+        "| run | start-up s | step s (wall) | step CPU s | tokens/s | whole run s | peak RSS GB | MLX/torch peak GB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error']} |||||||")
+            continue
+        tps = tok_per_step / r["step_s"] if r.get("step_s") else None
+        lines.append(
+            f"| {r['name']} | {f(r['startup_s'], 1)} | {f(r['step_s'])} | {f(r.get('step_cpu_s'))} | {f(tps, 0)} | {f(r['whole_s'], 1)} | {f(r['maxrss_gb'])} | {f(r.get('framework_peak_gb'))} |"
+        )
+    ratio_lines = ["", "| ratio (ours ÷ peer; < 1 is ours faster) | step wall | step CPU | whole run | peak RSS |", "| --- | ---: | ---: | ---: | ---: |"]
+    for adapter in ("lora", "full"):
+        ours = by.get(f"ours/{adapter}")
+        for peer in ("mlx-lm-lora", "trl"):
+            p = by.get(f"{peer}/{adapter}")
+            if not ours or not p or "error" in ours or "error" in p:
+                continue
+            ratio_lines.append(
+                f"| ours/{adapter} ÷ {peer}/{adapter} | {ours['step_s'] / p['step_s']:.2f} | {ours['step_cpu_s'] / p['step_cpu_s']:.2f} | {ours['whole_s'] / p['whole_s']:.2f} | {ours['maxrss_gb'] / p['maxrss_gb']:.2f} |"
+            )
+    plain, shared = by.get("ours/lora plain-rows"), by.get("ours/lora")
+    if plain and shared and "error" not in plain and "error" not in shared:
+        ratio_lines.append(f"| shared prompt ÷ plain rows (ours/lora) | {shared['step_s'] / plain['step_s']:.2f} | {shared['step_cpu_s'] / plain['step_cpu_s']:.2f} | {shared['whole_s'] / plain['whole_s']:.2f} | {shared['maxrss_gb'] / plain['maxrss_gb']:.2f} |")
+    slow = by.get("ours/lora reference-BLAS")
+    if slow and shared and "error" not in slow and "error" not in shared:
+        ratio_lines.append(f"| OpenBLAS preloaded ÷ reference BLAS (ours/lora) | {shared['step_s'] / slow['step_s']:.3f} | {shared['step_cpu_s'] / slow['step_cpu_s']:.3f} | — | — |")
+    sft = by.get("ours/sft-lora")
+    if sft and shared and "error" not in sft and "error" not in shared and sft.get("framework_peak_gb"):
+        ratio_lines.append(f"| DPO-LoRA ÷ SFT-LoRA memory (MLX peak; RSS) | — | — | — | {shared['framework_peak_gb'] / sft['framework_peak_gb']:.2f}; {shared['maxrss_gb'] / sft['maxrss_gb']:.2f} |")
+    return "\n".join(lines + ratio_lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(HERE / ".cache" / "cpu"))
+    ap.add_argument("--size", default="cpu")
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--blas-steps", type=int, default=3, help="steps of the slow reference-BLAS run")
+    ap.add_argument("--only", default="", help="comma-separated run names or groups (ours, mlx-lm-lora, trl, ablation, blas)")
+    ap.add_argument("--results", default=str(HERE / "results" / "cpu.jsonl"))
+    ap.add_argument("--table", default="", help="print the table of an earlier results file and exit")
+    a = ap.parse_args()
+    model = Path(a.model)
+    if not (model / "config.json").exists():
+        from make_checkpoint import build  # type: ignore[import-not-found]
+
+        build(model, a.size)
+    tok_step = tokens_per_pair(model) * 8
+    if a.table:
+        results = [json.loads(line) for line in Path(a.table).read_text().splitlines() if line.strip()]
+        print(table(results, tok_step))
+        return
+    wanted = {w.strip() for w in a.only.split(",") if w.strip()}
+    specs = [s for s in runs(model.resolve(), a.steps, a.blas_steps) if not wanted or s["name"] in wanted or s["group"] in wanted]
+    out = Path(a.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = out.parent / "logs"
+    log_dir.mkdir(exist_ok=True)
+    results = []
+    for spec in specs:
+        print(f"running {spec['name']} ...", flush=True)
+        r = run_one(spec, log_dir)
+        r["tokens_per_step"] = tok_step
+        results.append(r)
+        with out.open("a") as fh:
+            fh.write(json.dumps(r) + "\n")
+        print(f"  {r['name']}: step {r.get('step_s')} s, whole {r['whole_s']:.1f} s, rss {r['maxrss_gb']:.2f} GB {r.get('error', '')}", flush=True)
+    print(table(results, tok_step))
+
+
+if __name__ == "__main__":
+    main()

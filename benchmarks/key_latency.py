@@ -1,0 +1,128 @@
+"""Key press -> screen latency of the console while a run trains in the same process.
+
+    uv run python benchmarks/key_latency.py [--presses 60] [--preset tiny-dpo] [--set k=v ...]
+
+Drives the real app headless with Pilot: starts a run in the app's own background thread
+(the engine thread competes for the GIL and the CPU cores), waits until training steps
+arrive, then presses keys that change visible widgets. Latency is measured from the moment
+the key event is posted to the first frame the compositor produces after the action ran
+(``App._display``): the time a user waits to see the result, less the terminal's own write.
+
+Keys: ``l`` (log-y: all four charts redrawn), ``x`` (x axis: all four redrawn), ``m``
+(smoothing: EMA recomputed and redrawn). Prints p50/p95/max per key and overall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(q * (len(s) - 1))))
+    return s[k]
+
+
+async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    from rlhf_tui.app import make_app
+    from rlhf_tui.screens.monitor import MonitorScreen
+
+    runs = tempfile.mkdtemp(prefix="key-latency-runs-")
+    overrides = ["train.max_steps=100000", "train.eval_every=0", "train.save_every=0", *args.overrides]
+    app = make_app(args.preset, start=True, overrides=overrides, runs_root=runs)
+    frames: list[float] = []
+    original = app._display
+
+    def display(screen, renderable):  # noqa: ANN001 - textual internals
+        if renderable is not None:
+            frames.append(time.perf_counter())
+        return original(screen, renderable)
+
+    app._display = display  # type: ignore[method-assign]
+    out: dict[str, list[float]] = {"l": [], "x": [], "m": []}
+    rng = random.Random(0)
+    async with app.run_test(size=(160, 48)) as pilot:
+        monitor = app.screen
+        assert isinstance(monitor, MonitorScreen)
+        t_start = time.monotonic()
+        while monitor.state.step < args.warmup_steps:
+            if time.monotonic() - t_start > 600:
+                raise SystemExit("training did not start within 10 minutes")
+            await pilot.pause(0.2)
+        step_before = monitor.state.step
+        acted: list[float] = []
+        for name in ("action_toggle_log_y", "action_toggle_x", "action_cycle_smoothing"):
+            fn = getattr(monitor, name)
+
+            def wrapped(fn=fn) -> None:
+                fn()
+                acted.append(time.perf_counter())
+
+            setattr(monitor, name, wrapped)
+        keys = [k for _ in range(args.presses // 3 + 1) for k in ("l", "x", "m")][: args.presses]
+        for key in keys:
+            await pilot.pause(rng.uniform(0.05, 0.25))
+            n_acted, n_frames = len(acted), len(frames)
+            t0 = time.perf_counter()
+            app.post_message(_key(key))
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+                if len(acted) > n_acted:
+                    after = [f for f in frames[n_frames:] if f >= acted[n_acted]]
+                    if after:
+                        out[key].append((after[0] - t0) * 1000)
+                        break
+        steps = monitor.state.step - step_before
+        app.active_run.cancel()
+        await pilot.pause(0.5)
+    app.active_run.join(60)
+    print(f"(training advanced {steps} steps while keys were pressed; run status {app.active_run.status})")
+    return out
+
+
+def _key(key: str):  # noqa: ANN202
+    from textual import events
+
+    return events.Key(key, key)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presses", type=int, default=60)
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--preset", default="tiny-dpo")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    args = p.parse_args()
+    from engine.blas import env_with_fast_blas
+
+    env = env_with_fast_blas()
+    if env is not None:
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    out = asyncio.run(measure(args))
+    load = os.getloadavg()
+    print(f"cpu cores: {os.cpu_count()}  load average: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    print(f"{'key':<22}{'n':>4}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
+    names = {"l": "l (log-y, 4 charts)", "x": "x (x axis, 4 charts)", "m": "m (smoothing, EMA)"}
+    everything: list[float] = []
+    for k, v in out.items():
+        everything += v
+        if v:
+            print(f"{names[k]:<22}{len(v):>4}{statistics.median(v):>9.1f}{pct(v, 0.95):>9.1f}{max(v):>9.1f}")
+    if everything:
+        print(f"{'all':<22}{len(everything):>4}{statistics.median(everything):>9.1f}{pct(everything, 0.95):>9.1f}{max(everything):>9.1f}")
+
+
+if __name__ == "__main__":
+    main()

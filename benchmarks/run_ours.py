@@ -1,0 +1,89 @@
+"""One DPO (or SFT) run of rlhf-tui's engine on the benchmark checkpoint; prints BENCH_RESULT.
+
+    uv run python benchmarks/run_ours.py --model benchmarks/.cache/small --adapter lora
+    uv run python benchmarks/run_ours.py ... --plain      # each prompt run twice (no sharing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import cpu_seconds, report  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--algorithm", default="dpo", choices=("dpo", "sft"))
+    ap.add_argument("--adapter", default="lora", choices=("lora", "full"))
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--plain", action="store_true", help="no shared-prompt path")
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+
+    import mlx.core as mx
+
+    from engine import events as ev
+    from engine.algorithms import dpo
+    from engine.presets import load_preset
+    from engine.run import Run
+
+    if a.plain:
+        dpo.SHARE_PROMPT = False
+    model = Path(a.model).resolve()
+    cfg = load_preset(
+        "tiny-dpo",
+        [
+            f"algorithm={a.algorithm}",
+            f"model.path={model}",
+            f"model.adapter={a.adapter}",
+            "model.lora_rank=8",
+            f"model.dtype={a.dtype}",
+            "model.max_length=512",
+            f"data.train={model / 'data' / 'train.jsonl'}",
+            "data.eval=",
+            f"train.max_steps={a.steps}",
+            f"train.batch_size={a.batch}",
+            "train.learning_rate=1e-5",
+            "train.eval_every=0",
+            "train.save_every=0",
+        ],
+    )
+    out = a.out or tempfile.mkdtemp(prefix="bench-ours-")
+    run = Run(cfg, out_dir=out)
+    started: list[float] = []
+    cpu_marks: list[float] = []
+
+    def watch(e: ev.Event) -> None:  # on the engine thread, right after each step's metrics
+        if isinstance(e, ev.RunStarted):
+            started.append(time.time())
+            cpu_marks.append(cpu_seconds())
+        elif isinstance(e, ev.StepMetrics):
+            cpu_marks.append(cpu_seconds())
+
+    run.subscribe(watch)
+    summary = run.run()
+    if summary["status"] != "completed":
+        raise SystemExit(f"run {summary['status']}: {summary.get('error')}")
+    rows = [r for r in run.directory.read_metrics() if "loss" in r]
+    report(
+        framework="rlhf-tui" + (" (plain rows)" if a.plain else ""),
+        first_step_start=started[0],
+        step_times=[float(r["step_time_s"]) for r in rows],
+        step_cpu=[b - a_ for a_, b in zip(cpu_marks, cpu_marks[1:], strict=False)],
+        peak_gb=mx.get_peak_memory() / 2**30,
+        extra={"final_loss": rows[-1]["loss"], "tokens_per_step_engine": sum(r["tokens_per_sec"] * r["step_time_s"] for r in rows) / len(rows)},
+    )
+
+
+if __name__ == "__main__":
+    main()
