@@ -130,3 +130,14 @@ def test_readme_pictures_are_console_snapshots():
     for picture in pictures:
         head = (ROOT / picture).read_text()[:400]
         assert head.startswith("<svg") and "Generated with Rich" in head, picture
+
+
+def test_ci_runs_the_readme_test_command_on_macos_and_linux_for_each_python():
+    workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert re.search(r"^\s+run: uv run pytest\s*$", workflow, re.M)
+    assert re.search(r"os: \[ubuntu-latest, macos-latest\]", workflow)
+    versions = re.search(r"python: \[(.*?)\]", workflow).group(1)
+    assert [v.strip(' "') for v in versions.split(",")] == ["3.11", "3.12", "3.13"]
+    assert "libopenblas0-pthread" in workflow
+    requires = re.search(r'requires-python = ">=(3\.\d+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert requires == "3.11"
