@@ -1,0 +1,252 @@
+"""GRPO: groups of sampled completions per prompt, group-normalised advantages, clipped objective.
+
+Each step takes ``train.batch_size`` prompts (across ranks), samples
+``grpo.num_generations`` completions for each in one batched, KV-cached generation,
+scores them with the registered reward functions named in ``grpo.reward_functions``
+(summed), and sets each completion's advantage to ``(r - mean_group) / (std_group + 1e-4)``
+(std with Bessel's correction, as TRL; without the division when ``grpo.scale_rewards``
+is off). The loss per completion token is
+``-min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * k3``
+with ``ratio = pi / pi_old`` (1 on the first of ``grpo.num_iterations`` passes) and
+``k3 = exp(ref - logp) - (ref - logp) - 1``; it is reduced by ``grpo.loss_type``:
+``grpo`` (mean over each completion's tokens, then over completions), ``bnpo`` (mean over
+all tokens of the batch), ``dr_grpo`` (sum / (completions x generation.max_new_tokens)),
+``dapo`` (sum / tokens of the global batch across ranks).
+
+Panel keys: ``reward`` is the mean summed score of the sampled completions; ``kl`` is the
+mean per-token k3 KL to the reference (null when ``grpo.beta = 0``: no reference is kept).
+Extras (TRL names): ``reward_std`` (mean within-group std), ``frac_reward_zero_std``,
+``completions/mean_length``, ``completions/min_length``, ``completions/max_length``,
+``completions/clipped_ratio`` (share cut at max_new_tokens without EOS), ``entropy``,
+``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean`` and
+``rewards/<function>/mean``. Evaluation generates one greedy completion per eval prompt
+and reports its mean reward (``eval/reward``) and length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from engine.algorithms.base import Algorithm
+from engine.batching import DataOrder
+from engine.config import resolve_path
+from engine.data import Prompt, load_prompts
+from engine.rewards import parse_reward_names, score_completions
+from engine.rollout import (
+    CompletionBatch,
+    ReferencePolicy,
+    completion_batch,
+    completion_logprobs,
+    decode_completion,
+    eos_token_ids,
+    generate,
+)
+
+ADV_EPS = 1e-4
+
+
+def group_advantages(rewards: mx.array, group_size: int, scale: bool = True) -> tuple[mx.array, mx.array]:
+    """(advantages, per-group std) for rewards laid out group after group."""
+    grouped = rewards.reshape(-1, group_size)
+    mean = grouped.mean(axis=1, keepdims=True)
+    std = mx.sqrt(((grouped - mean) ** 2).sum(axis=1, keepdims=True) / max(group_size - 1, 1))
+    adv = grouped - mean
+    if scale:
+        adv = adv / (std + ADV_EPS)
+    return adv.reshape(-1), std.reshape(-1)
+
+
+def k3_kl(logp: mx.array, ref_logp: mx.array) -> mx.array:
+    """Per-token ``exp(ref - logp) - (ref - logp) - 1`` (non-negative, unbiased for KL(pi||ref))."""
+    d = ref_logp - logp
+    return mx.exp(d) - d - 1
+
+
+def grpo_token_loss(logp: mx.array, old_logp: mx.array, adv: mx.array, eps_low: float, eps_high: float) -> tuple[mx.array, mx.array]:
+    """Per-token clipped surrogate loss [N, T] and the ratio."""
+    ratio = mx.exp(logp - old_logp)
+    a = adv[:, None]
+    unclipped = ratio * a
+    clipped = mx.clip(ratio, 1 - eps_low, 1 + eps_high) * a
+    return -mx.minimum(unclipped, clipped), ratio
+
+
+def reduce_loss(per_token: mx.array, mask: mx.array, loss_type: str, max_new_tokens: int, global_tokens: float | None = None) -> mx.array:
+    masked = per_token * mask
+    if loss_type == "grpo":
+        return (masked.sum(axis=1) / mx.maximum(mask.sum(axis=1), 1.0)).mean()
+    if loss_type == "bnpo":
+        return masked.sum() / mx.maximum(mask.sum(), 1.0)
+    if loss_type == "dr_grpo":
+        return masked.sum() / (per_token.shape[0] * max_new_tokens)
+    if loss_type == "dapo":
+        denom = global_tokens if global_tokens is not None else mask.sum()
+        return masked.sum() / mx.maximum(mx.array(denom, dtype=mx.float32), 1.0)
+    raise ValueError(f"unknown GRPO loss_type {loss_type!r}")
+
+
+class Grpo(Algorithm):
+    name = "grpo"
+
+    def setup(self, saved: dict[str, mx.array]) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        self.rewards = parse_reward_names(cfg.grpo.reward_functions, "grpo.reward_functions")
+        ctx.phase("reading data", 0, 0)
+        self.prompts = load_prompts(resolve_path(cfg, cfg.data.train), ctx.tokenizer, cfg.model.max_length, "train")
+        self.eval_prompts: list[Prompt] = []
+        if cfg.data.eval:
+            self.eval_prompts = load_prompts(resolve_path(cfg, cfg.data.eval), ctx.tokenizer, cfg.model.max_length, "eval")[: cfg.data.max_eval_examples]
+        self.order = DataOrder(len(self.prompts), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.eos = eos_token_ids(ctx.tokenizer)
+        self.reference = ReferencePolicy(ctx.model) if cfg.grpo.beta > 0 else None
+
+    # -------------------------------------------------------------- pieces
+
+    def _temperature(self) -> float:
+        t = self.cfg.generation.temperature
+        return t if t > 0 else 1.0
+
+    def _logprobs(self, model: nn.Module, batch: CompletionBatch) -> tuple[mx.array, mx.array]:
+        logits = model(batch.tokens[:, :-1])
+        return completion_logprobs(logits, batch, self._temperature())
+
+    def loss_fn(
+        self,
+        model: nn.Module,
+        tokens: mx.array,
+        index: mx.array,
+        mask: mx.array,
+        targets: mx.array,
+        adv: mx.array,
+        old_logp: mx.array | None,
+        ref_logp: mx.array | None,
+        global_tokens: float | None,
+    ) -> tuple[mx.array, dict[str, mx.array]]:
+        g = self.cfg.grpo
+        batch = CompletionBatch(tokens, index, mask, targets, [])
+        logp, ent = self._logprobs(model, batch)
+        old = mx.stop_gradient(logp) if old_logp is None else old_logp
+        eps_high = g.epsilon_high if g.epsilon_high > 0 else g.epsilon
+        per_tok, ratio = grpo_token_loss(logp, old, adv, g.epsilon, eps_high)
+        aux: dict[str, mx.array] = {}
+        n_tok = mx.maximum(mask.sum(), 1.0)
+        if ref_logp is not None:
+            kl = k3_kl(logp, ref_logp)
+            per_tok = per_tok + g.beta * kl
+            aux["kl"] = mx.stop_gradient((kl * mask).sum() / n_tok)
+        loss = reduce_loss(per_tok, mask, g.loss_type, self.cfg.generation.max_new_tokens, global_tokens)
+        a = adv[:, None]
+        low = ((ratio < 1 - g.epsilon) & (a < 0)).astype(mx.float32)
+        high = ((ratio > 1 + eps_high) & (a > 0)).astype(mx.float32)
+        aux["clip_ratio/low_mean"] = mx.stop_gradient((low * mask).sum() / n_tok)
+        aux["clip_ratio/high_mean"] = mx.stop_gradient((high * mask).sum() / n_tok)
+        aux["clip_ratio/region_mean"] = mx.stop_gradient(((low + high) * mask).sum() / n_tok)
+        aux["entropy"] = mx.stop_gradient(ent.sum() / n_tok)
+        return loss, aux
+
+    def _rollout(self, prompts: list[Prompt], repeats: int, temperature: float) -> tuple[list[Prompt], Any, list[str]]:
+        rows = [p for p in prompts for _ in range(repeats)]
+        gen = self.cfg.generation
+        self.ctx.phase("generating", 0, len(rows))
+        rollout = generate(
+            self.ctx.model,
+            [p.prompt_ids for p in rows],
+            max_new_tokens=gen.max_new_tokens,
+            eos_ids=self.eos,
+            temperature=temperature,
+            top_p=gen.top_p,
+            pad_id=_pad_id(self.ctx.tokenizer),
+            check=self.ctx.check,
+        )
+        self.ctx.phase("generating", len(rows), len(rows))
+        texts = [decode_completion(self.ctx.tokenizer, c, self.eos) for c in rollout.completion_ids]
+        return rows, rollout, texts
+
+    # -------------------------------------------------------------- the step
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, ctx, g = self.cfg, self.ctx, self.cfg.grpo
+        prompts = [self.prompts[i] for i in self.order.next_indices()]
+        rows, rollout, texts = self._rollout(prompts, g.num_generations, cfg.generation.temperature)
+        scores, per_fn = score_completions(self.rewards, [p.text for p in rows], texts, [p.extra for p in rows])
+        rewards = mx.array(scores, dtype=mx.float32)
+        adv, std = group_advantages(rewards, g.num_generations, g.scale_rewards)
+        batch = completion_batch([p.prompt_ids for p in rows], rollout.completion_ids, _pad_id(ctx.tokenizer))
+        ref_logp = None
+        if self.reference is not None:
+            with self.reference.active() as ref_model:
+                ref_logp = mx.stop_gradient(self._logprobs(ref_model, batch)[0])
+                mx.eval(ref_logp)
+        old_logp = None
+        if g.num_iterations > 1:
+            old_logp = mx.stop_gradient(self._logprobs(ctx.model, batch)[0])
+            mx.eval(old_logp)
+        global_tokens = ctx.world.sum(float(batch.num_tokens)) / ctx.world.size if g.loss_type == "dapo" else None
+        losses, norms, auxes = [], [], []
+        for _ in range(g.num_iterations):
+            ctx.check()
+            loss, aux, norm = ctx.update(self.loss_fn, batch.tokens, batch.index, batch.mask, batch.targets, adv, old_logp, ref_logp, global_tokens)
+            losses.append(loss)
+            norms.append(norm)
+            auxes.append(aux)
+        self._emit_samples(rows, texts, scores, adv)
+        lengths = [len(c) for c in rollout.completion_ids]
+        stds = std  # one std per group
+        zero_std = (mx.abs(stds) < 1e-6).astype(mx.float32).mean()
+        n = len(auxes)
+        metrics: dict[str, Any] = {
+            "loss": sum(losses) / n,
+            "grad_norm": sum(norms) / n,
+            "reward": float(rewards.mean().item()),
+            "reward_std": float(stds.mean().item()),
+            "frac_reward_zero_std": float(zero_std.item()),
+            "kl": (sum(a["kl"] for a in auxes) / n) if self.reference is not None else None,
+            "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/min_length": float(min(lengths)),
+            "completions/max_length": float(max(lengths)),
+            "completions/clipped_ratio": sum(1 for f in rollout.finished if not f) / len(lengths),
+            "num_tokens": float(sum(len(p.prompt_ids) for p in rows) + rollout.num_tokens),
+        }
+        for key in ("entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
+            metrics[key] = sum(a[key] for a in auxes) / n
+        for name, values in per_fn.items():
+            metrics[f"rewards/{name}/mean"] = sum(values) / len(values)
+        return metrics
+
+    def _emit_samples(self, rows: list[Prompt], texts: list[str], scores: list[float], adv: mx.array) -> None:
+        """The best and the worst completion of the step's first group."""
+        g = self.cfg.grpo.num_generations
+        advs = adv.tolist()
+        group = list(range(min(g, len(rows))))
+        best = max(group, key=lambda i: scores[i])
+        worst = min(group, key=lambda i: scores[i])
+        for i in dict.fromkeys([best, worst]):
+            self.ctx.sample(prompt=rows[i].text, completion=texts[i], score=scores[i], advantage=advs[i])
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_prompts:
+            return {}
+        totals: list[float] = []
+        lengths: list[int] = []
+        chunk = 64
+        for start in range(0, len(self.eval_prompts), chunk):
+            part = self.eval_prompts[start : start + chunk]
+            rows, rollout, texts = self._rollout(part, 1, 0.0)
+            scores, _ = score_completions(self.rewards, [p.text for p in rows], texts, [p.extra for p in rows])
+            totals.extend(scores)
+            lengths.extend(len(c) for c in rollout.completion_ids)
+        return {"reward": sum(totals) / len(totals), "completions/mean_length": sum(lengths) / len(lengths)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else 0

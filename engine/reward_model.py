@@ -1,0 +1,99 @@
+"""A Bradley–Terry reward model: a language model trunk plus a scalar head.
+
+The score of a prompt + completion is the head applied to the hidden state of its last
+token (the completion's EOS). ``algorithm = "reward"`` trains one; every checkpoint it
+writes holds the trunk's adapters (or all weights with ``model.adapter = "full"``) in
+``adapters.safetensors``, their ``adapter_config.json`` (whose ``model`` names the base) and
+the head in ``extra.safetensors`` (``reward_head.weight``, ``reward_head.bias``).
+``load_reward_model`` reads such a checkpoint, or a run directory's latest one, for PPO.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from engine.batching import collate
+from engine.errors import ModelError
+from engine.value_head import ScalarHead, hidden_size, hidden_states
+
+HEAD_KEYS = ("reward_head.weight", "reward_head.bias")
+
+
+class RewardModel(nn.Module):
+    """``lm`` (an mlx-lm model, possibly with adapters) and ``head``; call with padded rows."""
+
+    def __init__(self, lm: nn.Module, seed: int = 0) -> None:
+        super().__init__()
+        self.lm = lm
+        self.head = ScalarHead(hidden_size(lm), seed=seed)
+
+    def __call__(self, tokens: mx.array, lengths: mx.array) -> mx.array:
+        """Scores [N] of right-padded ``tokens`` [N, L] whose real lengths are ``lengths``."""
+        h = hidden_states(self.lm, tokens)
+        last = mx.take_along_axis(h, (lengths - 1).astype(mx.int32)[:, None, None], axis=1).squeeze(1)
+        return self.head(last)
+
+    def head_arrays(self) -> dict[str, mx.array]:
+        return {HEAD_KEYS[0]: self.head.weight, HEAD_KEYS[1]: self.head.bias}
+
+    def load_head_arrays(self, arrays: dict[str, mx.array]) -> None:
+        self.head.weight = arrays[HEAD_KEYS[0]]
+        self.head.bias = arrays[HEAD_KEYS[1]]
+
+    def score_rows(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]], chunk: int = 32) -> mx.array:
+        """Scores of ``(prompt_ids, completion_ids)`` rows, no gradients."""
+        out = []
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            batch = collate(part)
+            lengths = mx.array([len(p) + len(c) for p, c in part])
+            scores = mx.stop_gradient(self(batch.tokens, lengths))
+            mx.eval(scores)
+            out.append(scores)
+        return mx.concatenate(out) if out else mx.zeros((0,))
+
+
+def find_reward_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder given itself or a run directory (its latest complete checkpoint)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelError(f"ppo.reward_model: {p} not found (give a reward run directory or one of its checkpoints)")
+    if (p / "extra.safetensors").exists() and (p / "adapter_config.json").exists():
+        return p
+    ckpts = p / "checkpoints"
+    if ckpts.is_dir():
+        done = sorted(c for c in ckpts.iterdir() if c.name.startswith("step-") and (c / "trainer_state.json").exists())
+        if done:
+            return done[-1]
+    raise ModelError(f"ppo.reward_model: {p} holds no reward-model checkpoint (expected checkpoints/step-*/ from an algorithm = \"reward\" run)")
+
+
+def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> tuple[RewardModel, Any, Path]:
+    """(frozen reward model, its tokenizer, its base model path) from a checkpoint or run dir."""
+    from engine.models import attach_trainable, load_base
+
+    ckpt = find_reward_checkpoint(path)
+    try:
+        acfg = json.loads((ckpt / "adapter_config.json").read_text())
+        base = acfg["model"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{ckpt / 'adapter_config.json'}: unreadable or without 'model' ({err})") from None
+    extra = dict(mx.load(str(ckpt / "extra.safetensors")))
+    if not all(k in extra for k in HEAD_KEYS):
+        raise ModelError(f"{ckpt}: not a reward model (no reward head in extra.safetensors; train one with algorithm = \"reward\")")
+    lm, tokenizer, base_path = load_base(base, trust_remote_code=trust_remote_code)
+    attach_trainable(lm, acfg)
+    weights = mx.load(str(ckpt / "adapters.safetensors"))
+    lm.load_weights(list(weights.items()), strict=False)
+    rm = RewardModel(lm)
+    rm.load_head_arrays(extra)
+    rm.freeze()
+    rm.eval()
+    mx.eval(rm.parameters())
+    return rm, tokenizer, base_path
