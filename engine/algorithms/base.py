@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 
+from engine.compile import compile_pays, value_and_grad_fn
 from engine.errors import NonFiniteError
 
 if TYPE_CHECKING:
@@ -92,7 +93,8 @@ class TrainContext:
         """
         assert self.optimizer is not None, "build_optimizer() first"
         module = self.trainable
-        (loss, aux), grads = nn.value_and_grad(module, loss_fn)(module, *args)
+        step_fn = value_and_grad_fn(module, loss_fn, compile_pays(self.cfg.train.compile))  # compiled on GPU only
+        (loss, aux), grads = step_fn(*args)
         grads = self.world.average_gradients(grads)
         max_norm = self.cfg.train.max_grad_norm
         if max_norm > 0:

@@ -19,6 +19,7 @@ import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm
 from engine.batching import DataOrder, SharedPromptBatch, TokenBatch, collate, collate_shared
+from engine.compile import enable_grad_checkpoint
 from engine.config import resolve_path
 from engine.data import PreferencePair, load_pairs
 from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
@@ -88,6 +89,8 @@ class Dpo(Algorithm):
         self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
         self.per_rank = per_rank
         self.average = cfg.dpo.loss_type == "ipo"
+        if cfg.train.grad_checkpoint:
+            enable_grad_checkpoint(ctx.model)
         everything = self.train + self.eval
         self.shared = SHARE_PROMPT and supports_shared_prompt(ctx.model) and all(p.prompt_ids and p.chosen_ids and p.rejected_ids for p in everything)
         if "ref_train" in saved and saved["ref_train"].shape[0] == len(self.train):

@@ -1,0 +1,56 @@
+"""Compiled forward+backward passes, and gradient checkpointing, as the config asks.
+
+``train.compile`` compiles the loss's value-and-gradient with ``mx.compile`` where that
+pays: on a GPU (Metal or CUDA), where fusing element-wise kernels saves launches. On the CPU
+the first call of every new shape JIT-compiles C++ for tens of seconds and the steady state
+gains little, so there it stays eager (see docs/performance.md). Batches are padded to
+length buckets (engine.batching.BUCKET) so a compiled step sees few shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+_COMPILED: dict[tuple[int, Any, int], Callable[..., Any]] = {}
+
+
+def compile_pays(enabled: bool) -> bool:
+    """Whether to compile the step: asked for, and running on a GPU."""
+    return bool(enabled) and mx.default_device().type == mx.DeviceType.gpu
+
+
+def value_and_grad_fn(module: nn.Module, loss_fn: Callable[..., Any], compiled: bool) -> Callable[..., Any]:
+    """``f(*args) -> (loss_fn(module, *args), grads)``, compiled once per (module, loss) when asked.
+
+    The module's state is both input and output of the compiled function, so the trace sees
+    the current weights at every call and the module is left holding real arrays.
+    """
+    vag = nn.value_and_grad(module, loss_fn)
+    if not compiled:
+        return lambda *args: vag(module, *args)
+    key = (id(module), getattr(loss_fn, "__func__", loss_fn), id(getattr(loss_fn, "__self__", None)))
+    fn = _COMPILED.get(key)
+    if fn is None:
+        state = module.state
+        fn = mx.compile(lambda *args: vag(module, *args), inputs=state, outputs=state)
+        _COMPILED[key] = fn
+    return fn
+
+
+def enable_grad_checkpoint(model: nn.Module) -> bool:
+    """Recompute each transformer block's activations in the backward pass (less memory).
+
+    Patches the block class's ``__call__`` the way mlx-lm's tuner does; returns False when
+    the model has no ``layers`` to checkpoint.
+    """
+    layers = getattr(model, "layers", None) or getattr(getattr(model, "model", None), "layers", None)
+    if not layers:
+        return False
+    from mlx_lm.tuner.trainer import grad_checkpoint
+
+    grad_checkpoint(layers[0])
+    return True
