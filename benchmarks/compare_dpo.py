@@ -29,6 +29,25 @@ sys.path.insert(0, str(ROOT))
 PEER_PY = HERE / ".venv" / "bin" / "python"
 
 
+def gpu_runs(model: Path, steps: int) -> list[dict]:
+    """The GPU set: our engine (MLX CUDA) vs TRL (PyTorch CUDA), bf16, same checkpoint."""
+    m = str(model)
+    ours = [sys.executable, str(HERE / "run_ours.py"), "--model", m, "--steps", str(steps), "--dtype", "bfloat16", "--max-length", "2048"]
+    trl = [sys.executable, str(HERE / "peers" / "trl_dpo.py"), "--model", m, "--steps", str(steps), "--device", "cuda", "--dtype", "bfloat16", "--max-length", "2048"]
+    out = []
+    for adapter in ("lora", "full"):
+        out += [
+            {"name": f"ours/{adapter}", "group": "ours", "adapter": adapter, "cmd": ours + ["--adapter", adapter], "blas": False},
+            {"name": f"trl/{adapter}", "group": "trl", "adapter": adapter, "cmd": trl + ["--adapter", adapter], "blas": False},
+        ]
+    out += [
+        {"name": "ours/lora plain-rows", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--plain"], "blas": False},
+        {"name": "ours/lora no-compile", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--no-compile"], "blas": False},
+        {"name": "ours/sft-lora", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--algorithm", "sft"], "blas": False},
+    ]
+    return out
+
+
 def runs(model: Path, steps: int, blas_steps: int) -> list[dict]:
     m = str(model)
     ours = [sys.executable, str(HERE / "run_ours.py"), "--model", m, "--steps", str(steps)]
@@ -59,6 +78,8 @@ def env_for(blas: bool) -> dict[str, str]:
     from engine.blas import OPT_OUT, env_with_fast_blas
 
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if not blas and sys.platform == "linux" and os.environ.get("BENCH_GPU"):
+        return base
     base["TOKENIZERS_PARALLELISM"] = "false"
     if blas:
         env = env_with_fast_blas(base)
@@ -123,6 +144,9 @@ def table(results: list[dict], tok_per_step: float) -> str:
     plain, shared = by.get("ours/lora plain-rows"), by.get("ours/lora")
     if plain and shared and "error" not in plain and "error" not in shared:
         ratio_lines.append(f"| shared prompt ÷ plain rows (ours/lora) | {shared['step_s'] / plain['step_s']:.2f} | {shared['step_cpu_s'] / plain['step_cpu_s']:.2f} | {shared['whole_s'] / plain['whole_s']:.2f} | {shared['maxrss_gb'] / plain['maxrss_gb']:.2f} |")
+    eager = by.get("ours/lora no-compile")
+    if eager and shared and "error" not in eager and "error" not in shared:
+        ratio_lines.append(f"| compiled ÷ eager step (ours/lora) | {shared['step_s'] / eager['step_s']:.2f} | — | {shared['whole_s'] / eager['whole_s']:.2f} | — |")
     slow = by.get("ours/lora reference-BLAS")
     if slow and shared and "error" not in slow and "error" not in shared:
         ratio_lines.append(f"| OpenBLAS preloaded ÷ reference BLAS (ours/lora) | {shared['step_s'] / slow['step_s']:.3f} | {shared['step_cpu_s'] / slow['step_cpu_s']:.3f} | — | — |")
@@ -136,28 +160,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(HERE / ".cache" / "cpu"))
     ap.add_argument("--size", default="cpu")
+    ap.add_argument("--gpu", action="store_true", help="the GPU set (MLX CUDA vs TRL on CUDA, bf16); peers from this python")
+    ap.add_argument("--prompt-len", type=int, default=120)
+    ap.add_argument("--answer-len", type=int, default=72)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--blas-steps", type=int, default=3, help="steps of the slow reference-BLAS run")
     ap.add_argument("--only", default="", help="comma-separated run names or groups (ours, mlx-lm-lora, trl, ablation, blas)")
     ap.add_argument("--results", default=str(HERE / "results" / "cpu.jsonl"))
+    ap.add_argument("--logs", default="", help="folder for each run's output (default: beside --results)")
     ap.add_argument("--table", default="", help="print the table of an earlier results file and exit")
     a = ap.parse_args()
     model = Path(a.model)
     if not (model / "config.json").exists():
         from make_checkpoint import build  # type: ignore[import-not-found]
 
-        build(model, a.size)
+        build(model, a.size, prompt_len=a.prompt_len, answer_len=a.answer_len)
     tok_step = tokens_per_pair(model) * 8
     if a.table:
         results = [json.loads(line) for line in Path(a.table).read_text().splitlines() if line.strip()]
         print(table(results, tok_step))
         return
     wanted = {w.strip() for w in a.only.split(",") if w.strip()}
-    specs = [s for s in runs(model.resolve(), a.steps, a.blas_steps) if not wanted or s["name"] in wanted or s["group"] in wanted]
+    all_runs = gpu_runs(model.resolve(), a.steps) if a.gpu else runs(model.resolve(), a.steps, a.blas_steps)
+    specs = [s for s in all_runs if not wanted or s["name"] in wanted or s["group"] in wanted]
     out = Path(a.results)
     out.parent.mkdir(parents=True, exist_ok=True)
-    log_dir = out.parent / "logs"
-    log_dir.mkdir(exist_ok=True)
+    log_dir = Path(a.logs) if a.logs else out.parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for spec in specs:
         print(f"running {spec['name']} ...", flush=True)

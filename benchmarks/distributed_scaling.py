@@ -8,6 +8,10 @@ On any machine, a quick check that the script works (tiny model, ring over loopb
 
     python benchmarks/distributed_scaling.py --work /tmp/scaling --model tiny --ranks 2 --backend ring
 
+``--scaling strong`` (default) keeps the global batch fixed (each of N ranks gets 1/N of
+it); ``--scaling weak`` keeps the batch per rank fixed (N ranks train on N times the pairs
+per step), which is how data parallelism is used to go faster per token.
+
 It builds a Llama with random weights (``--model 1b``: Llama-3.2-1B's shape, 1.24B
 parameters, bf16) and fixed-length synthetic preference pairs, then runs
 ``python -m rlhf_tui run`` on one process and under ``mlx.launch -n N``, each with the same
@@ -84,12 +88,12 @@ def write_pairs(path: Path, n: int, prompt_chars: int, answer_chars: int) -> Non
             fh.write(json.dumps({"prompt": text(prompt_chars - 1) + "\n", "chosen": text(answer_chars), "rejected": text(answer_chars)}) + "\n")
 
 
-def write_preset(path: Path, model: Path, data: Path, args: argparse.Namespace) -> None:
+def write_preset(path: Path, model: Path, data: Path, args: argparse.Namespace, batch: int) -> None:
     adapter = f'adapter = "{args.adapter}"\nlora_rank = 16\n' if args.adapter != "full" else 'adapter = "full"\n'
     path.write_text(
         f'name = "scaling-dpo"\nalgorithm = "dpo"\n\n[model]\npath = "{model}"\n{adapter}dtype = "bfloat16"\nmax_length = {args.prompt + args.answer + 16}\n\n'
         f'[data]\ntrain = "{data}"\neval = ""\n\n'
-        f"[train]\nmax_steps = 100000\nbatch_size = {args.batch}\nlearning_rate = 1e-6\neval_every = 0\nsave_every = 0\nlog_every = 1\n\n"
+        f"[train]\nmax_steps = 100000\nbatch_size = {batch}\nlearning_rate = 1e-6\neval_every = 0\nsave_every = 0\nlog_every = 1\n\n"
         f'[dpo]\nbeta = 0.1\nloss_type = "sigmoid"\n'
     )
 
@@ -151,7 +155,8 @@ def main() -> None:
     p.add_argument("--adapter", choices=("full", "lora"), default="full")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--backend", default="nccl", help="mlx.launch backend: nccl (NVIDIA GPUs) or ring")
-    p.add_argument("--batch", type=int, default=16, help="pairs per step, across all ranks")
+    p.add_argument("--batch", type=int, default=16, help="pairs per step on one rank (strong: across all ranks)")
+    p.add_argument("--scaling", choices=("strong", "weak"), default="strong")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     p.add_argument("--answer", type=int, default=256, help="tokens of each answer")
     p.add_argument("--warmup", type=int, default=3)
@@ -168,26 +173,27 @@ def main() -> None:
         print(f"built {model} ({n / 1e9:.3f}B parameters) in {time.time() - t:.0f} s", flush=True)
     total = args.warmup + args.steps
     data = work / "pairs.jsonl"
-    write_pairs(data, args.batch * total, args.prompt, args.answer)
-    preset = work / f"scaling-{args.adapter}.toml"
-    write_preset(preset, model, data, args)
-    tokens_per_step = args.batch * 2 * (args.prompt + args.answer)
-
-    results: dict = {"model": args.model, "adapter": args.adapter, "batch_pairs": args.batch, "seq_tokens": args.prompt + args.answer, "tokens_per_step": tokens_per_step}
+    biggest = args.batch * (args.ranks if args.scaling == "weak" else 1)
+    write_pairs(data, biggest * total, args.prompt, args.answer)
+    seq = args.prompt + args.answer
+    results: dict = {"model": args.model, "adapter": args.adapter, "scaling": args.scaling, "seq_tokens": seq}
     for ranks in (1, args.ranks):
-        out = work / f"run-{args.adapter}-{ranks}"
+        batch = args.batch * (ranks if args.scaling == "weak" else 1)
+        preset = work / f"scaling-{args.adapter}-{batch}.toml"
+        write_preset(preset, model, data, args, batch)
+        out = work / f"run-{args.adapter}-{args.scaling}-{ranks}"
         if out.exists():
             import shutil
 
             shutil.rmtree(out)
         rows = run(preset, out, ranks, args.backend, total, args.timeout)
-        results[f"ranks_{ranks}"] = summarise(rows, args.warmup, tokens_per_step)
+        results[f"ranks_{ranks}"] = {"batch_pairs": batch, **summarise(rows, args.warmup, batch * 2 * seq)}
     one, many = results["ranks_1"], results[f"ranks_{args.ranks}"]
-    results["speedup"] = round(one["median_step_s"] / many["median_step_s"], 3)
+    results["speedup"] = round(many["tokens_per_sec"] / one["tokens_per_sec"], 3)
     results["efficiency"] = round(results["speedup"] / args.ranks, 3)
     print(json.dumps(results, indent=2))
     print(
-        f"DPO {args.model} {args.adapter}: {one['tokens_per_sec']:,.0f} tok/s on 1, {many['tokens_per_sec']:,.0f} tok/s on {args.ranks} "
+        f"DPO {args.model} {args.adapter} ({args.scaling} scaling): {one['tokens_per_sec']:,.0f} tok/s on 1, {many['tokens_per_sec']:,.0f} tok/s on {args.ranks} "
         f"-> {results['speedup']:.2f}x ({results['efficiency']:.0%} efficiency)"
     )
     if args.json:

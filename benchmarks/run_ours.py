@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--plain", action="store_true", help="no shared-prompt path")
+    ap.add_argument("--no-compile", action="store_true", help="train.compile=false (it only acts on a GPU)")
+    ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
@@ -48,7 +50,8 @@ def main() -> None:
             f"model.adapter={a.adapter}",
             "model.lora_rank=8",
             f"model.dtype={a.dtype}",
-            "model.max_length=512",
+            f"model.max_length={a.max_length}",
+            f"train.compile={'false' if a.no_compile else 'true'}",
             f"data.train={model / 'data' / 'train.jsonl'}",
             "data.eval=",
             f"train.max_steps={a.steps}",
@@ -76,12 +79,12 @@ def main() -> None:
         raise SystemExit(f"run {summary['status']}: {summary.get('error')}")
     rows = [r for r in run.directory.read_metrics() if "loss" in r]
     report(
-        framework="rlhf-tui" + (" (plain rows)" if a.plain else ""),
+        framework="rlhf-tui" + (" (plain rows)" if a.plain else "") + (" (no compile)" if a.no_compile else ""),
         first_step_start=started[0],
         step_times=[float(r["step_time_s"]) for r in rows],
         step_cpu=[b - a_ for a_, b in zip(cpu_marks, cpu_marks[1:], strict=False)],
         peak_gb=mx.get_peak_memory() / 2**30,
-        extra={"final_loss": rows[-1]["loss"], "tokens_per_step_engine": sum(r["tokens_per_sec"] * r["step_time_s"] for r in rows) / len(rows)},
+        extra={"device": str(mx.default_device()), "final_loss": rows[-1]["loss"], "tokens_per_step_engine": sum(r["tokens_per_sec"] * r["step_time_s"] for r in rows) / len(rows)},
     )
 
 
