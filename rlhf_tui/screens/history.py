@@ -1,0 +1,387 @@
+"""Run history: every run in the runs folder; reopen, overlay, compare configs, resume, export.
+
+:class:`HistoryScreen` lists the runs (status, algorithm, preset, steps, final metrics,
+start time, duration). Select several with space and press ``o`` to overlay their curves
+(:class:`OverlayScreen`) or ``d`` to see only the hyperparameters that differ
+(:class:`ConfigDiffScreen`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from engine.errors import EngineError
+from engine.runs_index import RunInfo, config_diff, export_metrics, list_runs
+from rlhf_tui.monitoring import duration, fmt
+from rlhf_tui.widgets.overlay_chart import RUN_COLOURS, OverlayChart, RunSeries, series_of
+
+STATUS_STYLE = {
+    "completed": "#5fd7af",
+    "cancelled": "#ff875f",
+    "failed": "bold #ff5f5f",
+    "running": "bold #87d75f",
+    "interrupted": "#ffd75f",
+}
+
+HELP = """\
+Every run in the runs folder, newest first: its **status** (completed, cancelled, failed,
+running — still writing — or interrupted — stopped without a summary, e.g. killed), algorithm,
+preset, steps done of planned, final loss and reward, the held-out eval headline, when it
+started and how long it trained.
+
+**enter** reopens a run's charts in the monitor (a run still being written is followed
+live). **space** selects runs; with two or more selected, **o** overlays their loss, KL,
+reward, tokens/s and eval curves on the same charts, and **d** shows only the
+hyperparameters that differ between them (from each run's `config.toml`).
+
+**r** resumes a cancelled, failed or interrupted run from its last checkpoint, training in
+this app. **x** exports the run's metrics to `<run id>-metrics.csv` and `.jsonl` in its folder.
+**i** opens the pair inspector on the run's data (score it with the run's checkpoints);
+**p** shows its samples (PPO/GRPO). **F5** refreshes the list.
+"""
+
+
+def started_text(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+class HistoryScreen(Screen):
+    HELP_TITLE = "Run history"
+    HELP = HELP
+    DEFAULT_CSS = """
+    HistoryScreen #history-summary { height: auto; padding: 0 1; margin-top: 1; }
+    HistoryScreen #runs { height: 1fr; border: round $panel-lighten-2; border-title-style: bold; border-subtitle-color: $text-muted; }
+    HistoryScreen #runs:focus { border: round $accent; }
+    HistoryScreen #run-detail { height: auto; max-height: 12; border: round $panel-lighten-2; border-title-style: bold; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("enter", "open", "Open charts", id="history.open", tooltip="Reopen this run's charts in the monitor"),
+        Binding("space", "select", "Select", id="history.select", tooltip="Select runs to overlay or compare"),
+        Binding("o", "overlay", "Overlay", id="history.overlay", tooltip="Overlay the selected runs' curves"),
+        Binding("d", "diff", "Diff config", id="history.diff", tooltip="Only the hyperparameters that differ"),
+        Binding("r", "resume", "Resume", id="history.resume", tooltip="Continue a stopped run from its checkpoint"),
+        Binding("x", "export", "Export", id="history.export", tooltip="Metrics to CSV and JSONL next to the run"),
+        Binding("i", "inspect", "Pairs", id="history.inspect", tooltip="Inspect the run's pairs, scored by its checkpoints"),
+        Binding("p", "samples", "Samples", id="history.samples", tooltip="Samples of a PPO/GRPO run"),
+        Binding("f5", "refresh", "Refresh", id="history.refresh", show=False),
+        Binding("escape", "back", "Back", id="history.back"),
+    ]
+
+    def __init__(self, runs_root: str = "runs", now: float | None = None) -> None:
+        super().__init__()
+        self.runs_root = runs_root
+        self.now = now
+        self.runs: list[RunInfo] = []
+        self.selected: set[str] = set()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="history-summary")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Static(id="run-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "rlhf-tui"
+        self.sub_title = "run history"
+        table = self.query_one("#runs", DataTable)
+        for label, key in (("", "sel"), ("Run", "run"), ("Status", "status"), ("Algo", "algo"), ("Preset", "preset"),
+                           ("Steps", "steps"), ("Loss", "loss"), ("Reward", "reward"), ("Eval", "eval"),
+                           ("Started", "started"), ("Time", "time")):
+            table.add_column(label, key=key)
+        table.border_title = "Runs"
+        self.reload()
+        table.focus()
+
+    def reload(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        keep = self.current().id if self.current() else None
+        self.runs = list_runs(self.runs_root, self.now)
+        ids = {r.id for r in self.runs}
+        self.selected &= ids
+        table.clear()
+        for r in self.runs:
+            table.add_row(*self._cells(r), key=r.id)
+        table.border_subtitle = str(Path(self.runs_root).expanduser().resolve())
+        if keep in ids:
+            table.move_cursor(row=table.get_row_index(keep))
+        self._summary()
+        self._detail()
+
+    def _cells(self, r: RunInfo) -> list[Any]:
+        key, value = r.headline_eval()
+        eval_text = Text(f"{fmt(value, 3)} {key.removeprefix('eval/')}" if key else "—", style="#5fd7ff" if key else "dim")
+        return [
+            Text("●", style="bold #ffd75f") if r.id in self.selected else Text("○", style="dim"),
+            Text(r.id, style="bold"),
+            Text(r.status, style=STATUS_STYLE.get(r.status, "")),
+            Text(r.algorithm.upper(), style="cyan"),
+            r.preset,
+            Text(f"{r.steps}/{r.max_steps}", justify="right"),
+            Text(fmt(r.final.get("loss")), justify="right"),
+            Text(fmt(r.final.get("reward")), justify="right"),
+            eval_text,
+            Text(started_text(r.started), style="dim"),
+            Text(duration(r.elapsed_s), justify="right"),
+        ]
+
+    def _summary(self) -> None:
+        t = Text()
+        t.append(f"{len(self.runs)} runs", style="bold")
+        t.append(f" in {self.runs_root}", style="dim")
+        if self.selected:
+            t.append(f" · {len(self.selected)} selected", style="bold #ffd75f")
+            t.append(" (o overlays, d compares configs)", style="dim")
+        else:
+            t.append(" · space selects runs to overlay (o) or compare (d)", style="dim")
+        if not self.runs:
+            t.append(f"\nNo runs yet: start one from the presets (s), or run `rlhf-tui run tiny-dpo`; runs are written to {self.runs_root}/.", style="yellow")
+        self.query_one("#history-summary", Static).update(t)
+
+    def current(self) -> RunInfo | None:
+        if not self.is_mounted:
+            return None
+        table = self.query_one("#runs", DataTable)
+        if not table.row_count:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001
+            return None
+        return next((r for r in self.runs if r.id == key), None)
+
+    def _detail(self) -> None:
+        panel = self.query_one("#run-detail", Static)
+        r = self.current()
+        if r is None:
+            panel.display = False
+            return
+        panel.display = True
+        panel.border_title = r.id
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column()
+        grid.add_row("folder", str(r.path))
+        if r.error:
+            grid.add_row("error", Text(r.error, style="red"))
+        grid.add_row("checkpoints", ", ".join(str(s) for s in r.checkpoints) or "none")
+        finals = "  ".join(f"{k} {fmt(v)}" for k, v in r.final.items() if k in ("loss", "kl", "reward", "tokens_per_sec", "grad_norm", "learning_rate"))
+        grid.add_row("final", finals or "—")
+        if r.final_eval:
+            grid.add_row("eval", "  ".join(f"{k.removeprefix('eval/')} {fmt(v)}" for k, v in list(r.final_eval.items())[:6]))
+        if r.resumable:
+            grid.add_row("", Text(f"r resumes it from step {r.checkpoints[-1]}", style="yellow"))
+        panel.update(grid)
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._detail()
+
+    @on(DataTable.RowSelected, "#runs")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    # ------------------------------------------------------------------ actions
+
+    def _need(self) -> RunInfo | None:
+        r = self.current()
+        if r is None:
+            self.notify("No run here yet.", severity="warning")
+        return r
+
+    def action_open(self) -> None:
+        r = self._need()
+        if r is not None:
+            self.app.follow_run_dir(str(r.path))  # type: ignore[attr-defined]
+
+    def action_select(self) -> None:
+        r = self._need()
+        if r is None:
+            return
+        self.selected.symmetric_difference_update({r.id})
+        table = self.query_one("#runs", DataTable)
+        row = table.cursor_row
+        table.update_cell(r.id, "sel", self._cells(r)[0])
+        if row + 1 < table.row_count:
+            table.move_cursor(row=row + 1)
+        self._summary()
+
+    def selected_runs(self) -> list[RunInfo]:
+        return [r for r in self.runs if r.id in self.selected]
+
+    def action_overlay(self) -> None:
+        runs = self.selected_runs()
+        if len(runs) < 2:
+            self.notify("Select two or more runs with space first.", severity="warning")
+            return
+        self.app.push_screen(OverlayScreen([r.path for r in runs]))
+
+    def action_diff(self) -> None:
+        runs = self.selected_runs()
+        if len(runs) < 2:
+            self.notify("Select two or more runs with space first.", severity="warning")
+            return
+        self.app.push_screen(ConfigDiffScreen([r.path for r in runs]))
+
+    def action_resume(self) -> None:
+        r = self._need()
+        if r is None:
+            return
+        if r.status == "running":
+            self.notify("This run is still being written; enter follows it.", severity="warning")
+            return
+        if not r.resumable:
+            why = "it completed all its steps" if r.steps >= r.max_steps else "it has no checkpoint"
+            self.notify(f"{r.id} cannot be resumed: {why}.", severity="warning")
+            return
+        self.app.resume_run_dir(str(r.path))  # type: ignore[attr-defined]
+
+    def action_export(self) -> None:
+        r = self._need()
+        if r is None:
+            return
+        try:
+            paths = [export_metrics(r.path, fmt_) for fmt_ in ("csv", "jsonl")]
+        except (EngineError, OSError) as err:
+            self.notify(str(err), title="Export failed", severity="error")
+            return
+        self.notify("\n".join(str(p) for p in paths), title="Metrics exported", timeout=10)
+
+    def action_inspect(self) -> None:
+        r = self._need()
+        if r is not None:
+            self.app.show_inspector(run_dir=str(r.path))  # type: ignore[attr-defined]
+
+    def action_samples(self) -> None:
+        r = self._need()
+        if r is not None:
+            self.app.show_samples(run_dir=str(r.path))  # type: ignore[attr-defined]
+
+    def action_refresh(self) -> None:
+        self.reload()
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def palette_commands(self) -> list[tuple[str, str, Any]]:
+        return [
+            ("History: overlay selected runs", "Their curves on the same charts", self.action_overlay),
+            ("History: diff selected configs", "Only the hyperparameters that differ", self.action_diff),
+            ("History: export metrics", "CSV and JSONL next to the run", self.action_export),
+            ("History: resume run", "Continue from its last checkpoint", self.action_resume),
+        ]
+
+
+# ---------------------------------------------------------------- overlay
+
+OVERLAY_PANELS = (("loss", "Loss"), ("kl", "KL"), ("reward", "Reward"), ("tokens_per_sec", "Tokens / s"))
+
+
+class OverlayScreen(Screen):
+    HELP_TITLE = "Overlay"
+    HELP = "The curves of the selected runs on the same charts, one colour per run (legend at the top). Eval: the first `eval/` headline the runs share. Click a chart to zoom (+/-) and pan (arrows)."
+    BINDINGS = [Binding("escape", "back", "Back", id="overlay.back")]
+    DEFAULT_CSS = """
+    OverlayScreen #overlay-legend { height: auto; padding: 0 1; margin-top: 1; }
+    OverlayScreen #overlay-charts { grid-size: 3 2; height: 1fr; }
+    """
+
+    def __init__(self, run_dirs: list[Path]) -> None:
+        super().__init__()
+        self.run_dirs = [Path(p) for p in run_dirs]
+        self.eval_key = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="overlay-legend")
+        with Grid(id="overlay-charts"):
+            for key, title in OVERLAY_PANELS:
+                yield OverlayChart(key, title, id=f"overlay-{key}")
+            yield OverlayChart("eval", "Eval", id="overlay-eval")
+            yield OverlayChart("learning_rate", "Learning rate", id="overlay-learning_rate")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        from engine.rundir import RunDirectory
+        from engine.runs_index import EVAL_HEADLINES
+
+        self.title = "rlhf-tui"
+        self.sub_title = f"overlay of {len(self.run_dirs)} runs"
+        rows = {p: RunDirectory(p).read_metrics() for p in self.run_dirs}
+        colours = {p: RUN_COLOURS[i % len(RUN_COLOURS)] for i, p in enumerate(self.run_dirs)}
+        legend = Text()
+        for p in self.run_dirs:
+            legend.append("━━ ", style=f"bold {colours[p]}")
+            legend.append(p.name + "   ")
+        self.query_one("#overlay-legend", Static).update(legend)
+        keys = [k for k, _ in OVERLAY_PANELS] + ["learning_rate"]
+        for key in keys:
+            self.query_one(f"#overlay-{key}", OverlayChart).draw([RunSeries(p.name, colours[p], *series_of(rows[p], key)) for p in self.run_dirs])
+        present = [k for k in EVAL_HEADLINES if any(k in r for p in self.run_dirs for r in rows[p])]
+        self.eval_key = present[0] if present else ""
+        chart = self.query_one("#overlay-eval", OverlayChart)
+        chart.border_title = f"Eval · {self.eval_key.removeprefix('eval/')}" if self.eval_key else "Eval"
+        chart.draw([RunSeries(p.name, colours[p], *series_of(rows[p], self.eval_key)) for p in self.run_dirs] if self.eval_key else [])
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+
+# ---------------------------------------------------------------- config diff
+
+
+class ConfigDiffScreen(Screen):
+    HELP_TITLE = "Config diff"
+    HELP = "Only the hyperparameters that differ between the selected runs (from each run's config.toml); every other key is the same in all of them."
+    BINDINGS = [Binding("escape", "back", "Back", id="diff.back")]
+    DEFAULT_CSS = """
+    ConfigDiffScreen #diff-summary { height: auto; padding: 0 1; margin-top: 1; }
+    ConfigDiffScreen #diff-table { height: 1fr; border: round $panel-lighten-2; }
+    """
+
+    def __init__(self, run_dirs: list[Path]) -> None:
+        super().__init__()
+        self.run_dirs = [Path(p) for p in run_dirs]
+        self.rows: list[tuple[str, list[Any]]] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical():
+            yield Static(id="diff-summary")
+            yield DataTable(id="diff-table", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "rlhf-tui"
+        self.sub_title = "config diff"
+        table = self.query_one("#diff-table", DataTable)
+        table.add_column("key", key="key")
+        for i, p in enumerate(self.run_dirs):
+            table.add_column(Text(p.name, style=f"bold {RUN_COLOURS[i % len(RUN_COLOURS)]}"), key=f"run{i}")
+        summary = self.query_one("#diff-summary", Static)
+        try:
+            self.rows = config_diff(self.run_dirs)
+        except EngineError as err:
+            summary.update(Text(str(err), style="bold red"))
+            return
+        for key, values in self.rows:
+            table.add_row(Text(key, style="bold"), *[Text("—" if v is None else str(v), style="dim" if v is None else "") for v in values])
+        if self.rows:
+            summary.update(Text.assemble((f"{len(self.rows)} keys differ", "bold"), (f" between {len(self.run_dirs)} runs; all other keys are the same", "dim")))
+        else:
+            summary.update(Text(f"The {len(self.run_dirs)} runs have identical configs.", style="bold"))
+        table.focus()
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
