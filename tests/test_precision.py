@@ -87,11 +87,6 @@ def test_a_bfloat16_dpo_run_learns_the_builtin_task(tmp_path):
     assert {v.dtype for v in saved.values()} == {mx.bfloat16}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MLX's Adam keeps m and v in the parameters' dtype; with bfloat16 weights the "
-    "optimizer state is bfloat16 although train.optimizer's help says float32 (reported to the lead)",
-)
 def test_optimizer_state_is_float32_with_bfloat16_weights(tmp_path):
     train = slice_jsonl(DATA / "sort_train.jsonl", tmp_path / "train.jsonl", 16)
     cfg = engine.load_preset(

@@ -28,6 +28,37 @@ if TYPE_CHECKING:
 LossFn = Callable[..., tuple[mx.array, dict[str, mx.array]]]
 
 
+class _Fp32State:
+    """Mixed precision for the optimizer: float32 moments and float32 master weights.
+
+    With bfloat16/float16 weights, MLX's Adam keeps ``m`` and ``v`` in the weights' dtype
+    and adds each update straight onto the low-precision weight, where updates smaller
+    than the weight's rounding step vanish. Here the update is applied to a float32
+    master copy (kept in the optimizer state) and the model gets it rounded to its dtype.
+    """
+
+    def init_single(self, parameter: mx.array, state: dict) -> None:
+        super().init_single(parameter.astype(mx.float32), state)  # type: ignore[misc]
+        if parameter.dtype != mx.float32:
+            state["master"] = parameter.astype(mx.float32)
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
+        if parameter.dtype == mx.float32:
+            return super().apply_single(gradient, parameter, state)  # type: ignore[misc]
+        master = state.get("master", parameter.astype(mx.float32))
+        master = super().apply_single(gradient.astype(mx.float32), master, state)  # type: ignore[misc]
+        state["master"] = master
+        return master.astype(parameter.dtype)
+
+
+class Fp32Adam(_Fp32State, optim.Adam):
+    """Adam with float32 moments."""
+
+
+class Fp32AdamW(_Fp32State, optim.AdamW):
+    """AdamW with float32 moments."""
+
+
 class TrainContext:
     """What an algorithm may use: model, config, optimizer, ranks, and the run's hooks."""
 
@@ -71,9 +102,9 @@ class TrainContext:
             warm = optim.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
             lr = optim.join_schedules([warm, lr if callable(lr) else (lambda _: mx.array(t.learning_rate))], [t.warmup_steps])
         if t.optimizer == "adamw":
-            opt: optim.Optimizer = optim.AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+            opt: optim.Optimizer = Fp32AdamW(learning_rate=lr, weight_decay=t.weight_decay)
         elif t.optimizer == "adam":
-            opt = optim.Adam(learning_rate=lr)
+            opt = Fp32Adam(learning_rate=lr)
         else:
             opt = optim.SGD(learning_rate=lr)
         self.optimizer = opt
