@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual import on
@@ -29,7 +28,9 @@ from rlhf_tui.widgets.chart import MetricChart
 if TYPE_CHECKING:
     from engine.run import Run
 
-REDRAW_HZ = 5
+REDRAW_HZ = 10  # timer ticks per second; each tick redraws at most one of the four charts
+# Statics whose size never depends on their text (fixed in app.tcss)
+FIXED_SIZE = {"#status-badge", "#progress-text", "#values", "#memory-text", "#eval-others"}
 CHART_COLOURS = {"loss": "#5fafff", "kl": "#d787ff", "reward": "#87d75f", "tokens_per_sec": "#ffaf5f"}
 STATUS_STYLE = {
     "waiting": ("WAITING", "black on grey70"),
@@ -105,6 +106,10 @@ class MonitorScreen(Screen):
         self.batches_received = 0
         self.alerts: list[str] = []
         self.run_title = title
+        self._content_keys: dict[str, Any] = {}
+        self._dirty_charts: set[str] = set()
+        self._next_chart = 0
+        self._content_lines: dict[str, int | None] = {}
 
     # ------------------------------------------------------------------ layout
 
@@ -274,11 +279,33 @@ class MonitorScreen(Screen):
     # ------------------------------------------------------------------ drawing (timer)
 
     def redraw(self, force: bool = False) -> None:
+        """Timer tick: cheap panels when the state moved, then at most one chart.
+
+        A chart re-render is the costly part of a frame; drawing one per tick (round
+        robin) keeps every frame short, so key presses are never stuck behind four.
+        ``force`` draws everything now (tests, snapshots, the end of a run).
+        """
         s = self.state
-        if s.version == self._drawn_version and not force:
-            return
-        self._drawn_version = s.version
-        self._draw_bar()
+        if s.version != self._drawn_version or force:
+            self._drawn_version = s.version
+            self._draw_bar()
+            self._draw_eval()
+            self._draw_values()
+            self._draw_memory()
+            self._restyle_charts()
+        if force:
+            for key in list(self._dirty_charts):
+                self._draw_chart(key)
+        elif self._dirty_charts:
+            for key, _ in PANELS[self._next_chart :] + PANELS[: self._next_chart]:
+                if key in self._dirty_charts:
+                    self._draw_chart(key)
+                    self._next_chart = ([k for k, _ in PANELS].index(key) + 1) % len(PANELS)
+                    break
+
+    def _restyle_charts(self) -> None:
+        """Titles, axis notes and empty-state texts now (cheap); plots marked for redraw."""
+        s = self.state
         for key, _ in PANELS:
             chart = self.query_one(f"#chart-{key}", MetricChart)
             if key == "kl" and s.algorithm == "sft":
@@ -287,16 +314,55 @@ class MonitorScreen(Screen):
                 chart.set_empty_text(f"{s.phase or 'loading'}…")
             elif s.ended and not len(s.series[key]):
                 chart.set_empty_text("no values were logged")
-            chart.redraw(s.series[key], wall_time=self.wall_time, log_y=self.log_y)
-        self._draw_eval()
-        self._draw_values()
-        self._draw_memory()
+            chart.set_labels(s.series[key], wall_time=self.wall_time, log_y=self.log_y)
+            if chart.drawn != chart.wanted(s.series[key], wall_time=self.wall_time, log_y=self.log_y):
+                self._dirty_charts.add(key)
+
+    def _drain_charts(self) -> None:
+        """Redraw dirty charts one per frame, so input is handled between them."""
+        if self._dirty_charts:
+            key = next(k for k, _ in PANELS if k in self._dirty_charts)
+            self._draw_chart(key)
+            if self._dirty_charts:
+                self.call_after_refresh(self._drain_charts)
+
+    def _draw_chart(self, key: str) -> None:
+        self._dirty_charts.discard(key)
+        chart = self.query_one(f"#chart-{key}", MetricChart)
+        chart.redraw(self.state.series[key], wall_time=self.wall_time, log_y=self.log_y)
+
+    @property
+    def charts_current(self) -> bool:
+        """True when every chart shows the current data and axis settings."""
+        self._restyle_charts()
+        return not self._dirty_charts
+
+    def _set(self, selector: str, content: Any, key: Any = None) -> None:
+        """Update a Static only when its content changed, and without a layout pass when
+        its size cannot change (a layout pass would make every chart re-render)."""
+        widget = self.query_one(selector, Static)
+        marker = key if key is not None else (content.plain if isinstance(content, Text) else content)
+        if isinstance(content, Text):
+            marker = (marker, tuple(str(sp) for sp in content.spans))
+        if self._content_keys.get(selector) == marker:
+            return
+        old_lines = self._content_lines.get(selector)
+        lines = content.plain.count("\n") + 1 if isinstance(content, Text) else None
+        self._content_keys[selector] = marker
+        self._content_lines[selector] = lines
+        fixed = selector in FIXED_SIZE or (lines is not None and lines == old_lines)
+        widget.update(content, layout=not fixed)
+
+    @staticmethod
+    def _show(widget: Any, visible: bool) -> None:
+        if widget.display != visible:
+            widget.display = visible
 
     def _draw_bar(self) -> None:
         s = self.state
         status = self.requested if self.requested and not s.ended else s.status
         label, style = STATUS_STYLE.get(status, (status.upper(), "reverse"))
-        self.query_one("#status-badge", Static).update(Text(f" {label} ", style=style + " bold"))
+        self._set("#status-badge", Text(f" {label} ", style=style + " bold"))
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=max(s.total_steps, 1), progress=s.step if s.total_steps else 0)
         text = Text()
@@ -319,18 +385,16 @@ class MonitorScreen(Screen):
             text.append(f"  · {s.algorithm.upper()}", style="cyan")
         if s.world_size > 1:
             text.append(f" × {s.world_size} ranks", style="cyan")
-        self.query_one("#progress-text", Static).update(text)
+        self._set("#progress-text", text)
 
     def _draw_eval(self) -> None:
         s = self.state
         key, value = s.headline_eval()
-        head = self.query_one("#eval-headline", Static)
         spark = self.query_one("#eval-spark", Sparkline)
-        others = self.query_one("#eval-others", Static)
         if not key:
-            head.update(Text("no evaluation yet", style="dim"))
-            spark.display = False
-            others.update("")
+            self._set("#eval-headline", Text("no evaluation yet", style="dim"))
+            self._show(spark, False)
+            self._set("#eval-others", "")
             return
         hist = s.eval_history.get(key, [])
         t = Text()
@@ -340,36 +404,35 @@ class MonitorScreen(Screen):
             delta = hist[-1] - hist[0]
             t.append(f"\n{'▲' if delta >= 0 else '▼'} {delta:+.3f} since first eval", style="green" if (delta >= 0) != (key == "eval/loss") else "red")
         t.append(f"  (step {s.latest_eval.get('step', '?')})", style="dim")
-        head.update(t)
-        spark.display = len(hist) > 1
-        spark.data = hist
+        self._set("#eval-headline", t)
+        self._show(spark, len(hist) > 1)
+        if spark.data != hist:
+            spark.data = list(hist)
         rest = [(k, v) for k, v in s.latest_eval.items() if k.startswith("eval/") and k != key and k.count("/") <= 2]
-        others.update(Text("  ".join(f"{k.removeprefix('eval/')} {fmt(v, 3)}" for k, v in rest[:6]), style="dim"))
+        self._set("#eval-others", Text("  ".join(f"{k.removeprefix('eval/')} {fmt(v, 3)}" for k, v in rest[:6]), style="dim"))
 
     def _draw_values(self) -> None:
         rows = self.state.table_rows()
-        widget = self.query_one("#values", Static)
         if not rows:
-            widget.update(Text("values appear after the first step", style="dim"))
+            self._set("#values", Text("values appear after the first step", style="dim"))
             return
         table = Table.grid(padding=(0, 1), expand=True)
         table.add_column(style="dim", no_wrap=True, ratio=3)
         table.add_column(justify="right", no_wrap=True, ratio=2)
         for k, v in rows:
             table.add_row(k, v)
-        widget.update(table)
+        self._set("#values", table, key=tuple(rows))
 
     def _draw_memory(self) -> None:
         s = self.state
         mem = s.memory_active
-        text = self.query_one("#memory-text", Static)
         spark = self.query_one("#memory-spark", Sparkline)
         if not mem:
-            text.update(Text("—", style="dim"))
-            spark.display = False
+            self._set("#memory-text", Text("—", style="dim"))
+            self._show(spark, False)
             return
-        text.update(Group(Text.assemble(("active ", "dim"), (f"{mem[-1]:.2f} GB", "bold"), ("  peak ", "dim"), (f"{fmt(s.memory_peak, 2)} GB", "bold"))))
-        spark.display = len(mem) > 1
+        self._set("#memory-text", Text.assemble(("active ", "dim"), (f"{mem[-1]:.2f} GB", "bold"), ("  peak ", "dim"), (f"{fmt(s.memory_peak, 2)} GB", "bold")))
+        self._show(spark, len(mem) > 1)
         spark.data = mem[-120:]
 
     # ------------------------------------------------------------------ actions
@@ -420,11 +483,13 @@ class MonitorScreen(Screen):
     def action_toggle_log_y(self) -> None:
         self.log_y = not self.log_y
         self.notify("log-scale y (values ≤ 0 are hidden)" if self.log_y else "linear y", timeout=2)
-        self.redraw(force=True)
+        self._restyle_charts()  # labels now, in the next frame
+        self.call_after_refresh(self._drain_charts)  # then one plot per frame
 
     def action_toggle_x(self) -> None:
         self.wall_time = not self.wall_time
-        self.redraw(force=True)
+        self._restyle_charts()  # labels now, in the next frame
+        self.call_after_refresh(self._drain_charts)  # then one plot per frame
 
     def action_cycle_smoothing(self) -> None:
         steps = SMOOTHING_STEPS
@@ -432,7 +497,8 @@ class MonitorScreen(Screen):
         new = steps[(i + 1) % len(steps)]
         self.state.set_smoothing(new)
         self.notify(f"EMA smoothing {new:g}" if new else "smoothing off (raw values)", timeout=2)
-        self.redraw(force=True)
+        self._restyle_charts()  # labels now, in the next frame
+        self.call_after_refresh(self._drain_charts)  # then one plot per frame
 
     def action_back(self) -> None:
         if self.run is not None and not self.state.ended:

@@ -72,7 +72,7 @@ class PresetsScreen(Screen):
         self.title = "rlhf-tui"
         self.sub_title = "presets"
         table = self.query_one(DataTable)
-        table.add_columns("Name", "Kind", "Algorithm", "Model")
+        table.add_columns("Name", "Kind", "Algorithm", "Model", "Description")
         self.reload(select=self.initial)
         table.focus()
 
@@ -96,7 +96,8 @@ class PresetsScreen(Screen):
             kind = "built-in" if info.builtin else ("file" if info.path.parent != user_dir() else "user")
             name = Text(info.name, style="bold red" if info.error else "bold")
             algo = Text(info.algorithm.upper() if not info.error else "broken", style="red" if info.error else "cyan")
-            table.add_row(name, Text(kind, style="dim" if info.builtin else "green"), algo, Text(info.model, style="dim"), key=str(i))
+            desc = info.description if len(info.description) <= 48 else info.description[:47] + "…"
+            table.add_row(name, Text(kind, style="dim" if info.builtin else "green"), algo, Text(info.model, style="dim"), Text(desc, style="dim italic"), key=str(i))
             if keep and (info.name == keep or str(info.path) == keep):
                 row = i
         if self.presets:

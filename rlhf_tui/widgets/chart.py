@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Container
@@ -47,6 +49,8 @@ class MetricChart(Container):
         self.empty_text = "waiting for the first step…"
         self.border_title = title
         self.drawn_points = 0
+        self.drawn: tuple = ()
+        self.drawn_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield Static(self.empty_text, classes="empty")
@@ -59,19 +63,42 @@ class MetricChart(Container):
         yield plot
 
     def set_empty_text(self, text: str) -> None:
-        self.empty_text = text
-        self.query_one(".empty", Static).update(text)
+        if text != self.empty_text:
+            self.empty_text = text
+            self.query_one(".empty", Static).update(text, layout=False)
+
+    @staticmethod
+    def _show(widget: Any, visible: bool) -> None:
+        if widget.display != visible:  # toggling display costs a layout pass
+            widget.display = visible
+
+    @staticmethod
+    def wanted(series: MetricSeries, *, wall_time: bool, log_y: bool) -> tuple:
+        """What a drawing of ``series`` with these settings is (compared with ``drawn``)."""
+        return (len(series), series.smoothing, wall_time, log_y)
+
+    def set_labels(self, series: MetricSeries, *, wall_time: bool, log_y: bool) -> None:
+        """Title with the latest value and the axis note: cheap, done at once."""
+        last, smooth = series.last, series.last_smoothed
+        title = f"{self.title}  [b]{fmt(last)}[/b]" + (f"  [dim]ema {fmt(smooth)}[/dim]" if len(series) > 1 and series.smoothing > 0 else "")
+        subtitle = ("log-y · " if log_y else "") + ("x: wall time" if wall_time else "x: step")
+        if self.border_title != title:
+            self.border_title = title
+        if self.border_subtitle != subtitle:
+            self.border_subtitle = subtitle
 
     def redraw(self, series: MetricSeries, *, wall_time: bool, log_y: bool, max_points: int = 240) -> None:
         plot = self.query_one(PlotWidget)
         empty = self.query_one(".empty", Static)
-        last, smooth = series.last, series.last_smoothed
-        self.border_title = f"{self.title}  [b]{fmt(last)}[/b]" + (f"  [dim]ema {fmt(smooth)}[/dim]" if len(series) > 1 else "")
-        self.border_subtitle = ("log-y · " if log_y else "") + ("x: wall time" if wall_time else "x: step")
+        self.set_labels(series, wall_time=wall_time, log_y=log_y)
+        self.drawn = self.wanted(series, wall_time=wall_time, log_y=log_y)
+        self.drawn_at = time.perf_counter()
         if not len(series):
-            plot.display, empty.display = False, True
+            self._show(plot, False)
+            self._show(empty, True)
             return
-        plot.display, empty.display = True, False
+        self._show(empty, False)
+        self._show(plot, True)
         width = max(20, plot.size.width * 2) if plot.size.width else max_points
         x, raw, ema = series.xy(wall_time=wall_time, log_y=log_y, max_points=min(max_points, width))
         plot.clear()
