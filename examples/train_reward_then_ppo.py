@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if reward_run.status != "completed":
         return 1
     accuracy = reward_run.summary["final_eval"].get("eval/accuracy")
-    print(f"reward model done: held-out accuracy {accuracy}")
+    print(f"reward model done: held-out accuracy {accuracy:.3f}" if accuracy is not None else "reward model done")
 
     ppo_overrides = [f"ppo.reward_model={reward_run.directory.path}"]
     if args.ppo_steps:
