@@ -64,7 +64,7 @@ def find_reward_checkpoint(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelError(f"ppo.reward_model: {p} not found (give a reward run directory or one of its checkpoints)")
-    if (p / "extra.safetensors").exists() and (p / "adapter_config.json").exists():
+    if (p / "trainer_state.json").exists() and (p / "adapter_config.json").exists():
         return p
     ckpts = p / "checkpoints"
     if ckpts.is_dir():
@@ -84,7 +84,8 @@ def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> t
         base = acfg["model"]
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"{ckpt / 'adapter_config.json'}: unreadable or without 'model' ({err})") from None
-    extra = dict(mx.load(str(ckpt / "extra.safetensors")))
+    extra_file = ckpt / "extra.safetensors"
+    extra = dict(mx.load(str(extra_file))) if extra_file.exists() else {}
     if not all(k in extra for k in HEAD_KEYS):
         raise ModelError(f"{ckpt}: not a reward model (no reward head in extra.safetensors; train one with algorithm = \"reward\")")
     lm, tokenizer, base_path = load_base(base, trust_remote_code=trust_remote_code)
