@@ -285,8 +285,9 @@ class Run:
             self._agreed_cancel()
             ctx.step = step
             # sampling and dropout draw from a key fixed by (seed, step): a resumed run
-            # draws exactly what an uninterrupted one would have
-            mx.random.seed(cfg.train.seed * 1_000_003 + step)
+            # draws exactly what an uninterrupted one would have; each rank its own stream
+            # (rank 0's is a lone process's), so ranks do not sample the same noise
+            mx.random.seed(cfg.train.seed * 1_000_003 + step + 7_919_111 * world.rank)
             t0 = time.perf_counter()
             with self._weights_lock:
                 metrics = algo.train_step(step)

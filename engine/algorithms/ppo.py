@@ -362,8 +362,8 @@ class Ppo(Algorithm):
         seq_kl = kl.sum(axis=1).mean().item()
         mean_non_score = non_score.sum(axis=1).mean().item()
         mean_score = scores.mean().item()
-        if p.adaptive_kl:
-            self.kl_ctl.update(seq_kl, cfg.train.batch_size)
+        if p.adaptive_kl:  # on the mean over ranks, so every rank keeps the same coefficient
+            self.kl_ctl.update(ctx.world.mean({"kl": seq_kl})["kl"], cfg.train.batch_size)
         self._emit_samples(prompts, texts, scores_list, adv, mask)
         lengths = batch.lengths
         k = len(stats)
