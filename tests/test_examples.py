@@ -31,6 +31,14 @@ def run_example(name: str, *args: str, timeout: float = 600) -> subprocess.Compl
     return out
 
 
+def documented_extras(heading: str) -> set[str]:
+    """The metric names docs/algorithms.md lists in the 'Extras' bullet of one algorithm."""
+    text = (ROOT / "docs" / "algorithms.md").read_text()
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    extras = section.split("* Extras", 1)[1].split("\n* ", 1)[0]
+    return {name for name in re.findall(r"`([a-z_/]+)`", extras) if "<" not in name}
+
+
 def needs_preset(name: str):
     return pytest.mark.skipif(
         not (PRESETS / f"{name}.toml").exists(),
@@ -67,7 +75,10 @@ def test_train_grpo(tmp_path):
     out = run_example("train_grpo.py", "--steps", "2", "--out", str(tmp_path / "grpo"))
     assert re.search(r"completed: mean reward [-\d.]+ at step 1 -> [-\d.]+ at step 2", out.stdout), out.stdout
     assert "sample:" in out.stdout
-    assert len(engine.read_metrics(tmp_path / "grpo")) == 2
+    rows = engine.read_metrics(tmp_path / "grpo")
+    assert len(rows) == 2
+    missing = documented_extras("GRPO") - set(rows[-1])
+    assert not missing, f"docs/algorithms.md lists GRPO metrics a run does not write: {missing}"
 
 
 @needs_preset("tiny-reward")
@@ -76,5 +87,9 @@ def test_train_reward_then_ppo(tmp_path):
     out = run_example("train_reward_then_ppo.py", "--reward-steps", "3", "--ppo-steps", "2", "--out", str(tmp_path))
     assert "reward model done: held-out accuracy" in out.stdout
     assert re.search(r"PPO completed: reward [-+\d.]+ at step 1 -> [-+\d.]+ at step 2", out.stdout), out.stdout
+    for heading, run in (("Reward model", "reward"), ("PPO", "ppo")):
+        row = engine.read_metrics(tmp_path / run)[-1]
+        missing = documented_extras(heading) - set(row)
+        assert not missing, f"docs/algorithms.md lists {heading} metrics a run does not write: {missing}"
     ppo_config = engine.run_config(tmp_path / "ppo")
     assert Path(ppo_config.ppo.reward_model) == (tmp_path / "reward").resolve()
