@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Label, Static, TextArea
-from textual.worker import get_current_worker
 
 from engine.errors import Cancelled, EngineError
 from engine.labels import Label as LabelRecord
@@ -167,6 +166,7 @@ class LabellingScreen(Screen):
         max_length: int = 512,
         seed: int = 0,
         clock: Callable[[], str] = utc_now,
+        round_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.labels = LabelFile(label_file, clock=clock)
@@ -182,13 +182,17 @@ class LabellingScreen(Screen):
         self.selected = "a"
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
         self._ready: deque[Item] = deque()
         self._pending: deque[Any] = deque()
         self._generation = 0
+        self._busy = False  # the generator is sampling a batch
         self._status = "loading model…"
         self.session_count = 0
         self._first_shown: float | None = None
         self.last_round: str | None = None  # the run directory of the last round started here
+        self.round_steps = round_steps  # steps of a training round (None: about 8 epochs, 10-200)
 
     # ------------------------------------------------------------------ layout
 
@@ -217,6 +221,9 @@ class LabellingScreen(Screen):
 
     def on_unmount(self) -> None:
         self._stop_generator()
+        if self._thread is not None:
+            # let it release its MLX streams; a thread alive at exit aborts the process
+            self._thread.join(10)
 
     # ------------------------------------------------------------------ the queue
 
@@ -257,19 +264,28 @@ class LabellingScreen(Screen):
         self._generate(self._generation)
 
     def _stop_generator(self) -> None:
-        self.workers.cancel_group(self, "labelling-generate")
+        self._cancel.set()
         self._wake.set()
 
-    @work(thread=True, exclusive=True, group="labelling-generate", exit_on_error=False)
     def _generate(self, generation: int) -> None:
+        """Start the generator thread for this generation of the queue.
+
+        A thread of its own rather than a Textual thread worker: workers run on a reused
+        thread pool, and MLX's per-thread streams must be released by the thread that made
+        them when it ends (as ``engine.run.Run`` does).
+        """
+        self._cancel = threading.Event()
+        thread = threading.Thread(target=self._generator_main, args=(generation, self._cancel), name="rlhf-tui-labelling", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _generator_main(self, generation: int, cancel: threading.Event) -> None:
         import mlx.core as mx
 
         from engine.sampling import CompletionWriter, resolve_model_choice
 
-        worker = get_current_worker()
-
         def check() -> None:
-            if worker.is_cancelled:
+            if cancel.is_set():
                 raise Cancelled()
 
         try:
@@ -278,12 +294,13 @@ class LabellingScreen(Screen):
             mx.random.seed(self.seed)
             writer: CompletionWriter = CompletionWriter(choice, self.max_length)
             self.post_message(ModelLoaded(choice.describe()))
-            while not worker.is_cancelled:
+            while not cancel.is_set():
                 with self._lock:
                     if generation != self._generation:
                         return
                     room = AHEAD - len(self._ready)
                     batch = [self._pending.popleft() for _ in range(min(max(room, 0), BATCH, len(self._pending)))]
+                    self._busy = bool(batch)
                 if not batch:
                     self._wake.wait(0.2)
                     self._wake.clear()
@@ -293,11 +310,13 @@ class LabellingScreen(Screen):
                     if generation != self._generation:
                         return
                     self._ready.extend(Item(p, (t[0], t[1]), choice) for p, t in zip(batch, texts, strict=True))
+                    self._busy = False
                 self.post_message(ItemsReady())
         except Cancelled:
             return
-        except EngineError as err:
-            self.post_message(GeneratorFailed(str(err)))
+        except Exception as err:  # noqa: BLE001 - shown on screen; the app stays up
+            message = str(err) if isinstance(err, EngineError) else f"{type(err).__name__}: {err}"
+            self.post_message(GeneratorFailed(message))
         finally:
             try:
                 mx.synchronize()
@@ -336,7 +355,12 @@ class LabellingScreen(Screen):
         prompt = self.query_one("#label-prompt-text", Static)
         a, b = self.query_one("#text-a", Static), self.query_one("#text-b", Static)
         if item is None:
-            waiting = self._status or ("all prompts labelled" if not self._pending else "generating…")
+            with self._lock:
+                finished = not self._pending and not self._ready and not self._busy
+            if finished and not self._status.startswith("error"):
+                waiting = "All prompts here are labelled. r trains on the pairs; m picks another model."
+            else:
+                waiting = self._status or "generating…"
             prompt.update(waiting)
             a.update("")
             b.update("")
@@ -506,7 +530,7 @@ class LabellingScreen(Screen):
         cfg.description = f"{algorithm.upper()} on {pairs} labelled pairs from {self.labels.path}"
         cfg.model.init_from = (choice.adapter_dir or "") if choice is not None else ""
         cfg.train.batch_size = max(1, min(cfg.train.batch_size, pairs))
-        cfg.train.max_steps = max(10, min(200, math.ceil(8 * pairs / cfg.train.batch_size)))
+        cfg.train.max_steps = self.round_steps or max(10, min(200, math.ceil(8 * pairs / cfg.train.batch_size)))
         cfg.train.save_every = 0
         cfg.train.eval_every = max(cfg.train.max_steps // 4, 1)
         return cfg
