@@ -96,6 +96,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("⚑", "flagged"),
 )
 TEXT_WIDTH = {"prompt": 26, "chosen": 20, "rejected": 20}
+PAGE = 120  # rows added to the table at a time
 
 
 def sort_value(row: PairRow, key: str) -> Any:
@@ -275,6 +276,8 @@ class InspectorScreen(Screen):
         self.scoring = False
         self.tokens_ready = False
         self.saved_paths: list[Path] = []
+        self._visible: list[PairRow] = []
+        self._rendered = 0
 
     # ------------------------------------------------------------------ layout
 
@@ -372,22 +375,41 @@ class InspectorScreen(Screen):
     # ------------------------------------------------------------------ drawing
 
     def refresh_table(self, keep_cursor: bool = True) -> None:
+        """Redraw the table from the model. Rows are added a page at a time (``PAGE``): the
+        next page is added when the cursor nears the end, so big files stay responsive."""
         table = self.query_one("#pairs", DataTable)
         current = self.current_row() if keep_cursor else None
         table.clear()
-        rows = self.table_model.visible()
-        for row in rows:
-            table.add_row(*self._cells(row), key=str(row.index))
+        self._visible = self.table_model.visible()
+        self._rendered = 0
+        at = next((i for i, r in enumerate(self._visible) if current is not None and r.index == current.index), None)
+        self._render_more(max(PAGE, (at or 0) + PAGE // 2))
         for header, key in COLUMNS:
             label = header
             if key == self.table_model.sort_key:
                 label += " ▼" if self.table_model.reverse else " ▲"
             table.columns[key].label = Text(label, style="bold")  # type: ignore[index]
         table.refresh()
-        if current is not None and any(r.index == current.index for r in rows):
-            table.move_cursor(row=table.get_row_index(str(current.index)))
+        if at is not None:
+            table.move_cursor(row=at)
         self.update_summary()
         self.show_current()
+
+    def _render_more(self, upto: int) -> None:
+        table = self.query_one("#pairs", DataTable)
+        rows = self._visible[self._rendered : upto]
+        for row in rows:
+            table.add_row(*self._cells(row), key=str(row.index))
+        self._rendered += len(rows)
+
+    def _update_row(self, row: PairRow) -> None:
+        table = self.query_one("#pairs", DataTable)
+        try:
+            table.get_row_index(str(row.index))
+        except Exception:  # noqa: BLE001 - not rendered (filtered out or on a later page)
+            return
+        for (_, key), cell in zip(COLUMNS, self._cells(row), strict=True):
+            table.update_cell(str(row.index), key, cell)
 
     def _cells(self, row: PairRow) -> list[Any]:
         s = row.score
@@ -412,6 +434,7 @@ class InspectorScreen(Screen):
         ]
 
     def update_summary(self) -> None:
+        self.refresh_bindings()  # Stop / Save cleaned depend on the state shown here
         m = self.table_model
         t = Text()
         if self.load_error:
@@ -435,6 +458,8 @@ class InspectorScreen(Screen):
             t.append(" · not scored (c scores with a model)", style="dim")
         if m.flagged:
             t.append(f" · {len(m.flagged)} flagged", style="bold #ffaf00")
+        if self._rendered < len(self._visible):
+            t.append(f" · {self._rendered} of {len(self._visible)} rows loaded (more as you move down)", style="dim")
         header = dict(COLUMNS)
         name = next((h for h, k in COLUMNS if k == m.sort_key), header.get("#", "#"))
         t.append(f" · sorted by {name} {'▼' if m.reverse else '▲'}", style="dim")
@@ -463,6 +488,9 @@ class InspectorScreen(Screen):
 
     @on(DataTable.RowHighlighted, "#pairs")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.cursor_row >= self._rendered - 10 and self._rendered < len(self._visible):
+            self._render_more(self._rendered + PAGE)
+            self.update_summary()
         self.show_current()
 
     @on(DataTable.HeaderSelected, "#pairs")
@@ -527,7 +555,9 @@ class InspectorScreen(Screen):
         row.flagged = not row.flagged
         table = self.query_one("#pairs", DataTable)
         at = table.cursor_row
-        self.refresh_table()
+        self._update_row(row)
+        self.update_summary()
+        self.show_current()
         if at + 1 < table.row_count:
             table.move_cursor(row=at + 1)  # flag the next one with one more key press
 
