@@ -18,7 +18,13 @@ from engine import scoring
 from engine.presets import load_preset
 from engine.scoring import PairScore
 from rlhf_tui.app import make_app
-from rlhf_tui.screens.inspector import InspectorScreen, PairRow, PairsScored, PairTable, ScoreSourceScreen
+from rlhf_tui.screens.inspector import (
+    InspectorScreen,
+    PairRow,
+    PairsScored,
+    PairTable,
+    ScoreSourceScreen,
+)
 from rlhf_tui.widgets.pair_view import CHOSEN_STYLE, REJECTED_STYLE, diff_texts
 from tests.helpers import quick_overrides, write_jsonl
 
