@@ -53,7 +53,9 @@ def main() -> None:
         max_steps=a.steps,
         learning_rate=1e-5,
         logging_steps=1,
-        save_strategy="no",
+        # a resumable checkpoint (weights or adapter + optimizer state) at the end, as ours writes
+        save_strategy="steps",
+        save_steps=a.steps,
         report_to=[],
         max_length=a.max_length,
         bf16=a.dtype == "bfloat16",
