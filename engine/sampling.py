@@ -83,7 +83,7 @@ def resolve_model_choice(spec: str) -> ModelChoice:
         from engine.api import adapter_path, run_config
 
         cfg = run_config(folder)
-        return ModelChoice(spec, cfg.model.path if cfg.model.path.startswith("builtin:") else _absolute_base(cfg), str(adapter_path(folder)), str(folder))
+        return ModelChoice(spec, cfg.model.path if cfg.model.path.startswith("builtin:") else _absolute_base(cfg), str(adapter_path(folder).resolve()), str(folder.resolve()))
     if folder.is_dir() and _is_checkpoint(folder):
         try:
             base = json.loads((folder / "adapter_config.json").read_text())["model"]
@@ -96,7 +96,7 @@ def resolve_model_choice(spec: str) -> ModelChoice:
             cfg = run_config(run_dir)
             if cfg.model.path.startswith("builtin:"):
                 base = cfg.model.path
-        return ModelChoice(spec, str(base), str(folder), str(run_dir) if run_dir else None)
+        return ModelChoice(spec, str(base), str(folder.resolve()), str(run_dir.resolve()) if run_dir else None)
     from engine.models import resolve_model_path
 
     resolve_model_path(spec)  # checks a local folder, builds a built-in model

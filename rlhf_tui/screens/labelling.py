@@ -59,11 +59,13 @@ later resumes at the first prompt you have not labelled.
 **r** trains a DPO round on the pairs collected so far, starting from the weights that wrote
 the completions; the run directory keeps a copy of the rows it trained on and
 `data_provenance.json`. **m** picks the model: a base model, a run directory (its latest
-weights) or a checkpoint folder; after a round it offers the new run.
+weights) or a checkpoint folder; after a round it offers the new run. **p** changes the
+sampling (temperature, top_p, max tokens), **n** the labeller's name.
 
 When several labellers share a label file, the bar at the bottom shows how often they agree
 (and Cohen's kappa). To label the same pairs a second time (yourself or someone else), start
-with *relabel* on: the pairs already in the file are shown again, A/B order shuffled.
+the palette command *relabel the pairs in this file*: the pairs others judged are shown again,
+A/B order shuffled.
 """
 
 
@@ -142,6 +144,8 @@ class LabellingScreen(Screen):
         Binding("right", "select('b')", "Select B", id="labelling.select_b", show=False),
         Binding("r", "train_round", "Train DPO", id="labelling.train", tooltip="Start a DPO round on the labelled pairs"),
         Binding("m", "choose_model", "Model", id="labelling.model", tooltip="Label completions from another model or checkpoint"),
+        Binding("p", "sampling_settings", "Sampling", id="labelling.sampling", show=False, tooltip="Temperature, top_p and max tokens"),
+        Binding("n", "labeller_name", "Labeller", id="labelling.labeller", show=False, tooltip="Who is labelling (resumes that person's place)"),
         Binding("escape", "back", "Back", id="labelling.back", tooltip="Leave (labels are already saved)"),
     ]
     DEFAULT_CSS = """
@@ -187,10 +191,11 @@ class LabellingScreen(Screen):
         self._ready: deque[Item] = deque()
         self._pending: deque[Any] = deque()
         self._generation = 0
-        self._busy = False  # the generator is sampling a batch
+        self._busy = 0  # prompts the generator is sampling now
+        self.total_prompts = 0
         self._status = "loading model…"
         self.session_count = 0
-        self._first_shown: float | None = None
+        self._label_times: deque[float] = deque(maxlen=20)  # monotonic times of recent labels
         self.last_round: str | None = None  # the run directory of the last round started here
         self.round_steps = round_steps  # steps of a training round (None: about 8 epochs, 10-200)
 
@@ -233,6 +238,7 @@ class LabellingScreen(Screen):
         with self._lock:
             self._generation += 1
             self._ready.clear()
+            self._busy = 0
             self.current = None
         try:
             rows = self.labels.rows()
@@ -300,7 +306,7 @@ class LabellingScreen(Screen):
                         return
                     room = AHEAD - len(self._ready)
                     batch = [self._pending.popleft() for _ in range(min(max(room, 0), BATCH, len(self._pending)))]
-                    self._busy = bool(batch)
+                    self._busy = len(batch)
                 if not batch:
                     self._wake.wait(0.2)
                     self._wake.clear()
@@ -310,7 +316,7 @@ class LabellingScreen(Screen):
                     if generation != self._generation:
                         return
                     self._ready.extend(Item(p, (t[0], t[1]), choice) for p, t in zip(batch, texts, strict=True))
-                    self._busy = False
+                    self._busy = 0
                 self.post_message(ItemsReady())
         except Cancelled:
             return
@@ -365,8 +371,6 @@ class LabellingScreen(Screen):
             a.update("")
             b.update("")
         else:
-            if self._first_shown is None:
-                self._first_shown = time.monotonic()
             text = item.prompt if isinstance(item.prompt, str) else json.dumps(item.prompt, ensure_ascii=False, indent=1)
             prompt.update(text.rstrip("\n"))
             a.update(item.completions[0] or "(empty)")
@@ -388,9 +392,9 @@ class LabellingScreen(Screen):
         out = Text()
         out.append(f"{self.session_count} labelled", style="bold")
         out.append(f" this session · {pairs} pairs + {len(rows) - pairs} other in file")
-        if self.session_count and self._first_shown is not None:
-            minutes = max(time.monotonic() - self._first_shown, 1.0) / 60
-            out.append(f" · {self.session_count / minutes:.1f}/min")
+        times = self._label_times
+        if len(times) >= 2 and times[-1] > times[0]:
+            out.append(f" · {60 * (len(times) - 1) / (times[-1] - times[0]):.1f}/min")
         with self._lock:
             ready, left = len(self._ready), len(self._pending)
         out.append(f" · {ready} ready" + (f", {left} to generate" if not self.relabel else ""))
@@ -406,6 +410,12 @@ class LabellingScreen(Screen):
     def _refresh_stats(self) -> None:
         try:
             self.query_one("#label-stats", Static).update(self.stats_text())
+            if not self.relabel and self.total_prompts:
+                with self._lock:
+                    left = len(self._pending) + len(self._ready) + (self.current is not None) + self._busy
+                self.query_one("#label-prompt").border_subtitle = f"{max(self.total_prompts - left, 0)} of {self.total_prompts} prompts done by {self.labeller}"
+            else:
+                self.query_one("#label-prompt").border_subtitle = ""
         except EngineError as err:
             self.query_one("#label-stats", Static).update(Text(str(err), style="red"))
 
@@ -432,6 +442,7 @@ class LabellingScreen(Screen):
             self.notify(str(err), title="Label not saved", severity="error", timeout=15)
             return
         self.session_count += 1
+        self._label_times.append(time.monotonic())
         self._show_next()
 
     def action_label(self, label: str) -> None:
@@ -532,7 +543,7 @@ class LabellingScreen(Screen):
         cfg.train.batch_size = max(1, min(cfg.train.batch_size, pairs))
         cfg.train.max_steps = self.round_steps or max(10, min(200, math.ceil(8 * pairs / cfg.train.batch_size)))
         cfg.train.save_every = 0
-        cfg.train.eval_every = max(cfg.train.max_steps // 4, 1)
+        cfg.train.eval_every = max(cfg.train.max_steps // 2, 1)
         return cfg
 
     def action_train_round(self, algorithm: str = "dpo") -> None:
@@ -594,8 +605,49 @@ class LabellingScreen(Screen):
         self.app.start_run(cfg, out_dir=str(directory.path))  # type: ignore[attr-defined]
         return directory.path
 
+    def action_sampling_settings(self) -> None:
+        from rlhf_tui.screens.dialogs import PromptScreen
+
+        s = self.sampling
+        current = f"temperature={s.temperature:g} top_p={s.top_p:g} max_tokens={s.max_tokens}"
+
+        def done(text: str | None) -> None:
+            if not text:
+                return
+            try:
+                self.sampling = parse_sampling(text, self.sampling)
+            except ValueError as err:
+                self.notify(str(err), title="Sampling not changed", severity="error")
+                return
+            self._refresh_sampling_line()
+            if not self.relabel:
+                self._start()  # completions already queued used the old settings
+
+        self.app.push_screen(PromptScreen("Sampling for new completions:", current, "temperature=0.8 top_p=0.95 max_tokens=32"), done)
+
+    def action_labeller_name(self) -> None:
+        from rlhf_tui.screens.dialogs import PromptScreen
+
+        def done(name: str | None) -> None:
+            if name and name != self.labeller:
+                self.labeller = name
+                self.session_count = 0
+                self._label_times.clear()
+                self._refresh_sampling_line()
+                self._start()  # resume where this person stopped
+
+        self.app.push_screen(PromptScreen("Who is labelling?", self.labeller, "your name"), done)
+
+    def action_relabel(self) -> None:
+        self.relabel = True
+        self._refresh_sampling_line()
+        self._start()
+
     def palette_commands(self) -> list[tuple[str, str, Any]]:
         return [
+            ("Labelling: sampling settings…", "Temperature, top_p and max tokens of new completions (p)", self.action_sampling_settings),
+            ("Labelling: labeller name…", "Who is labelling; resumes that person's place (n)", self.action_labeller_name),
+            ("Labelling: relabel the pairs in this file", "Judge pairs other labellers judged (A/B shuffled) to measure agreement", self.action_relabel),
             ("Labelling: train DPO on the labels", "Start a DPO round on the labelled pairs", self.action_train_round),
             ("Labelling: train a reward model on the labels", "Bradley-Terry reward model on the labelled pairs", lambda: self.action_train_round("reward")),
             ("Labelling: choose the model", "Base model, run directory or checkpoint folder", self.action_choose_model),
@@ -618,6 +670,21 @@ def labelling_screen_for(cfg: RunConfig | None) -> LabellingScreen:
         max_length=cfg.model.max_length,
         sampling=Sampling(cfg.generation.temperature, cfg.generation.top_p, cfg.generation.max_new_tokens),
     )
+
+
+def parse_sampling(text: str, base: Sampling) -> Sampling:
+    """``temperature=0.8 top_p=0.95 max_tokens=32`` (any subset) over ``base``."""
+    kinds = {"temperature": float, "top_p": float, "max_tokens": int}
+    values: dict[str, Any] = {}
+    for part in text.replace(",", " ").split():
+        key, sep, value = part.partition("=")
+        if not sep or key not in kinds:
+            raise ValueError(f"{part!r}: expected temperature=…, top_p=… or max_tokens=…")
+        try:
+            values[key] = kinds[key](value)
+        except ValueError:
+            raise ValueError(f"{part!r}: {key} must be {'an integer' if kinds[key] is int else 'a number'}") from None
+    return replace(base, **values)
 
 
 def _resolve(spec: str) -> ModelChoice:
