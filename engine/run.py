@@ -31,6 +31,7 @@ from engine.distributed import World, init_world
 from engine.errors import Cancelled, ConfigError, EngineError, RunDirError
 from engine.models import load_policy
 from engine.rundir import RunDirectory
+from engine.threads import release_mlx_streams
 
 Subscriber = Callable[[ev.Event], None]
 PANEL_KEYS = ("loss", "kl", "reward", "tokens_per_sec")
@@ -97,13 +98,7 @@ class Run:
         try:
             self.run()
         finally:
-            # MLX gives each thread its own streams; a thread that ends without
-            # destroying them makes the process abort at exit ("terminate called ...").
-            try:
-                mx.synchronize()
-                mx.clear_streams()
-            except Exception:  # noqa: BLE001
-                pass
+            release_mlx_streams()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:

@@ -57,14 +57,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file, skipping a torn final line and any undecodable line."""
-    if not path.exists():
-        return []
+def parse_jsonl_lines(lines: list[bytes]) -> list[dict[str, Any]]:
+    """The JSON objects among ``lines``; undecodable or non-object lines are skipped."""
     rows = []
-    with open(path, "rb") as fh:
-        data = fh.read()
-    for raw in data.split(b"\n"):
+    for raw in lines:
         if not raw.strip():
             continue
         try:
@@ -74,6 +70,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             rows.append(obj)
     return rows
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file, skipping a torn final line and any undecodable line."""
+    if not path.exists():
+        return []
+    with open(path, "rb") as fh:
+        return parse_jsonl_lines(fh.read().split(b"\n"))
 
 
 class JsonlTail:
@@ -100,17 +104,7 @@ class JsonlTail:
         data = self.buffer + chunk
         lines = data.split(b"\n")
         self.buffer = lines.pop()  # incomplete tail, if any
-        rows = []
-        for raw in lines:
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-        return rows
+        return parse_jsonl_lines(lines)
 
 
 class RunDirectory:
