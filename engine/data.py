@@ -2,7 +2,8 @@
 
 Accepted shapes (one JSON object per line in ``.jsonl``, or a list in ``.json``):
 
-* preference, plain:          ``{"prompt": str, "chosen": str, "rejected": str}``
+* preference, plain:          ``{"prompt": str, "chosen": str, "rejected": str}``, or TRL's
+  implicit prompt ``{"chosen": str, "rejected": str}`` (the common prefix is the prompt)
 * preference, conversational: ``{"chosen": [messages], "rejected": [messages]}`` sharing a
   prompt prefix, or ``{"prompt": [messages], "chosen": [messages], "rejected": [messages]}``
 * SFT:                        ``{"prompt": str, "completion": str}``, ``{"messages": [...]}``,
@@ -199,8 +200,10 @@ def parse_record(obj: dict[str, Any], source: str, line: int, kind: str) -> Reco
             prompt = _check_text(obj["prompt"], "prompt", where)
         elif isinstance(chosen, list) and isinstance(rejected, list):
             prompt, chosen, rejected = _split_shared_prefix(chosen, rejected, where)
+        elif isinstance(chosen, str) and isinstance(rejected, str):
+            prompt, chosen, rejected = _split_shared_text(chosen, rejected, where)
         else:
-            raise DataError(f"{where}: missing field 'prompt' (needed when chosen/rejected are strings)")
+            raise DataError(f"{where}: missing field 'prompt' (needed when one of chosen/rejected is a string and the other messages)")
         return Record(source, line, prompt, chosen, rejected)
     if kind == "sft":
         if "messages" in obj:
@@ -233,6 +236,21 @@ def _split_shared_prefix(chosen: Messages, rejected: Messages, where: str) -> tu
         raise DataError(f"{where}: conversational 'chosen' and 'rejected' share no prompt messages")
     if n == len(chosen) or n == len(rejected):
         raise DataError(f"{where}: 'chosen' and 'rejected' have no differing answer after their shared prompt")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _split_shared_text(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
+    """TRL's implicit prompt for plain text: the common prefix is the prompt (a space before
+    the first differing character stays with the answers, as TRL's ``extract_prompt`` does)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        raise DataError(f"{where}: missing field 'prompt', and 'chosen' and 'rejected' share no prompt text to take it from")
+    if n == len(chosen) or n == len(rejected):
+        raise DataError(f"{where}: 'chosen' and 'rejected' have no differing answer after their shared prompt text")
+    if chosen[n - 1] == " ":
+        n -= 1
     return chosen[:n], chosen[n:], rejected[n:]
 
 

@@ -189,6 +189,18 @@ def test_trl_conversational_shapes_tokenise_like_the_plain_shape(tokenizer, tmp_
     assert plain[0].chosen_ids[-1] == tokenizer.eos_token_id
 
 
+def test_trl_implicit_prompt_in_plain_text(tokenizer, tmp_path):
+    # TRL's standard format with an implicit prompt, e.g. {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+    rows = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in PLAIN]
+    implicit = load_pairs(str(write_rows(tmp_path / "implicit.jsonl", rows)), tokenizer, 64)
+    explicit = load_pairs(str(write_rows(tmp_path / "plain.jsonl", PLAIN)), tokenizer, 64)
+    assert ids(implicit) == ids(explicit)
+    (sky,) = load_pairs(str(write_rows(tmp_path / "sky.jsonl", [{"chosen": "the sky is blue", "rejected": "the sky is green"}])), tokenizer, 64)
+    assert (sky.prompt, sky.chosen, sky.rejected) == ("the sky is", " blue", " green")  # as TRL's extract_prompt
+    with pytest.raises(engine.DataError, match=r"bad\.jsonl:1: .*no differing answer"):
+        load_pairs(str(write_rows(tmp_path / "bad.jsonl", [{"chosen": "same", "rejected": "same"}])), tokenizer, 64)
+
+
 def test_mlx_lm_data_folder_with_train_and_valid(tokenizer, tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
