@@ -131,6 +131,8 @@ def test_two_ranks_make_the_same_update_as_one_process(preset: str, keys: tuple[
     if preset == "tiny-dpo":
         # one process on a single rank's share: what the ranks would do without averaging
         procs["half"] = _launch(preset, pairs, half, ranks=1, overrides=("train.batch_size=4",))
+    if preset == "tiny-dpo":
+        _follow_with_the_console(two, steps=3)
     logs = {name: _finish(p) for name, p in procs.items()}
     if named:
         made = list(two.iterdir())
@@ -168,6 +170,33 @@ def test_two_ranks_make_the_same_update_as_one_process(preset: str, keys: tuple[
         w_half = _final_weights(half)
         assert max(float(np.abs(w1[k] - w_half[k]).max()) for k in w1) > 100 * max(diff, 1e-6)
         assert abs(_train_rows(half)[0]["logps/chosen"] - rows1[0]["logps/chosen"]) > 0.1
+
+
+def _follow_with_the_console(run_dir: Path, steps: int) -> None:
+    """``rlhf-tui monitor RUN_DIR`` on the 2-rank run while rank 0 writes it."""
+    import asyncio
+    import time
+
+    from rlhf_tui.app import make_app
+    from rlhf_tui.screens.monitor import MonitorScreen
+
+    deadline = time.monotonic() + 240
+    while not (run_dir / "events.log").exists():
+        assert time.monotonic() < deadline, "the 2-rank run never wrote its run directory"
+        time.sleep(0.2)
+
+    async def scenario() -> None:
+        app = make_app(follow_dir=str(run_dir))
+        async with app.run_test(size=(120, 36)) as pilot:
+            monitor = app.screen
+            assert isinstance(monitor, MonitorScreen)
+            while monitor.state.status != "completed":
+                assert time.monotonic() < deadline, f"the console saw {monitor.state.status} at step {monitor.state.step}"
+                await pilot.pause(0.2)
+            assert monitor.state.world_size == 2
+            assert monitor.state.series["loss"].steps == list(range(1, steps + 1))
+
+    asyncio.run(scenario())
 
 
 def test_batch_size_must_split_evenly_over_ranks(pairs: Path, tmp_path: Path) -> None:
