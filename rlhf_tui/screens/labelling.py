@@ -381,10 +381,12 @@ class LabellingScreen(Screen):
 
     def _refresh_sampling_line(self) -> None:
         s = self.sampling
-        model = "pairs from the label file" if self.relabel else (self.choice.describe() if self.choice else str(self.model_spec))
-        self.query_one("#label-sampling", Static).update(
-            f"model {model} · temperature {s.temperature:g} · top_p {s.top_p:g} · max tokens {s.max_tokens} · labeller {self.labeller}"
-        )
+        if self.relabel:
+            line = f"relabelling the pairs others judged in {self.labels.path.name} (A/B order shuffled) · labeller {self.labeller}"
+        else:
+            model = self.choice.describe() if self.choice else str(self.model_spec)
+            line = f"model {model} · temperature {s.temperature:g} · top_p {s.top_p:g} · max tokens {s.max_tokens} · labeller {self.labeller}"
+        self.query_one("#label-sampling", Static).update(line)
 
     def stats_text(self) -> Text:
         rows = self.labels.rows()
