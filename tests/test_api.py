@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 import time
@@ -170,3 +171,18 @@ def test_a_failed_run_reports_instead_of_raising(tmp_path):
 def test_read_metrics_of_a_missing_run_names_it(tmp_path):
     with pytest.raises(engine.RunDirError, match="nowhere"):
         engine.read_metrics(tmp_path / "nowhere")
+
+
+def test_use_fast_blas_restarts_a_script_with_openblas(tmp_path):
+    from engine.blas import openblas_library
+
+    script = tmp_path / "script.py"
+    script.write_text("import os, engine\nengine.use_fast_blas()\nprint(os.environ.get('LD_PRELOAD', ''))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "RLHF_TUI_FAST_BLAS", "RLHF_TUI_NO_FAST_BLAS")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    lib = openblas_library()
+    assert out.stdout.strip() == (str(lib) if lib else "")
+    opted_out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env | {"RLHF_TUI_NO_FAST_BLAS": "1"})
+    assert opted_out.stdout.strip() == ""
