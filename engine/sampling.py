@@ -125,7 +125,10 @@ def snapshot_live_run(run: Run, folder: str | Path) -> ModelChoice:
     acfg["model"] = str(run.ctx.policy.path)
     atomic_write_text(out / "adapter_config.json", json.dumps(acfg, indent=2))
     run_dir = str(run.directory.path) if run.directory else None
-    return ModelChoice(f"live run {run_dir} at step {run.step}", run.config.model.path, str(out), run_dir)
+    base = run.config.model.path
+    if not base.startswith("builtin:"):
+        base = _absolute_base(run.config)
+    return ModelChoice(f"live run {run_dir} at step {run.step}", base, str(out.resolve()), run_dir)
 
 
 class CompletionWriter:

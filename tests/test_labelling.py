@@ -257,3 +257,45 @@ def test_a_round_trains_from_the_checkpoint_then_labelling_uses_the_new_weights(
     step1 = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert step1["step"] == 1
     assert abs(step1["logps/chosen"] - total / 4) < 1e-3 * max(1.0, abs(total / 4))
+
+
+def test_live_weights_and_lora_rounds_load_as_trained(tmp_path: Path) -> None:
+    """A live run's snapshot holds its current weights; a LoRA round started from a LoRA run
+    (model.init_from) begins exactly where that run ended."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from engine.api import base_model_path
+    from engine.presets import load_preset
+    from engine.run import Run
+    from engine.sampling import CompletionWriter, resolve_model_choice, snapshot_live_run
+    from tests.helpers import small_data
+
+    train, _ = small_data(tmp_path, n_train=16, n_eval=4)
+    common = [f"data.train={train}", "data.eval=", "train.batch_size=4", "model.adapter=lora", "model.lora_rank=4"]
+    run0 = Run(load_preset("tiny-dpo", [*common, "train.max_steps=2"]), out_dir=tmp_path / "r0")
+    assert run0.run()["status"] == "completed"
+    choice = snapshot_live_run(run0, tmp_path / "live")
+    saved = mx.load(str(tmp_path / "live" / "adapters.safetensors"))
+    final = mx.load(str(tmp_path / "r0" / "adapters.safetensors"))
+    assert set(saved) == set(final) and all(mx.array_equal(saved[k], final[k]).item() for k in saved)
+    writer = CompletionWriter(choice, 64)
+    assert len(writer.complete(["sort: b a\n"], Sampling(max_tokens=4))[0]) == 2
+
+    run1 = Run(load_preset("tiny-dpo", [*common, "train.max_steps=1", "train.batch_size=16", f"model.init_from={tmp_path / 'r0'}"]), out_dir=tmp_path / "r1")
+    assert run1.run()["status"] == "completed"
+    model, tok = load(base_model_path(tmp_path / "r0"), adapter_path=str(tmp_path / "r0"))
+    total = 0.0
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    for row in rows:
+        p = tok.encode(row["prompt"])
+        c = tok.encode(row["chosen"], add_special_tokens=False) + [tok.eos_token_id]
+        logits = model(mx.array([p + c]))[0, len(p) - 1 : -1].astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        total += sum(float(logp[i, t]) for i, t in enumerate(c))
+    step1 = json.loads((tmp_path / "r1" / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(step1["logps/chosen"] - total / len(rows)) < 1e-3 * max(1.0, abs(total / len(rows)))
+    # labelling the LoRA round loads its chain (r0's adapters fused, then r1's)
+    chained = resolve_model_choice(str(tmp_path / "r1"))
+    assert chained.adapter_dir == str((tmp_path / "r1").resolve())
+    assert len(CompletionWriter(chained, 64).complete(["sort: b a\n"], Sampling(max_tokens=4))[0]) == 2

@@ -59,7 +59,8 @@ later resumes at the first prompt you have not labelled.
 **r** trains a DPO round on the pairs collected so far, starting from the weights that wrote
 the completions; the run directory keeps a copy of the rows it trained on and
 `data_provenance.json`. **m** picks the model: a base model, a run directory (its latest
-weights) or a checkpoint folder; after a round it offers the new run. **p** changes the
+weights), a checkpoint folder, or `live` (the current weights of the run training in this app,
+saved next to the label file so the labels can name them); after a round it offers the new run. **p** changes the
 sampling (temperature, top_p, max tokens), **n** the labeller's name.
 
 When several labellers share a label file, the bar at the bottom shows how often they agree
@@ -288,14 +289,14 @@ class LabellingScreen(Screen):
     def _generator_main(self, generation: int, cancel: threading.Event) -> None:
         import mlx.core as mx
 
-        from engine.sampling import CompletionWriter, resolve_model_choice
+        from engine.sampling import CompletionWriter
 
         def check() -> None:
             if cancel.is_set():
                 raise Cancelled()
 
         try:
-            choice = self.choice or resolve_model_choice(str(self.model_spec))
+            choice = self.choice or self._resolve_in_thread(str(self.model_spec))
             self.choice = choice
             mx.random.seed(self.seed)
             writer: CompletionWriter = CompletionWriter(choice, self.max_length)
@@ -329,6 +330,19 @@ class LabellingScreen(Screen):
                 mx.clear_streams()
             except Exception:  # noqa: BLE001
                 pass
+
+    def _resolve_in_thread(self, spec: str) -> ModelChoice:
+        """``live``: the app's training run's current weights (saved next to the label file)."""
+        from engine.sampling import resolve_model_choice, snapshot_live_run
+
+        if spec.strip().lower() != "live":
+            return resolve_model_choice(spec)
+        run = getattr(self.app, "active_run", None)
+        if run is None or run.ctx is None:
+            raise EngineError("'live' needs a run training in this app (it has not loaded its model yet, or there is none)")
+        run_id = run.directory.id if run.directory else "run"
+        folder = self.labels.path.with_name(f"{self.labels.path.stem}.models") / f"{run_id}-step-{run.step:06d}"
+        return snapshot_live_run(run, folder)
 
     @on(ItemsReady)
     def _items_ready(self) -> None:
@@ -510,7 +524,7 @@ class LabellingScreen(Screen):
                 self.use_model(spec)
 
         self.app.push_screen(
-            PromptScreen("Label completions from (base model, run directory or checkpoint folder):", suggestion, "runs/<id>"),
+            PromptScreen("Label completions from (base model, run directory, checkpoint folder, or live):", suggestion, "runs/<id>"),
             done,
         )
 
