@@ -105,9 +105,19 @@ def fmt(value: Any, digits: int = 4) -> str:
         return "0"
     if abs(f) >= 1000:
         return f"{f:,.0f}"
+    if abs(f) >= 100:
+        return f"{f:.1f}"
     if abs(f) < 10 ** -(digits - 1):
         return f"{f:.2e}"
     return f"{f:.{digits}f}"
+
+
+def gigabytes(value: float | None) -> str:
+    """Memory in GB, or MB below one GB (MLX reports bytes; the metrics hold GB)."""
+    f = finite(value)
+    if f is None:
+        return "—"
+    return f"{f:.2f} GB" if f >= 1 else f"{f * 1024:.0f} MB"
 
 
 def duration(seconds: float | None) -> str:

@@ -33,6 +33,7 @@ async def wait_until(pilot, condition, timeout: float = 180.0, what: str = "") -
 
 async def type_into(pilot, app, key: str, text: str) -> None:
     editor = app.screen
+    await wait_until(pilot, lambda: editor.query("#" + widget_id(key)), 60, f"the editor row of {key}")
     inp = editor.query_one("#" + widget_id(key))
     inp.focus()
     inp.value = ""
@@ -66,7 +67,7 @@ def test_edit_save_start_pause_cancel(tmp_path):
             except ConfigError as err:
                 expected = str(err)
             assert editor.invalid == {"train.max_steps": expected}
-            assert expected in str(editor.query_one("#row-" + widget_id("train.max_steps")).query_one(".error").render())
+            assert expected in str(editor.query_one("#row-" + widget_id("train.max_steps")).query_one(".info").render())
             await pilot.press("ctrl+s")  # refused while a value is invalid
             await pilot.pause()
             assert not (user_dir() / "flow-dpo.toml").exists()

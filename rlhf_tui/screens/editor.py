@@ -17,6 +17,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
+from textual.lazy import Reveal
 from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Header, Input, Label, Select, Static, Switch
 
@@ -38,7 +39,7 @@ SECTION_TITLES = {
     "ppo": "PPO",
     "grpo": "GRPO",
 }
-ALWAYS_OPEN = ("", "model", "data", "train")
+ALWAYS_OPEN = ("", "data", "train")  # open at start (with the algorithm's own); others build on opening
 SECTIONS_FOR = {"sft": ("sft",), "dpo": ("dpo",), "reward": ("reward",), "ppo": ("ppo", "generation"), "grpo": ("grpo", "generation")}
 
 HELP = """\
@@ -46,6 +47,7 @@ Every setting of the preset, generated from the engine's config schema. Type a v
 is checked at once (the message is the one `rlhf-tui run --set key=value` would print).
 Changed keys turn yellow and are listed on the right against the preset you started from.
 
+**ctrl+f** (or the box at the top) filters the keys by a word; enter jumps to the first match.
 **ctrl+s** saves the settings as a user preset under the name at the top right (your config
 folder; the presets screen lists it). **ctrl+r** starts a run with these settings without
 saving. **escape** goes back (asks first when there are unsaved changes). Sections for other
@@ -68,16 +70,32 @@ def text_of(value: Any) -> str:
 
 
 class FieldRow(Container):
-    """One key: label, input widget, help line, error line."""
+    """One key: its name and help (or its error) on the left, its input on the right."""
 
     def __init__(self, spec: FieldSpec, value: Any) -> None:
         super().__init__(classes="field", id="row-" + widget_id(spec.key))
         self.spec = spec
         self.value = value
+        self.error = ""
+
+    def info_text(self) -> Text:
+        spec = self.spec
+        t = Text(spec.key.rsplit(".", 1)[-1], style="bold")
+        if self.error:
+            t.append(f"\n✗ {self.error}", style="bold red")
+        else:
+            t.append(f"\n{spec.help}  [{spec.describe_allowed()}]", style="dim")
+        return t
+
+    def set_error(self, error: str) -> None:
+        if error != self.error:
+            self.error = error
+            self.set_class(bool(error), "-invalid")
+            self.query_one(".info", Static).update(self.info_text())
 
     def compose(self) -> ComposeResult:
         spec = self.spec
-        yield Label(spec.key.rsplit(".", 1)[-1], classes="key")
+        yield Static(self.info_text(), classes="info")
         wid = widget_id(spec.key)
         if spec.choices:
             yield Select([(str(c), c) for c in spec.choices], value=self.value, allow_blank=False, id=wid, compact=True)
@@ -85,8 +103,34 @@ class FieldRow(Container):
             yield Switch(value=bool(self.value), id=wid)
         else:
             yield Input(text_of(self.value), placeholder=spec.describe_allowed(), id=wid, compact=True)
-        yield Static(f"{spec.help}  [{spec.describe_allowed()}]", classes="help", markup=False)
-        yield Static("", classes="error", markup=False)
+
+
+class SchemaSection(Collapsible):
+    """One config section; its rows are built the first time it opens (a faster editor)."""
+
+    def __init__(self, name: str, specs: list[FieldSpec], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.section = name
+        self.specs = specs
+        self.populated = not kwargs.get("collapsed", True)
+
+    def populate(self) -> None:
+        if self.populated:
+            return
+        self.populated = True
+        screen = self.screen
+        cfg = getattr(screen, "cfg", None)
+        rows = [FieldRow(spec, get_value(cfg, spec.key)) for spec in self.specs]
+        self.query_one(Collapsible.Contents).mount_all(rows)
+        if isinstance(screen, EditorScreen):
+            for row in rows:
+                key = row.spec.key
+                row.set_class(get_value(screen.base, key) != get_value(cfg, key), "changed")
+
+    def _watch_collapsed(self, collapsed: bool) -> None:
+        if not collapsed and self.is_mounted:
+            self.populate()
+        super()._watch_collapsed(collapsed)
 
 
 class EditorScreen(Screen):
@@ -96,7 +140,9 @@ class EditorScreen(Screen):
         Binding("ctrl+s", "save", "Save preset", id="editor.save", tooltip="Save as a user preset"),
         Binding("ctrl+r", "start", "Start run", id="editor.start", tooltip="Start a run with these settings"),
         Binding("escape", "back", "Back", id="editor.back", tooltip="Back to the presets"),
+        Binding("ctrl+f", "filter", "Filter keys", id="editor.filter", tooltip="Show only keys matching a word"),
     ]
+    AUTO_FOCUS = "#editor-filter"  # type a word, enter jumps to the first matching key
 
     def __init__(self, cfg: RunConfig, base_name: str) -> None:
         super().__init__()
@@ -111,12 +157,9 @@ class EditorScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="editor-body"):
-            with VerticalScroll(id="editor-form"):
-                for section, specs in self._sections().items():
-                    relevant = section in ALWAYS_OPEN or section in SECTIONS_FOR.get(self.cfg.algorithm, ())
-                    with Collapsible(title=SECTION_TITLES.get(section, section), collapsed=not relevant, id=f"section-{section or 'run'}", classes="section"):
-                        for spec in specs:
-                            yield FieldRow(spec, get_value(self.cfg, spec.key))
+            with Vertical(id="editor-left"):
+                yield Input(placeholder="filter keys (ctrl+f): e.g. learning, beta, lora — enter jumps to the first", id="editor-filter")
+                yield from self._form()
             with Vertical(id="editor-side"):
                 with Horizontal(id="editor-name-row"):
                     yield Label("Save as")
@@ -124,6 +167,16 @@ class EditorScreen(Screen):
                 yield Static(id="editor-diff")
                 yield Static(id="editor-status")
         yield Footer()
+
+    def _form(self) -> ComposeResult:
+        # sections are mounted one per frame after the screen shows (it opens at once)
+        with Reveal(VerticalScroll(id="editor-form")):
+            for section, specs in self._sections().items():
+                relevant = section in ALWAYS_OPEN or section in SECTIONS_FOR.get(self.cfg.algorithm, ())
+                with SchemaSection(section, specs, title=SECTION_TITLES.get(section, section), collapsed=not relevant, id=f"section-{section or 'run'}", classes="section"):
+                    if relevant:  # folded sections build their rows when first opened
+                        for spec in specs:
+                            yield FieldRow(spec, get_value(self.cfg, spec.key))
 
     def _sections(self) -> dict[str, list[FieldSpec]]:
         out: dict[str, list[FieldSpec]] = {}
@@ -152,18 +205,15 @@ class EditorScreen(Screen):
         """Validate ``text`` for ``key``; store it when valid. Returns the error, if any."""
         spec = self.specs[key]
         row = self._row(key)
-        error = row.query_one(".error", Static)
         try:
             value = parse_text_value(spec, text)
         except ConfigError as err:
             self.invalid[key] = str(err)
-            row.add_class("-invalid")
-            error.update(f"✗ {err}")
+            row.set_error(str(err))
             self.refresh_side()
             return str(err)
         self.invalid.pop(key, None)
-        row.remove_class("-invalid")
-        error.update("")
+        row.set_error("")
         self._store(key, value)
         return None
 
@@ -172,11 +222,44 @@ class EditorScreen(Screen):
         self._row(key).set_class(get_value(self.base, key) != value, "changed")
         if key == "algorithm":
             for section in SECTIONS_FOR.get(str(value), ()):
-                self.query_one(f"#section-{section}", Collapsible).collapsed = False
+                for found in self.query(f"#section-{section}").results(Collapsible):
+                    found.collapsed = False
         self.refresh_side()
+
+    def action_filter(self) -> None:
+        self.query_one("#editor-filter", Input).focus()
+
+    def apply_filter(self, text: str) -> int:
+        """Show only keys whose name or help contains ``text``; returns how many match."""
+        words = text.lower().split()
+        shown = 0
+        for section in self.query(SchemaSection):
+            matches = {spec.key for spec in section.specs if all(w in f"{spec.key} {spec.help}".lower() for w in words)}
+            section.display = bool(matches)
+            if words and matches:
+                section.collapsed = False  # builds its rows if needed
+            for row in section.query(FieldRow):
+                row.display = row.spec.key in matches
+            shown += len(matches)
+        if words:  # rows just built by opening a section are filtered once mounted
+            self.call_after_refresh(self._filter_rows, set(words))
+        return shown
+
+    def _filter_rows(self, words: set[str]) -> None:
+        for row in self.query(FieldRow):
+            row.display = all(w in f"{row.spec.key} {row.spec.help}".lower() for w in words)
+
+    @on(Input.Submitted, "#editor-filter")
+    def _filter_submitted(self) -> None:
+        first = next((r for r in self.query(FieldRow) if r.display and r.parent and r.parent.display), None)
+        if first is not None:
+            first.query_one("Input, Select, Switch").focus()
 
     @on(Input.Changed)
     def _input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "editor-filter":
+            self.apply_filter(event.value)
+            return
         if event.input.id and event.input.id.startswith("f--"):
             self.set_text(key_of(event.input.id), event.value)
         elif event.input.id == "editor-name":
@@ -185,12 +268,16 @@ class EditorScreen(Screen):
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
         if event.select.id and event.select.id.startswith("f--") and event.value is not Select.BLANK:
-            self._store(key_of(event.select.id), event.value)
+            key = key_of(event.select.id)
+            if get_value(self.cfg, key) != event.value:  # (a Select also reports its first value)
+                self._store(key, event.value)
 
     @on(Switch.Changed)
     def _switch_changed(self, event: Switch.Changed) -> None:
         if event.switch.id and event.switch.id.startswith("f--"):
-            self._store(key_of(event.switch.id), event.value)
+            key = key_of(event.switch.id)
+            if get_value(self.cfg, key) != event.value:
+                self._store(key, event.value)
 
     # ------------------------------------------------------------------ side panel
 

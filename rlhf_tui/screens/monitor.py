@@ -21,7 +21,7 @@ from textual.widgets import Footer, Header, ProgressBar, RichLog, Sparkline, Sta
 
 from engine import events as ev
 from rlhf_tui.messages import FollowFailed, RunEnded, RunEventsArrived
-from rlhf_tui.monitoring import PANELS, SMOOTHING_STEPS, RunState, duration, fmt
+from rlhf_tui.monitoring import PANELS, SMOOTHING_STEPS, RunState, duration, fmt, gigabytes
 from rlhf_tui.screens.dialogs import ConfirmScreen
 from rlhf_tui.widgets.chart import MetricChart
 
@@ -364,7 +364,10 @@ class MonitorScreen(Screen):
         label, style = STATUS_STYLE.get(status, (status.upper(), "reverse"))
         self._set("#status-badge", Text(f" {label} ", style=style + " bold"))
         bar = self.query_one("#progress", ProgressBar)
-        bar.update(total=max(s.total_steps, 1), progress=s.step if s.total_steps else 0)
+        if s.total_steps or not s.phase_total:
+            bar.update(total=max(s.total_steps, 1), progress=s.step if s.total_steps else 0)
+        else:  # before the first step: the loading phase's own progress
+            bar.update(total=s.phase_total, progress=s.phase_done)
         text = Text()
         narrow = self.has_class("-narrow")
         if s.total_steps:
@@ -377,7 +380,7 @@ class MonitorScreen(Screen):
                 text.append(fmt(value, 3), style="bold #5fd7ff")
             text.append(f"  elapsed {duration(s.elapsed_s)}")
         elif s.phase:
-            text.append(f"{s.phase}…")
+            text.append(f"{s.phase}" + (f" {s.phase_done}/{s.phase_total}" if s.phase_total else "…"))
         if s.phase and s.total_steps and not s.ended:
             prog = f" {s.phase_done}/{s.phase_total}" if s.phase_total else ""
             text.append(f"  · {s.phase}{prog}", style="dim")
@@ -431,7 +434,7 @@ class MonitorScreen(Screen):
             self._set("#memory-text", Text("—", style="dim"))
             self._show(spark, False)
             return
-        self._set("#memory-text", Text.assemble(("active ", "dim"), (f"{mem[-1]:.2f} GB", "bold"), ("  peak ", "dim"), (f"{fmt(s.memory_peak, 2)} GB", "bold")))
+        self._set("#memory-text", Text.assemble(("active ", "dim"), (gigabytes(mem[-1]), "bold"), ("  peak ", "dim"), (gigabytes(s.memory_peak), "bold")))
         self._show(spark, len(mem) > 1)
         spark.data = mem[-120:]
 
@@ -440,9 +443,9 @@ class MonitorScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         ended = self.state.ended
         if action in ("toggle_pause", "cancel_run"):
-            if self.run is None:
-                return False  # followed runs are read-only: hide the keys
-            return None if ended or self.requested == "cancelling" else True
+            if self.run is None or ended:
+                return False  # followed runs are read-only, ended ones final: hide the keys
+            return None if self.requested == "cancelling" else True
         if action == "back":
             return True if (ended or self.run is None) else None
         return True
