@@ -102,6 +102,14 @@ class RlhfApp(App[int]):
                 while len(self.screen_stack) > i + 1:
                     self.pop_screen()
                 return
+        if cfg is None:
+            from engine.errors import EngineError
+            from engine.presets import load_preset
+
+            try:
+                cfg = load_preset(self.preset, self.overrides)
+            except EngineError:
+                cfg = None
         self.push_screen(labelling_screen_for(cfg))
 
     def follow_run_dir(self, run_dir: str) -> None:
