@@ -299,3 +299,32 @@ def test_live_weights_and_lora_rounds_load_as_trained(tmp_path: Path) -> None:
     chained = resolve_model_choice(str(tmp_path / "r1"))
     assert chained.adapter_dir == str((tmp_path / "r1").resolve())
     assert len(CompletionWriter(chained, 64).complete(["sort: b a\n"], Sampling(max_tokens=4))[0]) == 2
+
+
+def test_labelling_the_live_run_of_the_app(tmp_path: Path) -> None:
+    from engine.presets import load_preset
+    from tests.helpers import small_data
+
+    train, _ = small_data(tmp_path, n_train=16, n_eval=4)
+
+    async def scenario() -> None:
+        app = make_app("tiny-dpo", runs_root=str(tmp_path / "runs"))
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.pause()
+            app.start_run(load_preset("tiny-dpo", [f"data.train={train}", "data.eval=", "train.max_steps=3", "train.batch_size=4"]))
+            await wait_until(pilot, lambda: not app.active_run.running, what="the run")
+            scr = screen(tmp_path, model="nowhere/at/all")
+            app.push_screen(scr)
+            await wait_until(pilot, lambda: scr._status.startswith("error"), what="the error")
+            assert "nowhere/at/all: model folder not found" in str(scr.query_one("#label-prompt-text").render())
+            scr.use_model("live")
+            await wait_until(pilot, lambda: scr.current is not None, what="completions from the live run")
+            folder = tmp_path / "labels.models" / f"{app.active_run.directory.id}-step-000003"
+            assert scr.current.model.checkpoint == str(folder.resolve())
+            assert (folder / "adapters.safetensors").exists()
+            await pilot.press("b")
+            await pilot.pause()
+            row = json.loads((tmp_path / "labels.jsonl").read_text())
+            assert row["checkpoint"] == str(folder.resolve())
+
+    asyncio.run(scenario())

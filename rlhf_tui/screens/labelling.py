@@ -363,6 +363,8 @@ class LabellingScreen(Screen):
     def _fail(self, error: str) -> None:
         self._status = f"error: {error}"
         self.notify(error, title="Labelling", severity="error", timeout=15)
+        if self.current is None:
+            self._show(None)
         self._refresh_stats()
 
     def _show_next(self) -> None:
