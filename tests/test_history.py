@@ -330,3 +330,23 @@ def test_samples_snapshot(snap_compare):
         await pilot.pause()
 
     assert snap_compare(make_app(initial_screen=SamplesScreen(run_dir=str(run_dir))), terminal_size=SIZE, run_before=filt)
+
+
+def test_samples_view_shows_a_real_grpo_runs_samples(tmp_path):
+    from engine.run import Run
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"sort: {' '.join(w)}\n"} for w in ("cab", "dba", "fed", "zyx")])
+    cfg = load_preset("tiny-grpo", [f"data.train={prompts}", "data.eval=", "train.max_steps=1", "train.batch_size=2",
+                                    "grpo.num_generations=2", "generation.max_new_tokens=8", "train.save_every=0", "train.eval_every=0"])
+    run_dir = tmp_path / "grpo"
+    Run(cfg, out_dir=run_dir).run()
+    written = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert written, "a GRPO step writes its samples"
+    app = make_app(initial_screen=SamplesScreen(run_dir=str(run_dir)))
+
+    async def script(pilot):
+        screen = app.screen
+        assert len(screen.rows) == len(written)
+        assert {(r.prompt, r.completion, r.score) for r in screen.rows} == {(w["prompt"], w["completion"], w["score"]) for w in written}
+
+    run_pilot(app, script)

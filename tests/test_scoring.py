@@ -139,3 +139,21 @@ def test_engine_score_pairs_still_works_through_the_public_api(dpo_run):
     scores = engine.score_pairs(dpo_run, config_from_dict(load_toml(dpo_run / "config.toml")).data.eval, limit=2)
     assert len(scores) == 2 and isinstance(scores[0], engine.PairScore)
     assert scores[0].margin == pytest.approx(scores[0].beta * ((scores[0].policy_chosen - scores[0].ref_chosen) - (scores[0].policy_rejected - scores[0].ref_rejected)))
+
+
+def test_a_reward_run_scores_pairs_with_its_reward_model(tmp_path):
+    from engine.reward_model import load_reward_model
+
+    cfg = load_preset("tiny-reward", quick_overrides(tmp_path, steps=2, data__eval=""))
+    Run(cfg, out_dir=tmp_path / "rm").run()
+    scorer = scoring.checkpoint_scorer(tmp_path / "rm")
+    assert scorer.kind == "reward" and "reward model" in scorer.label
+    pairs = scoring.tokenize_pairs(scorer, cfg.data.train)[:4]
+    scores = scoring.score(scorer, pairs, batch_size=3)
+    rm, _, _ = load_reward_model(tmp_path / "rm")
+    for p, s in zip(pairs, scores, strict=True):
+        c = rm.score_rows([(p.prompt_ids, p.chosen_ids)]).tolist()[0]  # one row at a time, no padding
+        r = rm.score_rows([(p.prompt_ids, p.rejected_ids)]).tolist()[0]
+        assert s.rm_chosen == pytest.approx(c, abs=1e-4) and s.rm_rejected == pytest.approx(r, abs=1e-4)
+        assert scorer.prefers_chosen(s) == (s.rm_chosen > s.rm_rejected)
+        assert scorer.verdict(s) == pytest.approx(c - r, abs=1e-4)

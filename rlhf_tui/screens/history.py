@@ -138,7 +138,7 @@ class HistoryScreen(Screen):
 
     def _summary(self) -> None:
         t = Text()
-        t.append(f"{len(self.runs)} runs", style="bold")
+        t.append(f"{len(self.runs)} run{'' if len(self.runs) == 1 else 's'}", style="bold")
         t.append(f" in {self.runs_root}", style="dim")
         if self.selected:
             t.append(f" · {len(self.selected)} selected", style="bold #ffd75f")

@@ -224,7 +224,7 @@ class InspectorScreen(Screen):
     InspectorScreen #inspector-summary { height: auto; padding: 0 1; margin-top: 1; }
     InspectorScreen #inspector-search { margin: 0 1; }
     InspectorScreen #inspector-progress-row { height: 1; padding: 0 1; }
-    InspectorScreen #inspector-progress-label { width: 40; }
+    InspectorScreen #inspector-progress-label { width: auto; margin-right: 2; }
     InspectorScreen #pairs {
         height: 1fr; border: round $panel-lighten-2; border-title-style: bold;
         border-subtitle-color: $text-muted;
@@ -278,6 +278,7 @@ class InspectorScreen(Screen):
         self.saved_paths: list[Path] = []
         self._visible: list[PairRow] = []
         self._rendered = 0
+        self.score_error = ""
 
     # ------------------------------------------------------------------ layout
 
@@ -454,8 +455,10 @@ class InspectorScreen(Screen):
             t.append(self.scored_by, style="bold cyan")
             t.append(f": prefers chosen on {right}/{len(scored)} ({right / len(scored):.1%}) · ")
             t.append(f"{len(scored) - right} wrong", style="bold #ff5f5f" if right < len(scored) else "bold #87d75f")
-        elif not self.scoring:
+        elif not self.scoring and not self.score_error:
             t.append(" · not scored (c scores with a model)", style="dim")
+        if self.score_error and not self.scoring:
+            t.append(f" · scoring failed: {self.score_error}", style="bold red")
         if m.flagged:
             t.append(f" · {len(m.flagged)} flagged", style="bold #ffaf00")
         if self._rendered < len(self._visible):
@@ -645,6 +648,7 @@ class InspectorScreen(Screen):
 
     def start_scoring(self, source: ScoreSource) -> None:
         self.scoring = True
+        self.score_error = ""
         self.query_one("#inspector-progress-row").display = True
         self.query_one("#inspector-progress-label", Static).update(Text("loading the model…", style="dim"))
         self.query_one("#inspector-progress", ProgressBar).update(total=None, progress=0)
@@ -710,6 +714,7 @@ class InspectorScreen(Screen):
         if message.error.startswith("token lengths"):
             self.notify(message.error, severity="warning", timeout=6)
             return
+        self.score_error = message.error
         self._scoring_done()
         if message.error:
             self.notify(message.error, title="Scoring failed", severity="error", timeout=15)
