@@ -67,7 +67,8 @@ def runs(model: Path, steps: int, blas_steps: int) -> list[dict]:
             "name": "ours/lora reference-BLAS",
             "group": "blas",
             "adapter": "lora",
-            "cmd": [sys.executable, str(HERE / "run_ours.py"), "--model", m, "--steps", str(blas_steps), "--adapter", "lora"],
+            # the slow BLAS is ~30x slower: few steps, and only the pairs they use (reference log-probs included)
+            "cmd": [sys.executable, str(HERE / "run_ours.py"), "--model", m, "--steps", str(blas_steps), "--adapter", "lora", "--pairs", str(8 * blas_steps)],
             "blas": False,
         },
     ]
@@ -164,22 +165,22 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=120)
     ap.add_argument("--answer-len", type=int, default=72)
     ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--blas-steps", type=int, default=3, help="steps of the slow reference-BLAS run")
+    ap.add_argument("--blas-steps", type=int, default=2, help="steps of the slow reference-BLAS run")
     ap.add_argument("--only", default="", help="comma-separated run names or groups (ours, mlx-lm-lora, trl, ablation, blas)")
     ap.add_argument("--results", default=str(HERE / "results" / "cpu.jsonl"))
     ap.add_argument("--logs", default="", help="folder for each run's output (default: beside --results)")
     ap.add_argument("--table", default="", help="print the table of an earlier results file and exit")
     a = ap.parse_args()
+    if a.table:
+        results = [json.loads(line) for line in Path(a.table).read_text().splitlines() if line.strip()]
+        print(table(results, results[0]["tokens_per_step"]))
+        return
     model = Path(a.model)
     if not (model / "config.json").exists():
         from make_checkpoint import build  # type: ignore[import-not-found]
 
         build(model, a.size, prompt_len=a.prompt_len, answer_len=a.answer_len)
     tok_step = tokens_per_pair(model) * 8
-    if a.table:
-        results = [json.loads(line) for line in Path(a.table).read_text().splitlines() if line.strip()]
-        print(table(results, tok_step))
-        return
     wanted = {w.strip() for w in a.only.split(",") if w.strip()}
     all_runs = gpu_runs(model.resolve(), a.steps) if a.gpu else runs(model.resolve(), a.steps, a.blas_steps)
     specs = [s for s in all_runs if not wanted or s["name"] in wanted or s["group"] in wanted]

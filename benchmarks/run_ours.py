@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--plain", action="store_true", help="no shared-prompt path")
     ap.add_argument("--no-compile", action="store_true", help="train.compile=false (it only acts on a GPU)")
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--pairs", type=int, default=0, help="train on the first N pairs only (0 = all)")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
@@ -42,6 +43,11 @@ def main() -> None:
     if a.plain:
         dpo.SHARE_PROMPT = False
     model = Path(a.model).resolve()
+    train = model / "data" / "train.jsonl"
+    if a.pairs:
+        subset = Path(tempfile.mkdtemp(prefix="bench-data-")) / "train.jsonl"
+        subset.write_text("".join(train.read_text().splitlines(keepends=True)[: a.pairs]))
+        train = subset
     cfg = load_preset(
         "tiny-dpo",
         [
@@ -52,7 +58,7 @@ def main() -> None:
             f"model.dtype={a.dtype}",
             f"model.max_length={a.max_length}",
             f"train.compile={'false' if a.no_compile else 'true'}",
-            f"data.train={model / 'data' / 'train.jsonl'}",
+            f"data.train={train}",
             "data.eval=",
             f"train.max_steps={a.steps}",
             f"train.batch_size={a.batch}",
