@@ -209,34 +209,19 @@ def score_pairs(
     batch_size: int = 16,
     limit: int | None = None,
 ) -> list[PairScore]:
-    """Score every pair of a preference file with a run's policy and its base model.
+    """Score every pair of a preference file with a run's weights against its base model.
 
     ``data`` is any preference file or folder the engine reads (see docs/data.md); ``step``
     picks a checkpoint (default: the latest weights); ``beta`` defaults to the run's
-    ``dpo.beta``. The reference is the run's base model, loaded separately (two copies
-    of the weights are held while scoring).
+    ``dpo.beta``. Each :class:`PairScore` holds the policy's and the reference's summed
+    answer log-probs and the implicit reward margin; for a reward-model run it holds the
+    reward model's scores (``rm_chosen``, ``rm_rejected``). The pair inspector scores with
+    the same code (``engine.scoring``).
     """
-    from mlx_lm import load
+    from engine.scoring import checkpoint_scorer, score, tokenize_pairs
 
-    from engine.data import load_pairs
-
-    cfg = run_config(run_dir)
-    model, tokenizer = load_trained(run_dir, step)
-    ref_model, _ = load(base_model_path(run_dir))
-    pairs = load_pairs(str(data), tokenizer, cfg.model.max_length, "train")
+    scorer = checkpoint_scorer(run_dir, step, beta)
+    pairs = tokenize_pairs(scorer, data)
     if limit is not None:
         pairs = pairs[:limit]
-    policy = _pair_logps(model, pairs, batch_size)
-    del model
-    ref = _pair_logps(ref_model, pairs, batch_size)
-    b = cfg.dpo.beta if beta is None else beta
-    return [
-        PairScore(p.where, p.prompt, p.chosen, p.rejected, pc, pr, rc, rr, b)
-        for p, (pc, pr), (rc, rr) in zip(pairs, policy, ref, strict=True)
-    ]
-
-
-def _pair_logps(model: Any, pairs: list[Any], batch_size: int) -> list[tuple[float, float]]:
-    from engine.scoring import pair_logprobs
-
-    return pair_logprobs(model, pairs, batch_size)
+    return score(scorer, pairs, batch_size=batch_size)

@@ -3,10 +3,11 @@
     uv run python examples/score_pairs.py RUN_DIR [--data FILE] [--step N] [--limit 20]
     uv run python examples/score_pairs.py --steps 50     # no run yet: train tiny-dpo first
 
-For each pair it prints the policy's and the reference's (the base model's) summed
+For a DPO (or SFT) run, for each pair it prints the policy's and the reference's (the base model's) summed
 log-probs of the chosen and rejected answers, and the implicit DPO reward margin
 ``beta * ((pi_c - ref_c) - (pi_r - ref_r))``; positive means training moved the policy
-towards the chosen answer. The default data is the run's own eval file.
+towards the chosen answer. For a reward-model run it prints the reward model's scores.
+The default data is the run's own eval file.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or engine.run_config(run_dir).data.eval or engine.run_config(run_dir).data.train
 
     scores = engine.score_pairs(run_dir, data, step=args.step, limit=args.limit)
+    if scores and scores[0].rm_chosen is not None:  # a reward-model run scores each answer
+        for s in scores:
+            print(f"{s.where.rsplit('/', 1)[-1]:<24} reward chosen {s.rm_chosen:+8.3f}  rejected {s.rm_rejected:+8.3f}")
+        right = sum(s.rm_margin > 0 for s in scores)
+        print(f"{len(scores)} pairs: the reward model prefers chosen in {right} ({right / len(scores):.0%})")
+        return 0
     print(f"{'pair':<24} {'policy c/r':>17} {'reference c/r':>17} {'margin':>8}")
     for s in scores:
         where = s.where.rsplit("/", 1)[-1]

@@ -91,5 +91,7 @@ def test_train_reward_then_ppo(tmp_path):
         row = engine.read_metrics(tmp_path / run)[-1]
         missing = documented_extras(heading) - set(row)
         assert not missing, f"docs/algorithms.md lists {heading} metrics a run does not write: {missing}"
+    scored = run_example("score_pairs.py", str(tmp_path / "reward"), "--limit", "4")
+    assert re.search(r"4 pairs: the reward model prefers chosen in \d+", scored.stdout), scored.stdout
     ppo_config = engine.run_config(tmp_path / "ppo")
     assert Path(ppo_config.ppo.reward_model) == (tmp_path / "reward").resolve()
