@@ -323,3 +323,35 @@ def test_inspector_snapshot_scored_wrong_first_with_a_flag(snap_compare):
         await pilot.pause()
 
     assert snap_compare(make_app(initial_screen=screen), terminal_size=SIZE, run_before=scored)
+
+
+def test_i_on_a_followed_runs_monitor_opens_its_data_with_its_checkpoints_offered_first(tmp_path):
+    import tomli_w
+
+    from engine.config import resolved, to_dict
+    from rlhf_tui.screens.monitor import MonitorScreen
+
+    data = pairs_file(tmp_path)
+    run_dir = tmp_path / "runs" / "tiny-dpo-x"
+    for step in (5, 10):
+        ck = run_dir / "checkpoints" / f"step-{step:06d}"
+        ck.mkdir(parents=True)
+        (ck / "trainer_state.json").write_text(json.dumps({"step": step}))
+    cfg = load_preset("tiny-dpo", [f"data.train={data}", "data.eval="])
+    (run_dir / "config.toml").write_text(tomli_w.dumps(to_dict(resolved(cfg))))
+    app = make_app(initial_screen=MonitorScreen(run_dir=str(run_dir)), runs_root=str(tmp_path / "runs"))
+
+    async def script(pilot):
+        await pilot.press("i")
+        await pilot.pause(0.3)
+        screen = app.screen
+        assert isinstance(screen, InspectorScreen) and screen.run_dir == str(run_dir)
+        assert screen.data_path == str(data) and len(screen.table_model.rows) == len(PAIRS)
+        labels = [(s.kind, s.label) for s in screen.score_sources()]
+        assert labels[0] == ("checkpoint", "tiny-dpo-x · checkpoint step 10")
+        assert labels[1] == ("checkpoint", "tiny-dpo-x · checkpoint step 5")
+        assert sum(1 for _, label in labels if "tiny-dpo-x" in label) == 2  # not listed twice
+        for worker in list(app.workers):
+            worker.cancel()
+
+    run_pilot(app, script)
