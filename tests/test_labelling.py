@@ -328,3 +328,28 @@ def test_labelling_the_live_run_of_the_app(tmp_path: Path) -> None:
             assert row["checkpoint"] == str(folder.resolve())
 
     asyncio.run(scenario())
+
+
+def test_the_pair_inspector_opens_the_label_file(tmp_path: Path) -> None:
+    from engine.labels import LabelFile
+    from rlhf_tui.screens.inspector import InspectorScreen
+
+    f = LabelFile(tmp_path / "labels.jsonl", clock=lambda: T)
+    f.append(Label("sort: c b\n", ("b c", "c b"), "a", "ada", "builtin:tiny-sorter", None, {}))
+    f.append(Label("sort: f e\n", ("e f", "f e"), "tie", "ada", "builtin:tiny-sorter", None, {}))
+    f.append(Label("sort: h g\n", ("h g", "g g"), "edit", "ada", "builtin:tiny-sorter", None, {}, edited="a", edit_text="g h"))
+
+    async def scenario() -> None:
+        scr = screen(tmp_path, labeller="bob", relabel=True)
+        app = make_app(initial_screen=scr, runs_root=str(tmp_path / "runs"))
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.pause()
+            await pilot.press("i")
+            await wait_until(pilot, lambda: isinstance(app.screen, InspectorScreen), what="the inspector")
+            await pilot.pause()
+            inspector = app.screen
+            assert inspector.load_error == ""
+            assert [(r.prompt, r.chosen, r.rejected) for r in inspector.table_model.rows] == [
+                ("sort: c b\n", "b c", "c b"), ("sort: h g\n", "g h", "h g")]
+
+    asyncio.run(scenario())

@@ -61,7 +61,8 @@ the completions; the run directory keeps a copy of the rows it trained on and
 `data_provenance.json`. **m** picks the model: a base model, a run directory (its latest
 weights), a checkpoint folder, or `live` (the current weights of the run training in this app,
 saved next to the label file so the labels can name them); after a round it offers the new run. **p** changes the
-sampling (temperature, top_p, max tokens), **n** the labeller's name.
+sampling (temperature, top_p, max tokens), **n** the labeller's name, **i** opens the label file
+in the pair inspector.
 
 When several labellers share a label file, the bar at the bottom shows how often they agree
 (and Cohen's kappa). To label the same pairs a second time (yourself or someone else), start
@@ -145,6 +146,7 @@ class LabellingScreen(Screen):
         Binding("right", "select('b')", "Select B", id="labelling.select_b", show=False),
         Binding("r", "train_round", "Train DPO", id="labelling.train", tooltip="Start a DPO round on the labelled pairs"),
         Binding("m", "choose_model", "Model", id="labelling.model", tooltip="Label completions from another model or checkpoint"),
+        Binding("i", "inspect", "Pairs", id="labelling.inspect", show=False, tooltip="Open the label file in the pair inspector"),
         Binding("p", "sampling_settings", "Sampling", id="labelling.sampling", show=False, tooltip="Temperature, top_p and max tokens"),
         Binding("n", "labeller_name", "Labeller", id="labelling.labeller", show=False, tooltip="Who is labelling (resumes that person's place)"),
         Binding("escape", "back", "Back", id="labelling.back", tooltip="Leave (labels are already saved)"),
@@ -656,6 +658,12 @@ class LabellingScreen(Screen):
 
         self.app.push_screen(PromptScreen("Who is labelling?", self.labeller, "your name"), done)
 
+    def action_inspect(self) -> None:
+        if not self.labels.path.exists():
+            self.notify("No label file yet: label a pair first.", severity="warning")
+            return
+        self.app.show_inspector(data=str(self.labels.path))  # type: ignore[attr-defined]
+
     def action_relabel(self) -> None:
         self.relabel = True
         self._refresh_sampling_line()
@@ -665,6 +673,7 @@ class LabellingScreen(Screen):
         return [
             ("Labelling: sampling settings…", "Temperature, top_p and max tokens of new completions (p)", self.action_sampling_settings),
             ("Labelling: labeller name…", "Who is labelling; resumes that person's place (n)", self.action_labeller_name),
+            ("Labelling: inspect the label file", "The pair inspector on the labelled pairs (i)", self.action_inspect),
             ("Labelling: relabel the pairs in this file", "Judge pairs other labellers judged (A/B shuffled) to measure agreement", self.action_relabel),
             ("Labelling: train DPO on the labels", "Start a DPO round on the labelled pairs", self.action_train_round),
             ("Labelling: train a reward model on the labels", "Bradley-Terry reward model on the labelled pairs", lambda: self.action_train_round("reward")),
