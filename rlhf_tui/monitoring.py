@@ -181,6 +181,7 @@ class RunState:
     error: str = ""
     traceback: str = ""
     last_checkpoint: tuple[int, str] | None = None
+    checkpoint_steps: list[int] = field(default_factory=list)
     seen_kl: bool = False
     watches: dict[str, DivergenceWatch] = field(default_factory=dict)
     steps_seen: int = 0
@@ -218,6 +219,8 @@ class RunState:
             self.phase = ""
         elif isinstance(event, ev.CheckpointSaved):
             self.last_checkpoint = (event.step, event.path)
+            if event.step not in self.checkpoint_steps:
+                self.checkpoint_steps.append(event.step)
         elif isinstance(event, ev.RunPaused):
             self.status = "paused"
         elif isinstance(event, ev.RunResumed):

@@ -315,7 +315,7 @@ class MonitorScreen(Screen):
             elif s.ended and not len(s.series[key]):
                 chart.set_empty_text("no values were logged")
             chart.set_labels(s.series[key], wall_time=self.wall_time, log_y=self.log_y)
-            if chart.drawn != chart.wanted(s.series[key], wall_time=self.wall_time, log_y=self.log_y):
+            if chart.drawn != chart.wanted(s.series[key], wall_time=self.wall_time, log_y=self.log_y, markers=self._markers(key)):
                 self._dirty_charts.add(key)
 
     def _drain_charts(self) -> None:
@@ -329,7 +329,16 @@ class MonitorScreen(Screen):
     def _draw_chart(self, key: str) -> None:
         self._dirty_charts.discard(key)
         chart = self.query_one(f"#chart-{key}", MetricChart)
-        chart.redraw(self.state.series[key], wall_time=self.wall_time, log_y=self.log_y)
+        chart.redraw(self.state.series[key], wall_time=self.wall_time, log_y=self.log_y, markers=self._markers(key))
+
+    def _markers(self, key: str) -> tuple[float, ...]:
+        """Checkpoint positions on the x axis (steps, or their elapsed time in wall-time mode)."""
+        steps = self.state.checkpoint_steps
+        if not self.wall_time:
+            return tuple(float(x) for x in steps)
+        series = self.state.series[key]
+        where = dict(zip(series.steps, series.elapsed, strict=False))
+        return tuple(where[s] for s in steps if s in where)
 
     @property
     def charts_current(self) -> bool:
@@ -403,10 +412,10 @@ class MonitorScreen(Screen):
         t = Text()
         t.append(fmt(value), style="bold #5fd7ff")
         t.append(f"  {key.removeprefix('eval/')}", style="bold")
+        t.append(f"\nat step {s.latest_eval.get('step', '?')}", style="dim")
         if len(hist) > 1:
             delta = hist[-1] - hist[0]
-            t.append(f"\n{'▲' if delta >= 0 else '▼'} {delta:+.3f} since first eval", style="green" if (delta >= 0) != (key == "eval/loss") else "red")
-        t.append(f"  (step {s.latest_eval.get('step', '?')})", style="dim")
+            t.append(f"  {"▲" if delta >= 0 else "▼"} {delta:+.3f} since first", style="green" if (delta >= 0) != (key == "eval/loss") else "red")
         self._set("#eval-headline", t)
         self._show(spark, len(hist) > 1)
         if spark.data != hist:

@@ -73,9 +73,9 @@ class MetricChart(Container):
             widget.display = visible
 
     @staticmethod
-    def wanted(series: MetricSeries, *, wall_time: bool, log_y: bool) -> tuple:
+    def wanted(series: MetricSeries, *, wall_time: bool, log_y: bool, markers: tuple[float, ...] = ()) -> tuple:
         """What a drawing of ``series`` with these settings is (compared with ``drawn``)."""
-        return (len(series), series.smoothing, wall_time, log_y)
+        return (len(series), series.smoothing, wall_time, log_y, markers)
 
     def set_labels(self, series: MetricSeries, *, wall_time: bool, log_y: bool) -> None:
         """Title with the latest value and the axis note: cheap, done at once."""
@@ -87,11 +87,12 @@ class MetricChart(Container):
         if self.border_subtitle != subtitle:
             self.border_subtitle = subtitle
 
-    def redraw(self, series: MetricSeries, *, wall_time: bool, log_y: bool, max_points: int = 240) -> None:
+    def redraw(self, series: MetricSeries, *, wall_time: bool, log_y: bool, markers: tuple[float, ...] = (), max_points: int = 240) -> None:
+        """Re-plot; ``markers`` are x positions of checkpoints (dim vertical lines)."""
         plot = self.query_one(PlotWidget)
         empty = self.query_one(".empty", Static)
         self.set_labels(series, wall_time=wall_time, log_y=log_y)
-        self.drawn = self.wanted(series, wall_time=wall_time, log_y=log_y)
+        self.drawn = self.wanted(series, wall_time=wall_time, log_y=log_y, markers=markers)
         self.drawn_at = time.perf_counter()
         if not len(series):
             self._show(plot, False)
@@ -104,6 +105,10 @@ class MetricChart(Container):
         plot.clear()
         plot.set_x_formatter(DurationFormatter() if wall_time else NumericAxisFormatter())
         plot.set_y_formatter(Log10Formatter() if log_y else NumericAxisFormatter())
+        if len(x) > 1:
+            for m in markers:
+                if x[0] <= m <= x[-1]:
+                    plot.add_v_line(m, line_style="#3a3a3a")
         if len(x) > 1 and series.smoothing > 0:
             plot.plot(x, raw, line_style="grey37", hires_mode=HiResMode.BRAILLE)
         plot.plot(x, ema if series.smoothing > 0 else raw, line_style=f"bold {self.colour}", hires_mode=HiResMode.BRAILLE)
