@@ -415,7 +415,7 @@ class MonitorScreen(Screen):
         t.append(f"\nat step {s.latest_eval.get('step', '?')}", style="dim")
         if len(hist) > 1:
             delta = hist[-1] - hist[0]
-            t.append(f"  {"▲" if delta >= 0 else "▼"} {delta:+.3f} since first", style="green" if (delta >= 0) != (key == "eval/loss") else "red")
+            t.append(f"  {'▲' if delta >= 0 else '▼'} {delta:+.3f} since first", style="green" if (delta >= 0) != (key == "eval/loss") else "red")
         self._set("#eval-headline", t)
         self._show(spark, len(hist) > 1)
         if spark.data != hist:
