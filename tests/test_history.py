@@ -169,7 +169,9 @@ def test_diff_only_view_lists_the_differing_keys(tmp_path):
         assert isinstance(diff, ConfigDiffScreen)
         assert [k for k, _ in diff.rows] == ["train.learning_rate", "dpo.beta"]
         table = diff.query_one("#diff-table")
-        assert table.row_count == 2
+        assert table.row_count == 2 + 5  # the differing keys, then status, steps, loss, reward and eval of each run
+        assert [label for label, _ in diff.outcomes][:2] == ["→ status", "→ steps"]
+        assert diff.outcomes[1][1] == ["7/20", "12/20", "20/20"]
 
     run_pilot(app, script)
 

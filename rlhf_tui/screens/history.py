@@ -341,9 +341,32 @@ class OverlayScreen(Screen):
 # ---------------------------------------------------------------- config diff
 
 
+def outcome_rows(run_dirs: list[Path]) -> list[tuple[str, list[str]]]:
+    """What each run ended with, shown under the differing keys: status, steps, final loss/reward, eval."""
+    from engine.runs_index import read_run
+
+    infos = []
+    for p in run_dirs:
+        try:
+            infos.append(read_run(p))
+        except (EngineError, OSError, ValueError):
+            infos.append(None)
+    rows: list[tuple[str, list[str]]] = [
+        ("→ status", [i.status if i else "?" for i in infos]),
+        ("→ steps", [f"{i.steps}/{i.max_steps}" if i else "?" for i in infos]),
+        ("→ final loss", [fmt(i.final.get("loss")) if i else "?" for i in infos]),
+        ("→ final reward", [fmt(i.final.get("reward")) if i else "?" for i in infos]),
+    ]
+    keys = [i.headline_eval()[0] for i in infos if i and i.headline_eval()[0]]
+    if keys:
+        key = keys[0]
+        rows.append((f"→ {key}", [fmt(i.final_eval.get(key)) if i else "?" for i in infos]))
+    return rows
+
+
 class ConfigDiffScreen(Screen):
     HELP_TITLE = "Config diff"
-    HELP = "Only the hyperparameters that differ between the selected runs (from each run's config.toml); every other key is the same in all of them."
+    HELP = "Only the hyperparameters that differ between the selected runs (from each run's config.toml); every other key is the same in all of them. Below them (→), what each run ended with: status, steps, final loss and reward, and the eval headline."
     BINDINGS = [Binding("escape", "back", "Back", id="diff.back")]
     DEFAULT_CSS = """
     ConfigDiffScreen #diff-summary { height: auto; padding: 0 1; margin-top: 1; }
@@ -354,6 +377,7 @@ class ConfigDiffScreen(Screen):
         super().__init__()
         self.run_dirs = [Path(p) for p in run_dirs]
         self.rows: list[tuple[str, list[Any]]] = []
+        self.outcomes: list[tuple[str, list[str]]] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -377,6 +401,9 @@ class ConfigDiffScreen(Screen):
             return
         for key, values in self.rows:
             table.add_row(Text(key, style="bold"), *[Text("—" if v is None else str(v), style="dim" if v is None else "") for v in values])
+        self.outcomes = outcome_rows(self.run_dirs)
+        for label, values in self.outcomes:
+            table.add_row(Text(label, style="italic #5fd7ff"), *[Text(v, style="#5fd7ff") for v in values])
         if self.rows:
             summary.update(Text.assemble((f"{len(self.rows)} keys differ", "bold"), (f" between {len(self.run_dirs)} runs; all other keys are the same", "dim")))
         else:

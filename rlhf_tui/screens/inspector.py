@@ -304,7 +304,15 @@ class InspectorScreen(Screen):
             table.add_column(header, key=key, width=TEXT_WIDTH.get(key))
         path = self.explicit_data or self._config_data(self.split)
         self.load(path)
+        self.watch(table, "scroll_y", self._scrolled, init=False)
         table.focus()
+
+    def _scrolled(self, scroll_y: float) -> None:
+        """Scrolling (mouse wheel) near the end of the loaded rows loads the next page."""
+        table = self.query_one("#pairs", DataTable)
+        if self._rendered < len(self._visible) and scroll_y >= table.max_scroll_y - 5:
+            self._render_more(self._rendered + PAGE)
+            self.update_summary()
 
     def _config_data(self, split: str) -> str:
         from engine.config import resolve_path
