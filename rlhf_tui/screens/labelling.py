@@ -144,12 +144,12 @@ class LabellingScreen(Screen):
         Binding("u", "undo", "Undo", id="labelling.undo", tooltip="Remove your last label and show it again"),
         Binding("left", "select('a')", "Select A", id="labelling.select_a", show=False),
         Binding("right", "select('b')", "Select B", id="labelling.select_b", show=False),
-        Binding("r", "train_round", "Train DPO", id="labelling.train", tooltip="Start a DPO round on the labelled pairs"),
+        Binding("r", "train_round", "Train", id="labelling.train", tooltip="Start a DPO round on the labelled pairs"),
         Binding("m", "choose_model", "Model", id="labelling.model", tooltip="Label completions from another model or checkpoint"),
         Binding("i", "inspect", "Pairs", id="labelling.inspect", show=False, tooltip="Open the label file in the pair inspector"),
         Binding("p", "sampling_settings", "Sampling", id="labelling.sampling", show=False, tooltip="Temperature, top_p and max tokens"),
         Binding("n", "labeller_name", "Labeller", id="labelling.labeller", show=False, tooltip="Who is labelling (resumes that person's place)"),
-        Binding("escape", "back", "Back", id="labelling.back", tooltip="Leave (labels are already saved)"),
+        Binding("escape", "back", "Back", id="labelling.back", show=False, tooltip="Leave (labels are already saved)"),
     ]
     DEFAULT_CSS = """
     LabellingScreen #label-prompt { height: auto; max-height: 12; border: round $accent; border-title-style: bold; padding: 0 1; }
@@ -215,7 +215,7 @@ class LabellingScreen(Screen):
                     yield Static("", id=f"text-{pane}", markup=False)
         yield Static("", id="label-sampling", markup=False)
         yield Static("", id="label-stats")
-        yield Footer()
+        yield Footer(compact=True)  # every labelling key fits in 80 columns
 
     def on_mount(self) -> None:
         self.title = "rlhf-tui"
