@@ -606,6 +606,10 @@ class LabellingScreen(Screen):
         from engine.rundir import RunDirectory, atomic_write_text
 
         runs_root = getattr(self.app, "runs_root", "runs")
+        active = getattr(self.app, "active_run", None)
+        if active is not None and active.running:
+            self.notify("A run is already training; let it finish or cancel it first.", severity="warning")
+            return None
         try:
             directory = RunDirectory.create(runs_root, cfg.name)
             record = snapshot_pairs(self.labels.path, directory.path / "train_labels.jsonl")
