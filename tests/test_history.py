@@ -352,3 +352,43 @@ def test_samples_view_shows_a_real_grpo_runs_samples(tmp_path):
         assert {(r.prompt, r.completion, r.score) for r in screen.rows} == {(w["prompt"], w["completion"], w["score"]) for w in written}
 
     run_pilot(app, script)
+
+
+def test_question_mark_opens_help_on_every_new_screen(tmp_path):
+    from rlhf_tui.screens.dialogs import HelpScreen
+    from rlhf_tui.screens.inspector import InspectorScreen
+
+    a, b, _ = three_runs(tmp_path)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "sort: b a\n", "chosen": "a b", "rejected": "b a"}])
+    samples_file(tmp_path / "s")
+    screens = [
+        (HistoryScreen(str(tmp_path)), "Overlay"),
+        (OverlayScreen([a, b]), "Back"),
+        (ConfigDiffScreen([a, b]), "Back"),
+        (SamplesScreen(run_dir=str(tmp_path / "s")), "Filter"),
+        (InspectorScreen(data=str(pairs), count_tokens=False), "Wrong first"),
+    ]
+    for screen, key_text in screens:
+        app = make_app(initial_screen=screen)
+
+        async def script(pilot, screen=screen, key_text=key_text):
+            await pilot.press("question_mark")
+            await pilot.pause(0.2)
+            assert isinstance(pilot.app.screen, HelpScreen)
+            text = pilot.app.screen.query_one("Markdown")._markdown
+            assert screen.HELP_TITLE in text and key_text in text
+
+        run_pilot(app, script)
+
+
+def test_score_source_picker_snapshot(snap_compare, fixed_runs):
+    from rlhf_tui.screens.inspector import InspectorScreen
+
+    pairs = write_jsonl(FIXED / "pairs.jsonl", [{"prompt": "sort: b a\n", "chosen": "a b", "rejected": "b a"}])
+    screen = InspectorScreen(data=str(pairs), count_tokens=False)
+
+    async def pick(pilot):
+        await pilot.press("c")
+        await pilot.pause()
+
+    assert snap_compare(make_app(initial_screen=screen, runs_root=str(fixed_runs)), terminal_size=SIZE, run_before=pick)

@@ -207,6 +207,9 @@ class ScoreSourceScreen(ModalScreen[ScoreSource | None]):
             yield OptionList(*[Option(s.label, id=str(i)) for i, s in enumerate(self.sources)], id="sources")
             yield Static("enter to score · escape to cancel", classes="hint")
 
+    def on_mount(self) -> None:
+        self.query_one("#dialog").styles.width = 100  # wider than the app's dialogs: run names are long
+
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self.sources[int(event.option.id or 0)])
 
