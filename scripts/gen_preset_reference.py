@@ -45,7 +45,7 @@ def _cell(text: str) -> str:
 
 
 def render() -> str:
-    from engine.config import RunConfig, diff, schema
+    from engine.config import schema
     from engine.presets import DEFAULT_PRESET, builtin_dir, load_preset
 
     specs = schema()
@@ -78,17 +78,15 @@ def render() -> str:
         "",
         "## Built-in presets",
         "",
-        f"`{DEFAULT_PRESET}` is the default. Each row lists the keys the preset sets away from the defaults below.",
+        f"`{DEFAULT_PRESET}` is the default. `rlhf-tui presets` lists these and your own; each",
+        "preset's file in `presets/` shows the keys it sets (everything else takes the defaults below).",
         "",
-        "| preset | algorithm | description | settings |",
+        "| preset | algorithm | model | description |",
         "| --- | --- | --- | --- |",
     ]
-    base = RunConfig()
     for path in sorted(builtin_dir().glob("*.toml")):
         cfg = load_preset(str(path))
-        changed = {k: new for k, (_, new) in diff(cfg, base).items() if k not in ("name", "description", "algorithm")}
-        settings = ", ".join(f"`{k}={v}`" for k, v in changed.items())
-        out.append(f"| `{path.stem}` | {cfg.algorithm} | {_cell(cfg.description)} | {_cell(settings)} |")
+        out.append(f"| `{path.stem}` | {cfg.algorithm} | `{cfg.model.path}` | {_cell(cfg.description)} |")
     out += ["", "## Keys", ""]
     sections: dict[str, list] = {}
     for spec in specs:
