@@ -70,3 +70,33 @@ def test_unknown_reward_function_fails_with_the_key_and_choices(tmp_path):
     summary = Run(cfg, out_dir=tmp_path / "run").run()
     assert summary["status"] == "failed"
     assert "grpo.reward_functions" in summary["error"] and "'typo'" in summary["error"]
+
+
+def test_cancel_and_pause_take_effect_inside_generation(tmp_path):
+    import threading
+
+    from engine import events as ev
+
+    # cancel: asked for as the first generation starts; the run stops before step 1 completes
+    cfg = load_preset("tiny-grpo", grpo_overrides(tmp_path, steps=3))
+    run = Run(cfg, out_dir=tmp_path / "cancelled")
+    run.subscribe(lambda e: run.cancel() if isinstance(e, ev.PhaseChanged) and e.phase == "generating" and e.done == 0 else None)
+    summary = run.run()
+    assert summary["status"] == "cancelled" and summary["steps"] == 0
+
+    # pause: taken inside step 1's generation (step still 0), then resumed to the end
+    run = Run(cfg, out_dir=tmp_path / "paused")
+    paused_at: list[int] = []
+    resumed = threading.Event()
+
+    def on_event(e):
+        if isinstance(e, ev.PhaseChanged) and e.phase == "generating" and e.done == 0 and not paused_at:
+            run.pause()
+        if isinstance(e, ev.RunPaused):
+            paused_at.append(e.step)
+            threading.Timer(0.05, lambda: (run.resume(), resumed.set())).start()
+
+    run.subscribe(on_event)
+    summary = run.run()
+    assert paused_at == [0] and resumed.is_set()
+    assert summary["status"] == "completed" and summary["steps"] == 3
