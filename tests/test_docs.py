@@ -141,3 +141,21 @@ def test_ci_runs_the_readme_test_command_on_macos_and_linux_for_each_python():
     assert "libopenblas0-pthread" in workflow
     requires = re.search(r'requires-python = ">=(3\.\d+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert requires == "3.11"
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    (snippet,) = code_blocks(readme.split("## From Python", 1)[1].split("\n## ", 1)[0], "python")
+    assert '"train.max_steps=50"' in snippet
+    script = tmp_path / "example.py"
+    script.write_text(snippet.replace('"train.max_steps=50"', '"train.max_steps=2", "data.max_eval_examples=16"'))
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("1 ") and lines[1].startswith("2 ")
+    assert lines[2].startswith("completed {'eval/loss'")
+    assert (tmp_path / "runs" / "dpo-from-python" / "summary.json").exists()
