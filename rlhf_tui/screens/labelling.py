@@ -9,6 +9,7 @@ starting from the weights that wrote them, in the run monitor.
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import json
 import math
@@ -228,10 +229,7 @@ class LabellingScreen(Screen):
         self.set_interval(1.0, self._refresh_stats)
 
     def on_unmount(self) -> None:
-        self._stop_generator()
-        if self._thread is not None:
-            # let it release its MLX streams; a thread alive at exit aborts the process
-            self._thread.join(10)
+        self._stop_generator()  # the thread ends by itself; _join_generators waits for it at exit
 
     # ------------------------------------------------------------------ the queue
 
@@ -286,6 +284,7 @@ class LabellingScreen(Screen):
         self._cancel = threading.Event()
         thread = threading.Thread(target=self._generator_main, args=(generation, self._cancel), name="rlhf-tui-labelling", daemon=True)
         self._thread = thread
+        _track(thread)
         thread.start()
 
     def _generator_main(self, generation: int, cancel: threading.Event) -> None:
@@ -716,6 +715,25 @@ def parse_sampling(text: str, base: Sampling) -> Sampling:
         except ValueError:
             raise ValueError(f"{part!r}: {key} must be {'an integer' if kinds[key] is int else 'a number'}") from None
     return replace(base, **values)
+
+
+_GENERATORS: set[threading.Thread] = set()
+_REGISTERED: list[Callable[[], None]] = []
+
+
+def _track(thread: threading.Thread) -> None:
+    if _join_generators not in _REGISTERED:
+        atexit.register(_join_generators)
+        _REGISTERED.append(_join_generators)
+    _GENERATORS.difference_update([t for t in _GENERATORS if not t.is_alive()])
+    _GENERATORS.add(thread)
+
+
+def _join_generators() -> None:
+    """At exit, let cancelled generator threads finish: a thread that still holds MLX
+    streams when the interpreter goes down aborts the process ("terminate called ...")."""
+    for thread in list(_GENERATORS):
+        thread.join(30)
 
 
 def _resolve(spec: str) -> ModelChoice:
