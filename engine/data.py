@@ -9,6 +9,8 @@ Accepted shapes (one JSON object per line in ``.jsonl``, or a list in ``.json``)
 * SFT:                        ``{"prompt": str, "completion": str}``, ``{"messages": [...]}``,
   ``{"text": str}``, or any preference row (its chosen answer is used)
 * prompt-only (PPO/GRPO):     ``{"prompt": str}`` or ``{"prompt": [messages]}``
+* a ``system`` string (mlx-lm-lora's DPO/GRPO data) turns a row into a chat: system +
+  user prompt, assistant answers
 
 A folder is read as mlx-lm lays data out: ``train.jsonl`` and ``valid.jsonl``. A ``.json``
 file may also hold one object per line (``datasets``' ``to_json`` default); ``.parquet`` and
@@ -204,6 +206,9 @@ def parse_record(obj: dict[str, Any], source: str, line: int, kind: str) -> Reco
             prompt, chosen, rejected = _split_shared_text(chosen, rejected, where)
         else:
             raise DataError(f"{where}: missing field 'prompt' (needed when one of chosen/rejected is a string and the other messages)")
+        if "system" in obj:
+            prompt = _with_system(obj["system"], prompt, where)
+            chosen, rejected = _as_answer(chosen), _as_answer(rejected)
         return Record(source, line, prompt, chosen, rejected)
     if kind == "sft":
         if "messages" in obj:
@@ -224,8 +229,25 @@ def parse_record(obj: dict[str, Any], source: str, line: int, kind: str) -> Reco
                 msgs = _check_text(obj["messages"], "messages", where)
                 return Record(source, line, [m for m in msgs if m["role"] != "assistant"] if isinstance(msgs, list) else msgs, extra=obj)
             raise DataError(f"{where}: missing field 'prompt'")
-        return Record(source, line, _check_text(obj["prompt"], "prompt", where), extra={k: v for k, v in obj.items() if k != "prompt"})
+        prompt = _check_text(obj["prompt"], "prompt", where)
+        if "system" in obj:
+            prompt = _with_system(obj["system"], prompt, where)
+        return Record(source, line, prompt, extra={k: v for k, v in obj.items() if k not in ("prompt", "system")})
     raise ValueError(kind)
+
+
+def _with_system(system: Any, prompt: str | Messages, where: str) -> Messages:
+    """mlx-lm-lora's ``system`` field: the prompt becomes a chat of a system and a user message."""
+    if not isinstance(system, str):
+        raise DataError(f"{where}: 'system' must be a string, found {type(system).__name__}")
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    if messages and messages[0].get("role") == "system":
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
+def _as_answer(answer: str | Messages | None) -> str | Messages | None:
+    return [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
 
 
 def _split_shared_prefix(chosen: Messages, rejected: Messages, where: str) -> tuple[Messages, Messages, Messages]:

@@ -201,6 +201,21 @@ def test_trl_implicit_prompt_in_plain_text(tokenizer, tmp_path):
         load_pairs(str(write_rows(tmp_path / "bad.jsonl", [{"chosen": "same", "rejected": "same"}])), tokenizer, 64)
 
 
+def test_mlx_lm_lora_rows_with_a_system_field_become_chats(tokenizer, tmp_path):
+    # mlx-lm-lora's DPO rows: prompt/chosen/rejected strings plus an optional system message
+    system = "You sort letters."
+    lora_rows = [{"system": system, **r} for r in PLAIN]
+    chats = [{**conversational(r), "prompt": [{"role": "system", "content": system}, {"role": "user", "content": r["prompt"]}]} for r in PLAIN]
+    a = load_pairs(str(write_rows(tmp_path / "lora.jsonl", lora_rows)), tokenizer, 64)
+    b = load_pairs(str(write_rows(tmp_path / "chat.jsonl", chats)), tokenizer, 64)
+    assert ids(a) == ids(b)
+    # its GRPO rows: prompt, answer, system; the answer is kept for reward functions
+    (p,) = load_prompts(str(write_rows(tmp_path / "grpo.jsonl", [{"prompt": "sort: b a", "answer": "a b", "system": system}])), tokenizer, 64)
+    assert p.extra == {"answer": "a b"}
+    with pytest.raises(engine.DataError, match=r"bad\.jsonl:1: 'system' must be a string"):
+        load_pairs(str(write_rows(tmp_path / "bad.jsonl", [{"system": 3, **PLAIN[0]}])), tokenizer, 64)
+
+
 def test_mlx_lm_data_folder_with_train_and_valid(tokenizer, tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
