@@ -30,7 +30,7 @@ def _app_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlhf-tui",
         description="A terminal console for preference tuning on MLX. "
-        "Subcommands: run PRESET | resume RUN_DIR | monitor RUN_DIR | presets (see 'rlhf-tui run --help').",
+        "Subcommands: run PRESET | resume RUN_DIR | monitor RUN_DIR | presets | export RUN_DIR (see 'rlhf-tui run --help').",
     )
     p.add_argument("preset", nargs="?", default=None, help="preset name or .toml path (default: tiny-dpo)")
     p.add_argument("--start", action="store_true", help="start training at once, in the run monitor")
