@@ -195,6 +195,14 @@ class LabelFile:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def repair(self) -> None:
+        """Cut a torn last line left by a crash, so every reader sees whole rows only."""
+        if not self.path.exists() and not self.sidecar.exists():
+            return
+        with self._locked():
+            self._repair(self.path)
+            self._repair(self.sidecar)
+
     def append(self, label: Label) -> dict[str, Any]:
         """Write one label (one line, fsync'd); returns the row written."""
         with self._locked():

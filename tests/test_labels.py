@@ -79,6 +79,8 @@ def test_a_torn_last_line_is_ignored_then_cut_before_the_next_append(tmp_path: P
     with open(path, "ab") as fh:
         fh.write(b'{"prompt": "p2", "cho')  # the process died mid-write
     assert [r["prompt"] for r in f.rows()] == ["p1"]
+    f.repair()  # what the labelling screen does when it opens the file
+    assert path.read_bytes() == good
     f.append(make("p3", "x", "y", "b"))
     lines = path.read_bytes().split(b"\n")
     assert path.read_bytes().startswith(good) and len(lines) == 3 and json.loads(lines[1])["prompt"] == "p3"

@@ -242,8 +242,9 @@ class LabellingScreen(Screen):
             self._busy = 0
             self.current = None
         try:
+            self.labels.repair()
             rows = self.labels.rows()
-        except EngineError as err:
+        except (EngineError, OSError) as err:
             self._fail(str(err))
             return
         if self.relabel:
