@@ -8,7 +8,9 @@ on NVIDIA GPUs, MPI, JACCL over Thunderbolt RDMA) is whatever ``mlx.launch`` set
 Rules every rank-dependent code path must keep, or the ranks deadlock or drift apart:
 
 * every rank makes the same collective calls in the same order (so a decision that ends a
-  loop early, such as cancelling, is agreed with ``World.any`` first);
+  loop early, such as cancelling, is agreed with ``World.any`` first), and evaluates them
+  where it makes them (a collective left in a lazy graph runs wherever each rank first
+  needs its result, which differs between ranks: rank 0 alone saves run arrays);
 * every rank holds the same weights (same seed, same averaged gradients), so only rank 0
   writes the run directory and nothing has to be broadcast.
 """
@@ -16,6 +18,7 @@ Rules every rank-dependent code path must keep, or the ranks deadlock or drift a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +85,30 @@ class World:
         if n == 0:
             return ""
         return bytes(int(b) for b in mx.distributed.all_sum(mine, group=self.group).tolist()).decode("utf-8")
+
+
+    def gather_sharded(self, n: int, compute: Callable[[list[int]], mx.array]) -> mx.array:
+        """Rows ``0..n-1`` computed a share per rank, then gathered in order on every rank.
+
+        ``compute(indices)`` returns one row per index (``[len(indices), ...]``). Rank r
+        computes indices r, r+size, ... (similar lengths on every rank for sorted data); the
+        result is what one process computing all n rows returns, at 1/size of the work.
+        """
+        if self.size == 1 or n == 0:
+            return compute(list(range(n)))
+        mine = list(range(self.rank, n, self.size))
+        rows = compute(mine)
+        per_rank = -(-n // self.size)
+        if len(mine) < per_rank:  # pad so every rank sends the same shape
+            pad = mx.zeros((per_rank - len(mine), *rows.shape[1:]), dtype=rows.dtype)
+            rows = mx.concatenate([rows, pad], axis=0) if len(mine) else pad
+        everything = mx.distributed.all_gather(rows, group=self.group)  # [size * per_rank, ...]
+        tail = everything.shape[1:]
+        ordered = everything.reshape(self.size, per_rank, *tail).swapaxes(0, 1).reshape(self.size * per_rank, *tail)[:n]
+        # evaluate now: a collective left in a lazy graph runs wherever each rank first needs
+        # it, and ranks that reach two such graphs in different orders wait for each other
+        mx.eval(ordered)
+        return ordered
 
 
 _WORLD: World | None = None

@@ -122,7 +122,12 @@ class Dpo(Algorithm):
         return summed, logits
 
     def score(self, pairs: list[PreferencePair], phase: str) -> mx.array:
-        """[N, 2] (chosen, rejected) log-probs under the current weights, no gradients."""
+        """[N, 2] (chosen, rejected) log-probs under the current weights, no gradients.
+
+        With several ranks each scores a share and every rank gets all N rows."""
+        return self.ctx.world.gather_sharded(len(pairs), lambda idx: self._score_rows([pairs[i] for i in idx], phase))
+
+    def _score_rows(self, pairs: list[PreferencePair], phase: str) -> mx.array:
         out = []
         step = max(self.cfg.train.batch_size, 8)
         for start in range(0, len(pairs), step):
