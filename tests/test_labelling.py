@@ -353,3 +353,20 @@ def test_the_pair_inspector_opens_the_label_file(tmp_path: Path) -> None:
                 ("sort: c b\n", "b c", "c b"), ("sort: h g\n", "g h", "h g")]
 
     asyncio.run(scenario())
+
+
+def test_a_round_from_a_base_model_uses_the_presets_hyperparameters(tmp_path: Path) -> None:
+    from engine.labels import LabelFile
+    from engine.presets import load_preset
+
+    f = LabelFile(tmp_path / "labels.jsonl", clock=lambda: T)
+    for i in range(5):
+        f.append(Label(f"sort: c b {i}\n", ("b c", "c b"), "a", "ada", "builtin:tiny-sorter", None, {}))
+    f.append(Label("sort: q p\n", ("p q", "q p"), "skip", "ada", "builtin:tiny-sorter", None, {}))
+    preset = load_preset("tiny-dpo", ["train.learning_rate=0.001", "dpo.beta=0.2"])
+    cfg = screen(tmp_path, model="builtin:tiny-sorter", base_config=preset).round_config()
+    assert (cfg.algorithm, cfg.name, cfg.model.path, cfg.model.init_from) == ("dpo", "labels-dpo", "builtin:tiny-sorter", "")
+    assert (cfg.train.learning_rate, cfg.dpo.beta, cfg.data.eval) == (0.001, 0.2, preset.data.eval)
+    # 5 pairs (the skip is not one): batches of 5, about 8 epochs but at least 10 steps
+    assert (cfg.train.batch_size, cfg.train.max_steps) == (5, 10)
+    assert preset.train.learning_rate == 0.001 and preset.name == "tiny-dpo"  # the preset itself is untouched

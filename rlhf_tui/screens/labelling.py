@@ -10,6 +10,7 @@ starting from the weights that wrote them, in the run monitor.
 from __future__ import annotations
 
 import atexit
+import copy
 import getpass
 import json
 import math
@@ -175,6 +176,7 @@ class LabellingScreen(Screen):
         seed: int = 0,
         clock: Callable[[], str] = utc_now,
         round_steps: int | None = None,
+        base_config: RunConfig | None = None,
     ) -> None:
         super().__init__()
         self.labels = LabelFile(label_file, clock=clock)
@@ -202,6 +204,7 @@ class LabellingScreen(Screen):
         self._label_times: deque[float] = deque(maxlen=20)  # monotonic times of recent labels
         self.last_round: str | None = None  # the run directory of the last round started here
         self.round_steps = round_steps  # steps of a training round (None: about 8 epochs, 10-200)
+        self.base_config = base_config  # hyperparameters of a round from a base model (default: tiny-dpo's)
 
     # ------------------------------------------------------------------ layout
 
@@ -545,15 +548,15 @@ class LabellingScreen(Screen):
     def round_config(self, algorithm: str = "dpo") -> RunConfig:
         """The config of a training round on the labelled pairs, from the weights that wrote them."""
         from engine.api import run_config
+        from engine.config import resolve_path
         from engine.presets import DEFAULT_PRESET, load_preset
 
         choice = self.choice or (None if self.relabel else _resolve(str(self.model_spec)))
         if choice is not None and choice.run_dir:
-            cfg = run_config(choice.run_dir)
+            cfg = run_config(choice.run_dir)  # the hyperparameters that trained these weights
         else:
-            cfg = load_preset(getattr(self.app, "preset", DEFAULT_PRESET) or DEFAULT_PRESET)
-            if choice is not None and choice.base and cfg.model.path != choice.base:
-                cfg = load_preset(DEFAULT_PRESET)
+            cfg = copy.deepcopy(self.base_config) if self.base_config is not None else load_preset(DEFAULT_PRESET)
+            if choice is not None and choice.base and choice.base not in (cfg.model.path, resolve_path(cfg, cfg.model.path)):
                 cfg.model.path = choice.base
         pairs = len(self.labels.pairs())
         cfg.algorithm = algorithm
@@ -700,6 +703,7 @@ def labelling_screen_for(cfg: RunConfig | None) -> LabellingScreen:
         model=model,
         max_length=cfg.model.max_length,
         sampling=Sampling(cfg.generation.temperature, cfg.generation.top_p, cfg.generation.max_new_tokens),
+        base_config=cfg,
     )
 
 
