@@ -123,6 +123,11 @@ def launched_rank() -> int:
     return 0
 
 
+def launched() -> bool:
+    """Whether a launcher started this process as one of several ranks."""
+    return any(os.environ.get(name, "").isdigit() for name in RANK_ENV)
+
+
 def init_world() -> World:
     """The launcher's world, or a world of one when not launched by ``mlx.launch``.
 

@@ -14,6 +14,7 @@ Ctrl-C during a headless run checkpoints and exits 130.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -24,6 +25,7 @@ SUBCOMMANDS = ("run", "resume", "monitor", "presets", "export")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
+STOP_GRACE_S = 120.0  # multi-rank runs: how long a stop request may go unanswered
 
 
 def _app_parser() -> argparse.ArgumentParser:
@@ -122,7 +124,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _drive(run: Any, args: argparse.Namespace) -> int:
     """Train in a thread, print progress, turn Ctrl-C/SIGINT into a clean cancel."""
     from engine.blas import blas_hint
-    from engine.distributed import launched_rank
+    from engine.distributed import launched, launched_rank
 
     rank = launched_rank()  # under mlx.launch only rank 0 reports progress
     printer = ProgressPrinter(quiet=args.quiet)
@@ -136,11 +138,20 @@ def _drive(run: Any, args: argparse.Namespace) -> int:
     if hint and not args.quiet and rank == 0:
         print(f"note: {hint}", file=sys.stderr)
 
+    # A rank whose peers died can wait in a collective for ever (NCCL has no timeout), and
+    # mlx.launch waits for it after sending SIGTERM: once asked to stop, a rank that hears
+    # nothing from its run for STOP_GRACE_S seconds exits without a checkpoint.
+    grace = float(os.environ.get("RLHF_TUI_STOP_GRACE_S", STOP_GRACE_S)) if launched() else None
+    heard = [time.monotonic()]
+    run.subscribe(lambda e: heard.__setitem__(0, time.monotonic()))
+    stop_asked: list[float] = []
+
     def on_sigint(signum: int, frame: Any) -> None:
         if run.status == "cancelled" or getattr(run, "_cancel").is_set():
             raise KeyboardInterrupt
         if rank == 0:
             print("\ncancelling after this step (Ctrl-C again to abort without a checkpoint)...", file=sys.stderr)
+        stop_asked.append(time.monotonic())
         run.cancel()
 
     old = signal.signal(signal.SIGINT, on_sigint)
@@ -149,6 +160,9 @@ def _drive(run: Any, args: argparse.Namespace) -> int:
         run.start()
         while run._thread is not None and run._thread.is_alive():
             run.join(0.2)
+            if grace is not None and stop_asked and time.monotonic() - max(stop_asked[0], heard[0]) > grace:
+                print(f"rlhf-tui: error (rank {rank}): no progress {grace:.0f} s after the stop request (the other ranks are gone?); exiting without a checkpoint", file=sys.stderr, flush=True)
+                os._exit(EXIT_FAILED)
     finally:
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
