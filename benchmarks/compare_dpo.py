@@ -121,18 +121,22 @@ def table(results: list[dict], tok_per_step: float) -> str:
 
     by = {r["name"]: r for r in results}
     lines = [
-        "| run | start-up s | step s (wall) | step CPU s | tokens/s | whole run s | peak RSS GB | MLX/torch peak GB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run | start-up s | step s (wall) | step CPU s | tokens/s | whole run s | whole run CPU s | peak RSS GB | MLX/torch peak GB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error']} |||||||")
+            lines.append(f"| {r['name']} | failed: {r['error']} ||||||||")
             continue
         tps = tok_per_step / r["step_s"] if r.get("step_s") else None
         lines.append(
-            f"| {r['name']} | {f(r['startup_s'], 1)} | {f(r['step_s'])} | {f(r.get('step_cpu_s'))} | {f(tps, 0)} | {f(r['whole_s'], 1)} | {f(r['maxrss_gb'])} | {f(r.get('framework_peak_gb'))} |"
+            f"| {r['name']} | {f(r['startup_s'], 1)} | {f(r['step_s'])} | {f(r.get('step_cpu_s'))} | {f(tps, 0)} | {f(r['whole_s'], 1)} | {f(r.get('cpu_s'), 1)} | {f(r['maxrss_gb'])} | {f(r.get('framework_peak_gb'))} |"
         )
-    ratio_lines = ["", "| ratio (ours ÷ peer; < 1 is ours faster) | step wall | step CPU | whole run | peak RSS |", "| --- | ---: | ---: | ---: | ---: |"]
+    ratio_lines = [
+        "",
+        "| ratio (ours ÷ peer; < 1 is ours faster) | step wall | step CPU | whole run | whole run CPU | peak RSS |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for adapter in ("lora", "full"):
         ours = by.get(f"ours/{adapter}")
         for peer in ("mlx-lm-lora", "trl"):
@@ -140,20 +144,20 @@ def table(results: list[dict], tok_per_step: float) -> str:
             if not ours or not p or "error" in ours or "error" in p:
                 continue
             ratio_lines.append(
-                f"| ours/{adapter} ÷ {peer}/{adapter} | {ours['step_s'] / p['step_s']:.2f} | {ours['step_cpu_s'] / p['step_cpu_s']:.2f} | {ours['whole_s'] / p['whole_s']:.2f} | {ours['maxrss_gb'] / p['maxrss_gb']:.2f} |"
+                f"| ours/{adapter} ÷ {peer}/{adapter} | {ours['step_s'] / p['step_s']:.2f} | {ours['step_cpu_s'] / p['step_cpu_s']:.2f} | {ours['whole_s'] / p['whole_s']:.2f} | {ours['cpu_s'] / p['cpu_s']:.2f} | {ours['maxrss_gb'] / p['maxrss_gb']:.2f} |"
             )
     plain, shared = by.get("ours/lora plain-rows"), by.get("ours/lora")
     if plain and shared and "error" not in plain and "error" not in shared:
-        ratio_lines.append(f"| shared prompt ÷ plain rows (ours/lora) | {shared['step_s'] / plain['step_s']:.2f} | {shared['step_cpu_s'] / plain['step_cpu_s']:.2f} | {shared['whole_s'] / plain['whole_s']:.2f} | {shared['maxrss_gb'] / plain['maxrss_gb']:.2f} |")
+        ratio_lines.append(f"| shared prompt ÷ plain rows (ours/lora) | {shared['step_s'] / plain['step_s']:.2f} | {shared['step_cpu_s'] / plain['step_cpu_s']:.2f} | {shared['whole_s'] / plain['whole_s']:.2f} | {shared['cpu_s'] / plain['cpu_s']:.2f} | {shared['maxrss_gb'] / plain['maxrss_gb']:.2f} |")
     eager = by.get("ours/lora no-compile")
     if eager and shared and "error" not in eager and "error" not in shared:
-        ratio_lines.append(f"| compiled ÷ eager step (ours/lora) | {shared['step_s'] / eager['step_s']:.2f} | — | {shared['whole_s'] / eager['whole_s']:.2f} | — |")
+        ratio_lines.append(f"| compiled ÷ eager step (ours/lora) | {shared['step_s'] / eager['step_s']:.2f} | — | {shared['whole_s'] / eager['whole_s']:.2f} | — | — |")
     slow = by.get("ours/lora reference-BLAS")
     if slow and shared and "error" not in slow and "error" not in shared:
-        ratio_lines.append(f"| OpenBLAS preloaded ÷ reference BLAS (ours/lora) | {shared['step_s'] / slow['step_s']:.3f} | {shared['step_cpu_s'] / slow['step_cpu_s']:.3f} | — | — |")
+        ratio_lines.append(f"| OpenBLAS preloaded ÷ reference BLAS (ours/lora) | {shared['step_s'] / slow['step_s']:.3f} | {shared['step_cpu_s'] / slow['step_cpu_s']:.3f} | — | — | — |")
     sft = by.get("ours/sft-lora")
     if sft and shared and "error" not in sft and "error" not in shared and sft.get("framework_peak_gb"):
-        ratio_lines.append(f"| DPO-LoRA ÷ SFT-LoRA memory (MLX peak; RSS) | — | — | — | {shared['framework_peak_gb'] / sft['framework_peak_gb']:.2f}; {shared['maxrss_gb'] / sft['maxrss_gb']:.2f} |")
+        ratio_lines.append(f"| DPO-LoRA ÷ SFT-LoRA memory (MLX peak; RSS) | — | — | — | — | {shared['framework_peak_gb'] / sft['framework_peak_gb']:.2f}; {shared['maxrss_gb'] / sft['maxrss_gb']:.2f} |")
     return "\n".join(lines + ratio_lines)
 
 
