@@ -244,7 +244,7 @@ class Run:
             phase=lambda name, done, total: self._emit(ev.PhaseChanged(name, done, total)),
             log=lambda text: self._emit(ev.LogLine(text)),
             alert=lambda text: self._emit(ev.Alert(self.step, text)),
-            sample=lambda **kw: self._emit(ev.Sample(step=self.step, **kw)),
+            sample=lambda **kw: self._emit(ev.Sample(step=ctx.step, **kw)),
         )
         self.ctx = ctx
         algo = algorithm_class(cfg.algorithm)(ctx)
