@@ -392,3 +392,28 @@ def test_score_source_picker_snapshot(snap_compare, fixed_runs):
         await pilot.pause()
 
     assert snap_compare(make_app(initial_screen=screen, runs_root=str(fixed_runs)), terminal_size=SIZE, run_before=pick)
+
+
+def test_samples_view_follows_a_run_training_in_the_app(tmp_path):
+    from engine.run import Run
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"sort: {' '.join(w)}\n"} for w in ("cab", "dba", "fed", "zyx")])
+    cfg = load_preset("tiny-grpo", [f"data.train={prompts}", "data.eval=", "train.max_steps=2", "train.batch_size=2",
+                                    "grpo.num_generations=2", "generation.max_new_tokens=8", "train.save_every=0", "train.eval_every=0"])
+    run = Run(cfg, out_dir=tmp_path / "live")  # not started: no folder yet
+    app = make_app(initial_screen=SamplesScreen(run=run))
+
+    async def script(pilot):
+        screen = app.screen
+        assert not screen.rows and "waiting" in str(screen.query_one("#samples").border_subtitle)
+        run.start()
+        deadline = time.monotonic() + 120
+        while run.running and time.monotonic() < deadline:
+            await pilot.pause(0.2)
+        await pilot.pause(SamplesScreen.POLL_S * 3)
+        written = [json.loads(x) for x in (tmp_path / "live" / "samples.jsonl").read_text().splitlines()]
+        assert len(screen.rows) == len(written) > 0
+        assert {r.step for r in screen.rows} == {1, 2}
+
+    run_pilot(app, script)
+    run.join()
