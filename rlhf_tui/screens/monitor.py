@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 REDRAW_HZ = 10  # timer ticks per second; each tick redraws at most one of the four charts
 # Statics whose size never depends on their text (fixed in app.tcss)
-FIXED_SIZE = {"#status-badge", "#progress-text", "#values", "#memory-text", "#eval-others"}
+FIXED_SIZE = {"#status-badge", "#progress-text", "#chart-mode", "#values", "#memory-text", "#eval-others"}
 CHART_COLOURS = {"loss": "#5fafff", "kl": "#d787ff", "reward": "#87d75f", "tokens_per_sec": "#ffaf5f"}
 STATUS_STYLE = {
     "waiting": ("WAITING", "black on grey70"),
@@ -119,6 +119,7 @@ class MonitorScreen(Screen):
             yield Static(id="status-badge")
             yield ProgressBar(total=100, show_eta=False, show_percentage=True, id="progress")
             yield Static(id="progress-text")
+            yield Static(id="chart-mode")
         with Horizontal(id="monitor-body"):
             with Grid(id="charts"):
                 for key, title in PANELS:
@@ -303,9 +304,17 @@ class MonitorScreen(Screen):
                     self._next_chart = ([k for k, _ in PANELS].index(key) + 1) % len(PANELS)
                     break
 
-    def _restyle_charts(self) -> None:
-        """Titles, axis notes and empty-state texts now (cheap); plots marked for redraw."""
+    def _restyle_charts(self, titles: bool = True) -> None:
+        """Titles, the chart-mode note and empty-state texts now (cheap); plots marked for redraw."""
         s = self.state
+        mode = Text()
+        mode.append("y ", style="dim")
+        mode.append("log (≤0 hidden)" if self.log_y else "linear", style="bold" if self.log_y else "")
+        mode.append(" · x ", style="dim")
+        mode.append("wall time" if self.wall_time else "step", style="bold" if self.wall_time else "")
+        mode.append(" · EMA ", style="dim")
+        mode.append(f"{s.smoothing:g}" if s.smoothing else "off", style="")
+        self._set("#chart-mode", mode)
         for key, _ in PANELS:
             chart = self.query_one(f"#chart-{key}", MetricChart)
             if key == "kl" and s.algorithm == "sft":
@@ -314,7 +323,8 @@ class MonitorScreen(Screen):
                 chart.set_empty_text(f"{s.phase or 'loading'}…")
             elif s.ended and not len(s.series[key]):
                 chart.set_empty_text("no values were logged")
-            chart.set_labels(s.series[key], wall_time=self.wall_time, log_y=self.log_y)
+            if titles:  # (after a key, each title follows with its own plot, one per frame)
+                chart.set_labels(s.series[key], wall_time=self.wall_time, log_y=self.log_y)
             if chart.drawn != chart.wanted(s.series[key], wall_time=self.wall_time, log_y=self.log_y, markers=self._markers(key)):
                 self._dirty_charts.add(key)
 
@@ -494,13 +504,12 @@ class MonitorScreen(Screen):
 
     def action_toggle_log_y(self) -> None:
         self.log_y = not self.log_y
-        self.notify("log-scale y (values ≤ 0 are hidden)" if self.log_y else "linear y", timeout=2)
-        self._restyle_charts()  # labels now, in the next frame
+        self._restyle_charts(titles=False)  # the mode note now, in the next frame
         self.call_after_refresh(self._drain_charts)  # then one plot per frame
 
     def action_toggle_x(self) -> None:
         self.wall_time = not self.wall_time
-        self._restyle_charts()  # labels now, in the next frame
+        self._restyle_charts(titles=False)  # the mode note now, in the next frame
         self.call_after_refresh(self._drain_charts)  # then one plot per frame
 
     def action_cycle_smoothing(self) -> None:
@@ -508,8 +517,7 @@ class MonitorScreen(Screen):
         i = min(range(len(steps)), key=lambda j: abs(steps[j] - self.state.smoothing))
         new = steps[(i + 1) % len(steps)]
         self.state.set_smoothing(new)
-        self.notify(f"EMA smoothing {new:g}" if new else "smoothing off (raw values)", timeout=2)
-        self._restyle_charts()  # labels now, in the next frame
+        self._restyle_charts(titles=False)  # the mode note now, in the next frame
         self.call_after_refresh(self._drain_charts)  # then one plot per frame
 
     def action_back(self) -> None:

@@ -102,6 +102,7 @@ class PresetsScreen(Screen):
                 row = i
         if self.presets:
             table.move_cursor(row=row)
+            table.call_after_refresh(table.move_cursor, row=row)  # scrolled into view once laid out
             self.show(self.presets[row])
 
     @on(DataTable.RowHighlighted)

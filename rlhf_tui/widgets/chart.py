@@ -78,12 +78,15 @@ class MetricChart(Container):
         return (len(series), series.smoothing, wall_time, log_y, markers)
 
     def set_labels(self, series: MetricSeries, *, wall_time: bool, log_y: bool) -> None:
-        """Title with the latest value and the axis note: cheap, done at once."""
+        """Title with the latest value (cheap). The axis note changes with the plot itself:
+        re-titling all four panels at once would repaint them all in one frame."""
         last, smooth = series.last, series.last_smoothed
         title = f"{self.title}  [b]{fmt(last)}[/b]" + (f"  [dim]ema {fmt(smooth)}[/dim]" if len(series) > 1 and series.smoothing > 0 else "")
-        subtitle = ("log-y · " if log_y else "") + ("x: wall time" if wall_time else "x: step")
         if self.border_title != title:
             self.border_title = title
+
+    def _set_axis_note(self, *, wall_time: bool, log_y: bool) -> None:
+        subtitle = ("log-y · " if log_y else "") + ("x: wall time" if wall_time else "x: step")
         if self.border_subtitle != subtitle:
             self.border_subtitle = subtitle
 
@@ -92,6 +95,7 @@ class MetricChart(Container):
         plot = self.query_one(PlotWidget)
         empty = self.query_one(".empty", Static)
         self.set_labels(series, wall_time=wall_time, log_y=log_y)
+        self._set_axis_note(wall_time=wall_time, log_y=log_y)
         self.drawn = self.wanted(series, wall_time=wall_time, log_y=log_y, markers=markers)
         self.drawn_at = time.perf_counter()
         if not len(series):
