@@ -76,7 +76,7 @@ def find_reward_checkpoint(path: str | Path) -> Path:
 
 def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> tuple[RewardModel, Any, Path]:
     """(frozen reward model, its tokenizer, its base model path) from a checkpoint or run dir."""
-    from engine.models import attach_trainable, load_base
+    from engine.models import apply_trained_weights, attach_trainable, load_base
 
     ckpt = find_reward_checkpoint(path)
     try:
@@ -89,6 +89,8 @@ def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> t
     if not all(k in extra for k in HEAD_KEYS):
         raise ModelError(f"{ckpt}: not a reward model (no reward head in extra.safetensors; train one with algorithm = \"reward\")")
     lm, tokenizer, base_path = load_base(base, trust_remote_code=trust_remote_code)
+    if acfg.get("init_from"):  # the reward run started from other trained weights (model.init_from)
+        apply_trained_weights(lm, Path(acfg["init_from"]))
     attach_trainable(lm, acfg)
     weights = mx.load(str(ckpt / "adapters.safetensors"))
     lm.load_weights(list(weights.items()), strict=False)

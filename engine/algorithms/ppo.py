@@ -36,6 +36,7 @@ and reports its mean score (``eval/reward``).
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -238,14 +239,17 @@ class Ppo(Algorithm):
         ctx.log(f"ppo: scores from the {self.source.name}; value head on {'a separate copy of the base' if value_lm is not None else 'the policy trunk'}")
 
     def _separate_value_model(self) -> nn.Module:
-        from engine.models import DTYPES, attach_trainable, load_base
+        from engine.models import DTYPES, apply_trained_weights, attach_trainable, load_base
 
         ctx = self.ctx
         ctx.phase("loading value model", 0, 0)
         lm, _, _ = load_base(str(ctx.policy.path), trust_remote_code=self.cfg.model.trust_remote_code)
-        if self.cfg.model.adapter == "full":
+        if not any(isinstance(m, nn.QuantizedLinear) for _, m in lm.named_modules()):
             lm.set_dtype(DTYPES[self.cfg.model.dtype])
-        attach_trainable(lm, dict(ctx.policy.adapter_config))
+        acfg = dict(ctx.policy.adapter_config)
+        if acfg.get("init_from"):  # start where the policy starts (model.init_from)
+            apply_trained_weights(lm, Path(acfg["init_from"]))
+        attach_trainable(lm, acfg)
         return lm
 
     def trainable_module(self) -> nn.Module:
