@@ -4,19 +4,22 @@ A label file is a JSON-lines preference file that every reader of the engine acc
 is (``engine.data.load_pairs``, DPO and reward-model training, the pair inspector): each line
 holds ``prompt``/``chosen``/``rejected`` plus provenance::
 
-    {"prompt": ..., "chosen": ..., "rejected": ..., "label": "a" | "b" | "edit",
+    {"prompt": ..., "chosen": ..., "rejected": ..., "label": "a" | "b" | "c" | "d" | "edit",
      "n": 7, "labeller": "ada", "time": "2026-11-26T04:10:00+00:00",
      "model": "builtin:tiny-sorter", "checkpoint": "runs/x/checkpoints/step-000050" | null,
      "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 16},
-     "completions": [A, B],            # what the labeller was shown, in order
+     "completions": [A, B],            # what the labeller was shown, in order (2 to 4)
      "edited": "a" | "b", "original": text}   # only for "edit": the pane rewritten
+
+A label names the best pane. With more than two completions shown, picking the best writes
+one pair per other completion (best against it); those rows share ``"group"``.
 
 Labels that are not a usable pair (``tie``, ``both_bad``, ``skip``) go to a sidecar file next
 to it, ``<stem>.skipped.jsonl``, with the same provenance and the two completions but no
 ``chosen``/``rejected``, so training never sees them and nothing is lost.
 
-``n`` numbers labels across both files (1, 2, ...); undo removes the labeller's row with the
-highest ``n``. Every append is one ``write`` of one line followed by ``fsync``; undo rewrites the
+``n`` numbers rows across both files (1, 2, ...); undo removes the labeller's latest label
+(its row with the highest ``n``, with the rest of its group). Every append is one ``write`` of one line followed by ``fsync``; undo rewrites the
 file through a temporary file and ``os.replace``. A crash therefore loses at most the label
 being written; a torn last line is cut off the next time the file is opened for writing.
 Appends and undos from several processes are serialised with an advisory lock file.
@@ -38,10 +41,10 @@ from typing import Any
 
 from engine.errors import DataError
 
-PAIR_LABELS = ("a", "b", "edit")
+PANES = ("a", "b", "c", "d")  # up to four completions per prompt
+PAIR_LABELS = (*PANES, "edit")  # a pane picked as the best, or a rewrite
 OTHER_LABELS = ("tie", "both_bad", "skip")
 LABELS = PAIR_LABELS + OTHER_LABELS
-PANES = ("a", "b")
 
 
 def utc_now() -> str:
@@ -60,55 +63,74 @@ def prompt_key(prompt: Any) -> str:
 
 @dataclass(frozen=True)
 class Label:
-    """One judgement of a prompt and the completions shown for it."""
+    """One judgement of a prompt and the completions shown for it (panes a, b, c, d)."""
 
     prompt: Any
     completions: tuple[str, ...]
-    label: str  # one of LABELS
+    label: str  # one of LABELS; "a".."d": that pane is the best
     labeller: str
     model: str
     checkpoint: str | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
-    edited: str | None = None  # for "edit": which pane ("a"/"b") was rewritten
+    edited: str | None = None  # for "edit": which pane was rewritten
     edit_text: str | None = None  # for "edit": the labeller's answer (becomes chosen)
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:
             raise ValueError(f"label must be one of {', '.join(LABELS)}, not {self.label!r}")
-        if len(self.completions) != 2:
-            raise ValueError("a label compares exactly two completions")
-        if self.label == "edit" and (self.edited not in PANES or self.edit_text is None):
-            raise ValueError("an edit label needs the pane edited ('a' or 'b') and the edited text")
+        if not 2 <= len(self.completions) <= len(PANES):
+            raise ValueError(f"a label compares 2 to {len(PANES)} completions, not {len(self.completions)}")
+        panes = PANES[: len(self.completions)]
+        if self.label in PANES and self.label not in panes:
+            raise ValueError(f"pane {self.label!r} was not shown ({len(self.completions)} completions)")
+        if self.label == "edit" and (self.edited not in panes or self.edit_text is None):
+            raise ValueError("an edit label needs the pane edited and the edited text")
 
     @property
     def is_pair(self) -> bool:
         return self.label in PAIR_LABELS
 
-    def row(self, n: int, time: str) -> dict[str, Any]:
-        """The JSON object written for this label (key order fixed, so bytes are reproducible)."""
-        a, b = self.completions
-        row: dict[str, Any] = {"prompt": self.prompt}
-        if self.label == "a":
-            row |= {"chosen": a, "rejected": b}
-        elif self.label == "b":
-            row |= {"chosen": b, "rejected": a}
+    def rows(self, n: int, time: str) -> list[dict[str, Any]]:
+        """The JSON objects written for this label, numbered from ``n`` (key order fixed, so the
+        bytes are reproducible). Picking the best of N > 2 completions gives N - 1 pairs (the
+        best against each other one), which share ``group`` (the first row's ``n``)."""
+        shown = list(self.completions)
+        if self.label in PANES:
+            best = PANES.index(self.label)
+            pairs = [(shown[best], shown[i]) for i in range(len(shown)) if i != best]
         elif self.label == "edit":
             # the labeller's rewrite against the model answer it corrects
-            original = a if self.edited == "a" else b
-            row |= {"chosen": self.edit_text, "rejected": original}
-        row |= {
-            "label": self.label,
-            "n": n,
-            "labeller": self.labeller,
-            "time": time,
-            "model": self.model,
-            "checkpoint": self.checkpoint,
-            "sampling": dict(self.sampling),
-            "completions": [a, b],
-        }
-        if self.label == "edit":
-            row |= {"edited": self.edited, "original": row["rejected"]}
-        return row
+            pairs = [(self.edit_text, shown[PANES.index(self.edited)])]  # type: ignore[arg-type]
+        else:
+            pairs = [None]  # type: ignore[list-item]
+        out = []
+        for i, pair in enumerate(pairs):
+            row: dict[str, Any] = {"prompt": self.prompt}
+            if pair is not None:
+                row |= {"chosen": pair[0], "rejected": pair[1]}
+            row |= {
+                "label": self.label,
+                "n": n + i,
+                "labeller": self.labeller,
+                "time": time,
+                "model": self.model,
+                "checkpoint": self.checkpoint,
+                "sampling": dict(self.sampling),
+                "completions": shown,
+            }
+            if len(pairs) > 1:
+                row["group"] = n
+            if self.label == "edit":
+                row |= {"edited": self.edited, "original": row["rejected"]}
+            out.append(row)
+        return out
+
+    def row(self, n: int, time: str) -> dict[str, Any]:
+        """The single row of a two-completion label."""
+        rows = self.rows(n, time)
+        if len(rows) != 1:
+            raise ValueError("this label writes several rows; use rows()")
+        return rows[0]
 
 
 def encode_row(row: dict[str, Any]) -> bytes:
@@ -163,9 +185,9 @@ class LabelFile:
         """Prompts this labeller has already labelled (any label, skips included)."""
         return {prompt_key(r["prompt"]) for r in self.rows() if r.get("labeller") == labeller}
 
-    def done_items(self, labeller: str) -> set[tuple[str, tuple[str, str]]]:
+    def done_items(self, labeller: str) -> set[tuple[str, tuple[str, ...]]]:
         """(prompt, completions) items this labeller has already judged."""
-        return {item_key(r) for r in self.rows() if r.get("labeller") == labeller and len(r.get("completions", ())) == 2}
+        return {item_key(r) for r in self.rows() if r.get("labeller") == labeller and len(r.get("completions", ())) >= 2}
 
     # -------------------------------------------------------------- writing
 
@@ -204,14 +226,14 @@ class LabelFile:
             self._repair(self.sidecar)
 
     def append(self, label: Label) -> dict[str, Any]:
-        """Write one label (one line, fsync'd); returns the row written."""
+        """Write one label (one write of its line(s), fsync'd); returns its first row."""
         with self._locked():
             target = self.path if label.is_pair else self.sidecar
             self._repair(self.path)
             self._repair(self.sidecar)
             n = max((int(r.get("n", 0)) for r in self.rows()), default=0) + 1
-            row = label.row(n, self.clock())
-            data = encode_row(row)
+            rows = label.rows(n, self.clock())
+            data = b"".join(encode_row(r) for r in rows)  # one write: a label's rows land together
             try:
                 fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
@@ -221,32 +243,48 @@ class LabelFile:
                     os.close(fd)
             except OSError as err:
                 raise DataError(f"{target}: cannot write the label ({err.strerror or err})") from None
-            return row
+            return rows[0]
 
     def undo(self, labeller: str) -> dict[str, Any] | None:
-        """Remove this labeller's latest label (from whichever file holds it); return it."""
+        """Remove this labeller's latest label (all rows of a best-of-N group, from whichever
+        file holds it); return its first row."""
         with self._locked():
-            best: tuple[int, Path, int] | None = None  # (n, file, line index)
+            best: tuple[int, Path, dict[str, Any]] | None = None  # (n, file, row)
             for path in (self.path, self.sidecar):
-                if not path.exists():
-                    continue
-                for i, raw in enumerate(path.read_bytes().split(b"\n")):
-                    try:
-                        obj = json.loads(raw) if raw.strip() else None
-                    except (json.JSONDecodeError, UnicodeDecodeError):
-                        continue
+                for obj in _parsed_lines(path):
                     if isinstance(obj, dict) and obj.get("labeller") == labeller:
                         n = int(obj.get("n", 0))
                         if best is None or n > best[0]:
-                            best = (n, path, i)
+                            best = (n, path, obj)
             if best is None:
                 return None
-            _, path, index = best
+            _, path, last = best
+            group = last.get("group")
+
+            def is_undone(obj: Any) -> bool:
+                if not isinstance(obj, dict) or obj.get("labeller") != labeller:
+                    return False
+                return obj.get("n") == last.get("n") if group is None else obj.get("group") == group
+
             lines = path.read_bytes().split(b"\n")
-            removed = json.loads(lines[index])
-            kept = b"\n".join(line for i, line in enumerate(lines) if i != index)
+            removed = [obj for obj in _parsed_lines(path) if is_undone(obj)]
+            kept = b"\n".join(line for line, obj in zip(lines, _parse_each(lines), strict=True) if not is_undone(obj))
             _replace(path, kept)
-            return removed
+            return min(removed, key=lambda r: int(r.get("n", 0)))
+
+
+def _parse_each(lines: list[bytes]) -> list[Any]:
+    out: list[Any] = []
+    for raw in lines:
+        try:
+            out.append(json.loads(raw) if raw.strip() else None)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            out.append(None)
+    return out
+
+
+def _parsed_lines(path: Path) -> list[Any]:
+    return _parse_each(path.read_bytes().split(b"\n")) if path.exists() else []
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -270,28 +308,28 @@ def _replace(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------- relabelling and agreement
 
 
-def item_key(row: dict[str, Any]) -> tuple[str, tuple[str, str]]:
-    """What was judged: the prompt and the two completions, order-free."""
-    a, b = row["completions"]
-    return prompt_key(row["prompt"]), tuple(sorted((a, b)))  # type: ignore[return-value]
+def item_key(row: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """What was judged: the prompt and the completions shown, order-free."""
+    return prompt_key(row["prompt"]), tuple(sorted(row["completions"]))
+
+
+ORDINALS = ("first", "second", "third", "fourth")
 
 
 def verdict(row: dict[str, Any]) -> str | None:
-    """A label in order-free terms: "first"/"second" (of the sorted completions), "tie",
-    "both_bad", or None for a skip. An edit counts as preferring the pane that was rewritten
-    (the labeller kept it as the better starting point)."""
+    """A label in order-free terms: which of the sorted completions was preferred ("first",
+    "second", ...), "tie", "both_bad", or None for a skip. An edit counts as preferring the
+    pane that was rewritten (the labeller kept it as the better starting point)."""
     label = row["label"]
     if label == "skip":
         return None
     if label in ("tie", "both_bad"):
         return label
-    a, b = row["completions"]
-    preferred = {"a": a, "b": b}[row["edited"] if label == "edit" else label]
-    other = b if preferred == a else a
-    if preferred == other:
-        return "tie"  # both panes showed the same text
-    first, _ = sorted((a, b))
-    return "first" if preferred == first else "second"
+    shown = list(row["completions"])
+    preferred = shown[PANES.index(row["edited"] if label == "edit" else label)]
+    if shown.count(preferred) > 1:
+        return "tie"  # the same text was shown twice
+    return ORDINALS[sorted(shown).index(preferred)]
 
 
 @dataclass(frozen=True)
@@ -311,10 +349,10 @@ class Agreement:
 
 def agreement(rows: Iterable[dict[str, Any]], labeller_a: str, labeller_b: str) -> Agreement:
     """Agreement of two labellers on the items both judged (each one's latest verdict)."""
-    latest: dict[str, dict[tuple[str, tuple[str, str]], str]] = {labeller_a: {}, labeller_b: {}}
+    latest: dict[str, dict[tuple[str, tuple[str, ...]], str]] = {labeller_a: {}, labeller_b: {}}
     for r in sorted(rows, key=lambda r: int(r.get("n", 0))):
         who = r.get("labeller")
-        if who in latest and len(r.get("completions", ())) == 2:
+        if who in latest and len(r.get("completions", ())) >= 2:
             v = verdict(r)
             if v is not None:
                 latest[who][item_key(r)] = v
@@ -344,20 +382,19 @@ def agreements(rows: Iterable[dict[str, Any]]) -> list[Agreement]:
     return out
 
 
-def items_to_relabel(rows: Iterable[dict[str, Any]], labeller: str) -> list[tuple[Any, tuple[str, str]]]:
-    """Items other labellers judged that ``labeller`` has not: (prompt, (A, B)), first seen first."""
+def items_to_relabel(rows: Iterable[dict[str, Any]], labeller: str) -> list[tuple[Any, tuple[str, ...]]]:
+    """Items other labellers judged that ``labeller`` has not: (prompt, completions), first seen first."""
     rows = sorted(rows, key=lambda r: int(r.get("n", 0)))
-    done = {item_key(r) for r in rows if r.get("labeller") == labeller and len(r.get("completions", ())) == 2}
+    done = {item_key(r) for r in rows if r.get("labeller") == labeller and len(r.get("completions", ())) >= 2}
     out, seen = [], set()
     for r in rows:
-        if r.get("labeller") == labeller or len(r.get("completions", ())) != 2:
+        if r.get("labeller") == labeller or len(r.get("completions", ())) < 2:
             continue
         key = item_key(r)
         if key in done or key in seen:
             continue
         seen.add(key)
-        a, b = r["completions"]
-        out.append((r["prompt"], (a, b)))
+        out.append((r["prompt"], tuple(r["completions"])))
     return out
 
 

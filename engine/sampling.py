@@ -45,8 +45,8 @@ class Sampling:
             raise ValueError(f"top_p = {self.top_p}: must be in (0, 1]")
         if not 1 <= self.max_tokens <= 32768:
             raise ValueError(f"max_tokens = {self.max_tokens}: must be in [1, 32768]")
-        if self.n < 2:
-            raise ValueError(f"n = {self.n}: at least two completions are needed to compare")
+        if not 2 <= self.n <= 4:
+            raise ValueError(f"n = {self.n}: compare 2 to 4 completions per prompt")
 
     def provenance(self) -> dict[str, Any]:
         d = asdict(self)

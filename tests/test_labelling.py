@@ -370,3 +370,34 @@ def test_a_round_from_a_base_model_uses_the_presets_hyperparameters(tmp_path: Pa
     # 5 pairs (the skip is not one): batches of 5, about 8 epochs but at least 10 steps
     assert (cfg.train.batch_size, cfg.train.max_steps) == (5, 10)
     assert preset.train.learning_rate == 0.001 and preset.name == "tiny-dpo"  # the preset itself is untouched
+
+
+def test_best_of_three(tmp_path: Path) -> None:
+    pairs = tmp_path / "labels.jsonl"
+
+    async def scenario() -> None:
+        scr = screen(tmp_path, sampling=Sampling(max_tokens=8, n=3))
+        app = make_app(initial_screen=scr, runs_root=str(tmp_path / "runs"))
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_until(pilot, lambda: scr.current is not None, what="three completions")
+            item = scr.current
+            assert len(item.completions) == 3
+            assert [scr.query_one(f"#pane-{p}").display for p in "abcd"] == [True, True, True, False]
+            await pilot.press("d")  # no pane D: nothing happens
+            await pilot.pause()
+            assert scr.current is item and not pairs.exists()
+            await pilot.press("c")
+            await pilot.pause()
+            a, b, c = item.completions
+            rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+            assert [(r["chosen"], r["rejected"], r["n"], r["group"], r["label"]) for r in rows] == [(c, a, 1, 1, "c"), (c, b, 2, 1, "c")]
+            assert all(r["completions"] == [a, b, c] and r["sampling"]["max_tokens"] == 8 for r in rows)
+            await pilot.press("u")
+            await pilot.pause()
+            assert pairs.read_text() == "" and scr.current.completions == item.completions
+            # edit the selected pane (left from A wraps round to C)
+            await pilot.press("left", "e")
+            await wait_until(pilot, lambda: isinstance(app.screen, EditScreen))
+            assert app.screen.query_one("#edit-text").text == c
+
+    asyncio.run(scenario())

@@ -175,3 +175,24 @@ def test_snapshot_records_which_rows_were_copied(tmp_path: Path) -> None:
     assert record["labellers"] == {"ada": 1, "bob": 1}
     with pytest.raises(DataError, match="no label file yet"):
         snapshot_pairs(tmp_path / "none.jsonl", tmp_path / "x.jsonl")
+
+
+def test_best_of_three_writes_a_group_of_pairs_that_undo_removes_together(tmp_path: Path) -> None:
+    f = frozen(tmp_path / "l.jsonl")
+    f.append(Label("p0", ("x", "y"), "a", "ada", "m", None, {}))
+    f.append(Label("p1", ("u", "v", "w"), "c", "ada", "m", None, {}))
+    rows = f.pairs()
+    assert [(r["chosen"], r["rejected"], r["n"], r.get("group")) for r in rows] == [
+        ("x", "y", 1, None), ("w", "u", 2, 2), ("w", "v", 3, 2)]
+    assert all(r["completions"] == ["u", "v", "w"] for r in rows[1:])
+    assert verdict(rows[1]) == "third"
+    # relabelling offers the three-way item once; agreement counts it once
+    assert items_to_relabel(f.rows(), "bob") == [("p0", ("x", "y")), ("p1", ("u", "v", "w"))]
+    f.append(Label("p1", ("w", "u", "v"), "a", "bob", "m", None, {}))
+    ag = agreement(f.rows(), "ada", "bob")
+    assert (ag.shared, ag.agreed) == (1, 1)
+    removed = f.undo("ada")
+    assert removed is not None and removed["n"] == 2
+    assert [r["n"] for r in f.rows() if r["labeller"] == "ada"] == [1]
+    with pytest.raises(ValueError, match="pane 'c' was not shown"):
+        Label("p", ("x", "y"), "c", "ada", "m")

@@ -33,8 +33,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Label, Static, TextArea
 
 from engine.errors import Cancelled, EngineError
+from engine.labels import PANES, LabelFile, agreements, items_to_relabel, prompt_key, utc_now
 from engine.labels import Label as LabelRecord
-from engine.labels import LabelFile, agreements, items_to_relabel, prompt_key, utc_now
 from engine.sampling import ModelChoice, Sampling
 
 if TYPE_CHECKING:
@@ -49,7 +49,9 @@ HELP = """\
 Judge the model's own completions. The prompt is on top, two sampled completions below
 (**A** left, **B** right). One key per judgement:
 
-**a** A is better · **b** B is better · **t** tie · **x** both bad · **s** skip.
+**a** A is better · **b** B is better · **t** tie · **x** both bad · **s** skip. With three or
+four completions (**p**, then `n=3` or `n=4`), **a**-**d** pick the best one: each other
+completion becomes a pair with it as `rejected`.
 **e** rewrites the selected completion (←/→ select it) into a better answer: your text becomes
 `chosen`, the model's original `rejected`. **u** undoes your last label.
 
@@ -78,7 +80,7 @@ class Item:
     """A prompt and the two completions shown for it."""
 
     prompt: Any
-    completions: tuple[str, str]
+    completions: tuple[str, ...]  # two to four, shown in panes A..D
     model: ModelChoice
 
 
@@ -144,8 +146,10 @@ class LabellingScreen(Screen):
         Binding("s", "label('skip')", "Skip", id="labelling.skip", tooltip="Cannot judge this one"),
         Binding("e", "edit", "Edit", id="labelling.edit", tooltip="Rewrite the selected completion; it becomes chosen"),
         Binding("u", "undo", "Undo", id="labelling.undo", tooltip="Remove your last label and show it again"),
-        Binding("left", "select('a')", "Select A", id="labelling.select_a", show=False),
-        Binding("right", "select('b')", "Select B", id="labelling.select_b", show=False),
+        Binding("c", "label('c')", "C better", id="labelling.c", tooltip="Completion C is the best (when 3 or 4 are shown)"),
+        Binding("d", "label('d')", "D better", id="labelling.d", tooltip="Completion D is the best (when 4 are shown)"),
+        Binding("left", "select('previous')", "Select left", id="labelling.select_left", show=False),
+        Binding("right", "select('next')", "Select right", id="labelling.select_right", show=False),
         Binding("r", "train_round", "Train", id="labelling.train", tooltip="Start a DPO round on the labelled pairs"),
         Binding("m", "choose_model", "Model", id="labelling.model", tooltip="Label completions from another model or checkpoint"),
         Binding("i", "inspect", "Pairs", id="labelling.inspect", show=False, tooltip="Open the label file in the pair inspector"),
@@ -214,7 +218,7 @@ class LabellingScreen(Screen):
         with VerticalScroll(id="label-prompt"):
             yield prompt
         with Horizontal(id="panes"):
-            for pane in ("a", "b"):
+            for pane in PANES:
                 with VerticalScroll(id=f"pane-{pane}", classes="pane" + (" -selected" if pane == "a" else "")):
                     yield Static("", id=f"text-{pane}", markup=False)
         yield Static("", id="label-sampling", markup=False)
@@ -225,8 +229,9 @@ class LabellingScreen(Screen):
         self.title = "rlhf-tui"
         self.sub_title = f"labelling · {self.labels.path}"
         self.query_one("#label-prompt").border_title = "Prompt"
-        self.query_one("#pane-a").border_title = "A  (a)"
-        self.query_one("#pane-b").border_title = "B  (b)"
+        for pane in PANES:
+            self.query_one(f"#pane-{pane}").border_title = f"{pane.upper()}  ({pane})"
+        self._show_panes(self.sampling.n)
         self._refresh_sampling_line()
         self._start()
         self.set_interval(1.0, self._refresh_stats)
@@ -253,9 +258,10 @@ class LabellingScreen(Screen):
         if self.relabel:
             rng = random.Random(self.seed)
             placeholder = ModelChoice("relabel", "", None)
-            for prompt, (a, b) in items_to_relabel(rows, self.labeller):
-                pair = (b, a) if rng.random() < 0.5 else (a, b)
-                self._ready.append(Item(prompt, pair, _model_of(rows, prompt, (a, b)) or placeholder))
+            for prompt, shown in items_to_relabel(rows, self.labeller):
+                order = list(shown)
+                rng.shuffle(order)
+                self._ready.append(Item(prompt, tuple(order), _model_of(rows, prompt, shown) or placeholder))
             self._status = "nothing left to relabel" if not self._ready else ""
             self._show_next()
             return
@@ -321,7 +327,7 @@ class LabellingScreen(Screen):
                 with self._lock:
                     if generation != self._generation:
                         return
-                    self._ready.extend(Item(p, (t[0], t[1]), choice) for p, t in zip(batch, texts, strict=True))
+                    self._ready.extend(Item(p, tuple(t), choice) for p, t in zip(batch, texts, strict=True))
                     self._busy = 0
                 self.post_message(ItemsReady())
         except Cancelled:
@@ -380,7 +386,7 @@ class LabellingScreen(Screen):
 
     def _show(self, item: Item | None) -> None:
         prompt = self.query_one("#label-prompt-text", Static)
-        a, b = self.query_one("#text-a", Static), self.query_one("#text-b", Static)
+        texts = [self.query_one(f"#text-{pane}", Static) for pane in PANES]
         if item is None:
             with self._lock:
                 finished = not self._pending and not self._ready and not self._busy
@@ -389,14 +395,31 @@ class LabellingScreen(Screen):
             else:
                 waiting = self._status or "generating…"
             prompt.update(waiting)
-            a.update("")
-            b.update("")
+            for widget in texts:
+                widget.update("")
         else:
             text = item.prompt if isinstance(item.prompt, str) else json.dumps(item.prompt, ensure_ascii=False, indent=1)
             prompt.update(text.rstrip("\n"))
-            a.update(item.completions[0] or "(empty)")
-            b.update(item.completions[1] or "(empty)")
+            for widget, completion in zip(texts, item.completions, strict=False):
+                widget.update(completion or "(empty)")
+            self._show_panes(len(item.completions))
         self._refresh_stats()
+
+    def _show_panes(self, count: int) -> None:
+        """Show panes A.. for ``count`` completions; keys for hidden panes leave the footer."""
+        for i, pane in enumerate(PANES):
+            self.query_one(f"#pane-{pane}").display = i < count
+        if PANES.index(self.selected) >= count:
+            self.action_select("a")
+        self.refresh_bindings()
+
+    def _pane_count(self) -> int:
+        return len(self.current.completions) if self.current is not None else self.sampling.n
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("label", "select") and parameters and parameters[0] in PANES:
+            return PANES.index(str(parameters[0])) < self._pane_count()
+        return True
 
     # ------------------------------------------------------------------ status lines
 
@@ -406,7 +429,8 @@ class LabellingScreen(Screen):
             line = f"relabelling the pairs others judged in {self.labels.path.name} (A/B order shuffled) · labeller {self.labeller}"
         else:
             model = self.choice.describe() if self.choice else str(self.model_spec)
-            line = f"model {model} · temperature {s.temperature:g} · top_p {s.top_p:g} · max tokens {s.max_tokens} · labeller {self.labeller}"
+            many = f" · {s.n} completions" if s.n > 2 else ""
+            line = f"model {model} · temperature {s.temperature:g} · top_p {s.top_p:g} · max tokens {s.max_tokens}{many} · labeller {self.labeller}"
         self.query_one("#label-sampling", Static).update(line)
 
     def stats_text(self) -> Text:
@@ -472,8 +496,11 @@ class LabellingScreen(Screen):
         self._record(label)
 
     def action_select(self, pane: str) -> None:
+        if pane in ("previous", "next"):
+            step = -1 if pane == "previous" else 1
+            pane = PANES[(PANES.index(self.selected) + step) % self._pane_count()]
         self.selected = pane
-        for p in ("a", "b"):
+        for p in PANES:
             self.query_one(f"#pane-{p}").set_class(p == pane, "-selected")
 
     def action_edit(self) -> None:
@@ -481,14 +508,14 @@ class LabellingScreen(Screen):
         if item is None:
             return
         pane = self.selected
-        original = item.completions[0 if pane == "a" else 1]
+        original = item.completions[PANES.index(pane)]
         prompt = item.prompt if isinstance(item.prompt, str) else json.dumps(item.prompt)
 
         def done(text: str | None) -> None:
             if text is None or self.current is not item:
                 return
             if text == original:
-                self.notify("Unchanged: press a or b to pick it as it is.", severity="warning")
+                self.notify(f"Unchanged: press {pane} to pick it as it is.", severity="warning")
                 return
             self._record("edit", edited=pane, edit_text=text)
 
@@ -636,7 +663,7 @@ class LabellingScreen(Screen):
         from rlhf_tui.screens.dialogs import PromptScreen
 
         s = self.sampling
-        current = f"temperature={s.temperature:g} top_p={s.top_p:g} max_tokens={s.max_tokens}"
+        current = f"temperature={s.temperature:g} top_p={s.top_p:g} max_tokens={s.max_tokens} n={s.n}"
 
         def done(text: str | None) -> None:
             if not text:
@@ -709,12 +736,12 @@ def labelling_screen_for(cfg: RunConfig | None) -> LabellingScreen:
 
 def parse_sampling(text: str, base: Sampling) -> Sampling:
     """``temperature=0.8 top_p=0.95 max_tokens=32`` (any subset) over ``base``."""
-    kinds = {"temperature": float, "top_p": float, "max_tokens": int}
+    kinds = {"temperature": float, "top_p": float, "max_tokens": int, "n": int}
     values: dict[str, Any] = {}
     for part in text.replace(",", " ").split():
         key, sep, value = part.partition("=")
         if not sep or key not in kinds:
-            raise ValueError(f"{part!r}: expected temperature=…, top_p=… or max_tokens=…")
+            raise ValueError(f"{part!r}: expected temperature=…, top_p=…, max_tokens=… or n=… (completions per prompt, 2-4)")
         try:
             values[key] = kinds[key](value)
         except ValueError:
@@ -747,7 +774,7 @@ def _resolve(spec: str) -> ModelChoice:
     return resolve_model_choice(spec)
 
 
-def _model_of(rows: list[dict[str, Any]], prompt: Any, completions: tuple[str, str]) -> ModelChoice | None:
+def _model_of(rows: list[dict[str, Any]], prompt: Any, completions: tuple[str, ...]) -> ModelChoice | None:
     for r in rows:
         if r.get("prompt") == prompt and tuple(r.get("completions", ())) == completions:
             return ModelChoice("relabel", str(r.get("model", "")), r.get("checkpoint"))
