@@ -15,6 +15,8 @@ scoring preference pairs with a run's policy against its base (reference) model.
 from __future__ import annotations
 
 import queue
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -78,15 +80,27 @@ def train(
     run = Run(_as_config(config, overrides), out_dir=out_dir, runs_root=runs_root)
     if on_event is not None:
         run.subscribe(on_event)
-    run.start()
+    interrupted: list[bool] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if interrupted:  # a second Ctrl-C stops waiting at once
+                raise KeyboardInterrupt
+            interrupted.append(True)
+            run.cancel()  # the run stops after this step, with a checkpoint
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
     try:
+        run.start()
         while run.running:
             run.join(0.2)
-    except KeyboardInterrupt:
-        run.cancel()
         run.join()
-        raise
-    run.join()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
     return run
 
 

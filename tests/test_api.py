@@ -186,3 +186,23 @@ def test_use_fast_blas_restarts_a_script_with_openblas(tmp_path):
     assert out.stdout.strip() == (str(lib) if lib else "")
     opted_out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env | {"RLHF_TUI_NO_FAST_BLAS": "1"})
     assert opted_out.stdout.strip() == ""
+
+
+def test_ctrl_c_during_train_cancels_with_a_checkpoint_then_raises(tmp_path):
+    overrides = small_overrides(tmp_path, steps=200)
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os, signal, sys, engine\n"
+        "def on_event(e):\n"
+        "    if isinstance(e, engine.StepMetrics) and e.step == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "try:\n"
+        f"    engine.train('tiny-dpo', overrides={overrides!r}, out_dir=sys.argv[1], on_event=on_event)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0 and out.stdout.strip() == "interrupted", out.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "cancelled" and 2 <= summary["steps"] < 200
+    assert engine.RunDirectory(tmp_path / "run").latest_checkpoint()[0] == summary["steps"]
