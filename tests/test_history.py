@@ -155,6 +155,23 @@ def test_select_then_overlay_draws_one_line_per_run(tmp_path):
         # the subtitle shows each run's last loss
         assert f"{0.9 * 0.9**12:.4g}" in str(loss.border_subtitle) and f"{0.5 * 0.9**7:.4g}" in str(loss.border_subtitle)
 
+        def ema(values, w):  # TensorBoard's debiased EMA
+            acc, out = 0.0, []
+            for n, v in enumerate(values, 1):
+                acc = acc * w + (1 - w) * v
+                out.append(acc / (1 - w**n))
+            return out
+
+        raw_b = [0.9 * 0.9**s for s in range(1, 13)]
+        assert loss.drawn[1].values == pytest.approx(ema(raw_b, 0.8))
+        await pilot.press("m")  # 0.8 -> 0.9
+        await pilot.pause()
+        assert overlay.smoothing == 0.9 and loss.drawn[1].values == pytest.approx(ema(raw_b, 0.9))
+        await pilot.press("m")  # 0.97, then 0: raw values
+        await pilot.press("m")
+        await pilot.pause()
+        assert overlay.smoothing == 0 and loss.drawn[1].values == pytest.approx(raw_b)
+
     run_pilot(app, script)
 
 

@@ -23,7 +23,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from engine.errors import EngineError
 from engine.runs_index import RunInfo, config_diff, export_metrics, list_runs
-from rlhf_tui.monitoring import duration, fmt
+from rlhf_tui.monitoring import DEFAULT_SMOOTHING, SMOOTHING_STEPS, MetricSeries, duration, fmt
 from rlhf_tui.widgets.overlay_chart import RUN_COLOURS, OverlayChart, RunSeries, series_of
 
 STATUS_STYLE = {
@@ -290,8 +290,16 @@ OVERLAY_PANELS = (("loss", "Loss"), ("kl", "KL"), ("reward", "Reward"), ("tokens
 
 class OverlayScreen(Screen):
     HELP_TITLE = "Overlay"
-    HELP = "The curves of the selected runs on the same charts, one colour per run (legend at the top). Eval: the first `eval/` headline the runs share. Click a chart to zoom (+/-) and pan (arrows)."
-    BINDINGS = [Binding("escape", "back", "Back", id="overlay.back")]
+    HELP = (
+        "The curves of the selected runs on the same charts, one colour per run (legend at the top), "
+        "EMA-smoothed like the monitor's (**m** cycles the smoothing; 0 shows raw values). Each chart's "
+        "subtitle holds every run's last raw value. Eval: the first `eval/` headline the runs share. "
+        "Click a chart to zoom (+/-) and pan (arrows)."
+    )
+    BINDINGS = [
+        Binding("m", "cycle_smoothing", "Smoothing", id="overlay.smoothing", tooltip="Cycle the EMA smoothing weight"),
+        Binding("escape", "back", "Back", id="overlay.back"),
+    ]
     DEFAULT_CSS = """
     OverlayScreen #overlay-legend { height: auto; padding: 0 1; margin-top: 1; }
     OverlayScreen #overlay-charts { grid-size: 3 2; height: 1fr; }
@@ -301,6 +309,8 @@ class OverlayScreen(Screen):
         super().__init__()
         self.run_dirs = [Path(p) for p in run_dirs]
         self.eval_key = ""
+        self.smoothing = DEFAULT_SMOOTHING
+        self.rows: dict[Path, list[dict[str, Any]]] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -318,21 +328,47 @@ class OverlayScreen(Screen):
 
         self.title = "rlhf-tui"
         self.sub_title = f"overlay of {len(self.run_dirs)} runs"
-        rows = {p: RunDirectory(p).read_metrics() for p in self.run_dirs}
-        colours = {p: RUN_COLOURS[i % len(RUN_COLOURS)] for i, p in enumerate(self.run_dirs)}
-        legend = Text()
-        for p in self.run_dirs:
-            legend.append("━━ ", style=f"bold {colours[p]}")
-            legend.append(p.name + "   ")
-        self.query_one("#overlay-legend", Static).update(legend)
-        keys = [k for k, _ in OVERLAY_PANELS] + ["learning_rate"]
-        for key in keys:
-            self.query_one(f"#overlay-{key}", OverlayChart).draw([RunSeries(p.name, colours[p], *series_of(rows[p], key)) for p in self.run_dirs])
-        present = [k for k in EVAL_HEADLINES if any(k in r for p in self.run_dirs for r in rows[p])]
+        self.rows = {p: RunDirectory(p).read_metrics() for p in self.run_dirs}
+        present = [k for k in EVAL_HEADLINES if any(k in r for p in self.run_dirs for r in self.rows[p])]
         self.eval_key = present[0] if present else ""
+        self.draw()
+
+    def colour(self, i: int) -> str:
+        return RUN_COLOURS[i % len(RUN_COLOURS)]
+
+    def draw(self) -> None:
+        legend = Text()
+        for i, p in enumerate(self.run_dirs):
+            legend.append("━━ ", style=f"bold {self.colour(i)}")
+            legend.append(p.name + "   ")
+        legend.append(f"ema {self.smoothing:g}" if self.smoothing else "raw values", style="dim")
+        self.query_one("#overlay-legend", Static).update(legend)
+        for key, _ in OVERLAY_PANELS:
+            self.query_one(f"#overlay-{key}", OverlayChart).draw(self._series(key))
+        self.query_one("#overlay-learning_rate", OverlayChart).draw(self._series("learning_rate", smooth=False))
         chart = self.query_one("#overlay-eval", OverlayChart)
         chart.border_title = f"Eval · {self.eval_key.removeprefix('eval/')}" if self.eval_key else "Eval"
-        chart.draw([RunSeries(p.name, colours[p], *series_of(rows[p], self.eval_key)) for p in self.run_dirs] if self.eval_key else [])
+        chart.draw(self._series(self.eval_key, smooth=False) if self.eval_key else [])
+
+    def _series(self, key: str, smooth: bool = True) -> list[RunSeries]:
+        out = []
+        for i, p in enumerate(self.run_dirs):
+            steps, values = series_of(self.rows[p], key)
+            shown = values
+            if smooth and self.smoothing and values:
+                series = MetricSeries(self.smoothing)
+                for s, v in zip(steps, values, strict=True):
+                    series.append(s, 0.0, v)
+                # 12 significant digits: a constant stays exactly constant (textual-plot
+                # cannot place ticks on a range of 1e-20, which float rounding would give)
+                shown = [float(f"{v:.12g}") for v in series.ema]
+            out.append(RunSeries(p.name, self.colour(i), steps, shown, last=values[-1] if values else None))
+        return out
+
+    def action_cycle_smoothing(self) -> None:
+        i = min(range(len(SMOOTHING_STEPS)), key=lambda j: abs(SMOOTHING_STEPS[j] - self.smoothing))
+        self.smoothing = SMOOTHING_STEPS[(i + 1) % len(SMOOTHING_STEPS)]
+        self.draw()
 
     def action_back(self) -> None:
         self.app.pop_screen()
@@ -400,7 +436,7 @@ class ConfigDiffScreen(Screen):
             summary.update(Text(str(err), style="bold red"))
             return
         for key, values in self.rows:
-            table.add_row(Text(key, style="bold"), *[Text("—" if v is None else str(v), style="dim" if v is None else "") for v in values])
+            table.add_row(Text(key, style="bold"), *[Text("—" if v is None else ('""' if v == "" else str(v)), style="dim" if v is None else "") for v in values])
         self.outcomes = outcome_rows(self.run_dirs)
         for label, values in self.outcomes:
             table.add_row(Text(label, style="italic #5fd7ff"), *[Text(v, style="#5fd7ff") for v in values])

@@ -21,6 +21,7 @@ class RunSeries:
     colour: str
     steps: list[float]
     values: list[float]
+    last: float | None = None  # the last raw value (``values`` may be smoothed)
 
 
 def series_of(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
@@ -55,6 +56,7 @@ class OverlayChart(Container):
         self.title = title
         self.border_title = title
         self.lines_drawn = 0
+        self.drawn: list[RunSeries] = []
 
     def compose(self) -> ComposeResult:
         yield Static("no run logged this metric", classes="empty")
@@ -70,6 +72,7 @@ class OverlayChart(Container):
         empty = self.query_one(".empty", Static)
         drawn = [s for s in series if s.steps]
         self.lines_drawn = len(drawn)
+        self.drawn = drawn
         if not drawn:
             plot.display, empty.display = False, True
             self.border_subtitle = ""
@@ -80,4 +83,4 @@ class OverlayChart(Container):
         plot.set_y_formatter(NumericAxisFormatter())
         for s in drawn:
             plot.plot(s.steps, s.values, line_style=f"bold {s.colour}", hires_mode=HiResMode.BRAILLE)
-        self.border_subtitle = "  ".join(f"[{s.colour}]{s.values[-1]:.4g}[/]" for s in drawn)
+        self.border_subtitle = "  ".join(f"[{s.colour}]{(s.last if s.last is not None else s.values[-1]):.4g}[/]" for s in drawn)
