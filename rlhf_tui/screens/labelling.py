@@ -120,7 +120,7 @@ class EditScreen(ModalScreen[str | None]):
             yield Label(f"Rewrite completion {self.pane.upper()} into a better answer", id="question")
             yield Static(Text(self.prompt.rstrip("\n"), style="italic"), classes="hint")
             yield TextArea(self.text, id="edit-text", soft_wrap=True)
-            yield Static("ctrl+s uses your text as the chosen answer · escape cancels", classes="hint")
+            yield Static("ctrl+s uses your text as the chosen answer · f7 selects all · escape cancels", classes="hint")
 
     def on_mount(self) -> None:
         area = self.query_one(TextArea)
