@@ -234,6 +234,15 @@ def test_a_round_trains_from_the_checkpoint_then_labelling_uses_the_new_weights(
             return run_dir
 
     run_dir = asyncio.run(scenario())
+
+    async def come_back() -> None:  # a new session resumes with the weights last labelled
+        scr = screen(tmp_path, model="builtin:tiny-sorter")
+        app = make_app(initial_screen=scr, runs_root=str(tmp_path / "runs"))
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_until(pilot, lambda: scr.current is not None, what="completions after coming back")
+            assert scr.current.model.checkpoint == str(run_dir) and scr.current.prompt == PROMPTS[5]
+
+    asyncio.run(come_back())
     labels = tmp_path / "labels.jsonl"
     provenance = json.loads((run_dir / "data_provenance.json").read_text())
     copied = run_dir / "train_labels.jsonl"

@@ -232,9 +232,27 @@ class LabellingScreen(Screen):
         for pane in PANES:
             self.query_one(f"#pane-{pane}").border_title = f"{pane.upper()}  ({pane})"
         self._show_panes(self.sampling.n)
+        self._resume_model()
         self._refresh_sampling_line()
         self._start()
         self.set_interval(1.0, self._refresh_stats)
+
+    def _resume_model(self) -> None:
+        """Coming back: label with the weights this labeller last labelled (a later round's
+        checkpoint) when they started from the same base model and still exist."""
+        if self.relabel or self.choice is not None:
+            return
+        try:
+            mine = [r for r in self.labels.rows() if r.get("labeller") == self.labeller]
+        except EngineError:
+            return
+        if not mine:
+            return
+        last = mine[-1]
+        checkpoint = last.get("checkpoint")
+        if checkpoint and last.get("model") == str(self.model_spec) and Path(checkpoint).is_dir():
+            self.model_spec = checkpoint
+            self.notify(f"Resuming with {checkpoint} (m changes the model).", timeout=6)
 
     def on_unmount(self) -> None:
         self._stop_generator()  # the thread ends by itself; _join_generators waits for it at exit
