@@ -70,7 +70,8 @@ def test_python_snippets_parse_and_use_real_engine_names(page):
     for block in code_blocks(page.read_text(), "python"):
         ast.parse(block)
         for name in re.findall(r"\bengine\.([A-Za-z_]+)", block):
-            assert name in engine.__all__, f"{page.name}: engine.{name} is not part of the public API"
+            is_module = (ROOT / "engine" / f"{name}.py").exists() or (ROOT / "engine" / name).is_dir()
+            assert name in engine.__all__ or is_module, f"{page.name}: engine.{name} is not part of the public API"
 
 
 def test_cli_commands_in_the_docs_exist():
