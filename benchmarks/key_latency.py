@@ -112,7 +112,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                     got_ack = True
                 mode = (monitor.state.smoothing, monitor.wall_time, monitor.log_y)
                 charts = list(monitor.query(MetricChart))
-                if all(c.drawn[1:] == mode for c in charts):
+                if all(c.drawn[1:4] == mode for c in charts):
                     done_at = max(c.drawn_at for c in charts)
                     later = [f for f in frames[n_frames:] if f >= done_at]
                     if later:

@@ -129,3 +129,11 @@ def test_follower_ends_on_a_summary_without_terminal_event(tmp_path):
     out = f.poll()
     assert isinstance(out[-1], ev.RunCancelled) and f.ended
     time.sleep(0)
+
+
+def test_log_axis_labels_fit_the_margin():
+    from rlhf_tui.widgets.chart import Log10Formatter
+
+    labels = Log10Formatter().get_labels_for_ticks([3.5, 0.0, -1.0, -4.0, 6.0])
+    assert labels == ["3.16k", "1", "0.1", "1e-04", "1M"]
+    assert all(len(label) <= 7 for label in labels)

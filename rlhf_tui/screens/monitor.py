@@ -8,6 +8,7 @@ redrawn from a timer at ``REDRAW_HZ``, never per event.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -28,7 +29,8 @@ from rlhf_tui.widgets.chart import MetricChart
 if TYPE_CHECKING:
     from engine.run import Run
 
-REDRAW_HZ = 10  # timer ticks per second; each tick redraws at most one of the four charts
+REDRAW_HZ = 5  # timer ticks per second; each tick re-plots at most one of the four charts
+KEY_QUIET_S = 0.5  # after a chart key, timer re-plots wait this long (the key's own go first)
 # Statics whose size never depends on their text (fixed in app.tcss)
 FIXED_SIZE = {"#status-badge", "#progress-text", "#chart-mode", "#values", "#memory-text", "#eval-others"}
 CHART_COLOURS = {"loss": "#5fafff", "kl": "#d787ff", "reward": "#87d75f", "tokens_per_sec": "#ffaf5f"}
@@ -108,6 +110,7 @@ class MonitorScreen(Screen):
         self.run_title = title
         self._content_keys: dict[str, Any] = {}
         self._dirty_charts: set[str] = set()
+        self._quiet_until = 0.0
         self._next_chart = 0
         self._content_lines: dict[str, int | None] = {}
 
@@ -183,6 +186,7 @@ class MonitorScreen(Screen):
 
     def apply_events(self, events: tuple[ev.Event, ...] | list[ev.Event]) -> None:
         """Fold events into the state; log lines and alerts are written at once (cheap)."""
+        before = (self.state.ended, self.requested)
         for event in events:
             self.events_received += 1
             alerts = self.state.apply(event)
@@ -194,7 +198,8 @@ class MonitorScreen(Screen):
             if isinstance(event, ev.TERMINAL_EVENTS):
                 self.requested = ""
                 self._ended(event)
-        self.refresh_bindings()
+        if (self.state.ended, self.requested) != before:
+            self.refresh_bindings()  # (the footer is rebuilt: only when the keys on offer change)
 
     def _log_event(self, e: ev.Event) -> None:
         step = f"[{self.state.step:>5}] "
@@ -297,7 +302,7 @@ class MonitorScreen(Screen):
         if force:
             for key in list(self._dirty_charts):
                 self._draw_chart(key)
-        elif self._dirty_charts:
+        elif self._dirty_charts and time.monotonic() >= self._quiet_until:
             for key, _ in PANELS[self._next_chart :] + PANELS[: self._next_chart]:
                 if key in self._dirty_charts:
                     self._draw_chart(key)
@@ -308,12 +313,11 @@ class MonitorScreen(Screen):
         """Titles, the chart-mode note and empty-state texts now (cheap); plots marked for redraw."""
         s = self.state
         mode = Text()
-        mode.append("y ", style="dim")
-        mode.append("log (≤0 hidden)" if self.log_y else "linear", style="bold" if self.log_y else "")
+        mode.append("log-y, ≤0 hidden" if self.log_y else "linear y", style="bold" if self.log_y else "")
         mode.append(" · x ", style="dim")
-        mode.append("wall time" if self.wall_time else "step", style="bold" if self.wall_time else "")
+        mode.append("time" if self.wall_time else "step", style="bold" if self.wall_time else "")
         mode.append(" · EMA ", style="dim")
-        mode.append(f"{s.smoothing:g}" if s.smoothing else "off", style="")
+        mode.append(f"{s.smoothing:g}" if s.smoothing else "off")
         self._set("#chart-mode", mode)
         for key, _ in PANELS:
             chart = self.query_one(f"#chart-{key}", MetricChart)
@@ -327,6 +331,13 @@ class MonitorScreen(Screen):
                 chart.set_labels(s.series[key], wall_time=self.wall_time, log_y=self.log_y)
             if chart.drawn != chart.wanted(s.series[key], wall_time=self.wall_time, log_y=self.log_y, markers=self._markers(key)):
                 self._dirty_charts.add(key)
+
+    def _after_chart_key(self) -> None:
+        """A key changed how charts look: the mode note shows in the next frame, then the
+        plots follow one per frame while timer re-plots keep out of the way."""
+        self._quiet_until = time.monotonic() + KEY_QUIET_S
+        self._restyle_charts(titles=False)
+        self.call_after_refresh(self._drain_charts)
 
     def _drain_charts(self) -> None:
         """Redraw dirty charts one per frame, so input is handled between them."""
@@ -504,21 +515,18 @@ class MonitorScreen(Screen):
 
     def action_toggle_log_y(self) -> None:
         self.log_y = not self.log_y
-        self._restyle_charts(titles=False)  # the mode note now, in the next frame
-        self.call_after_refresh(self._drain_charts)  # then one plot per frame
+        self._after_chart_key()
 
     def action_toggle_x(self) -> None:
         self.wall_time = not self.wall_time
-        self._restyle_charts(titles=False)  # the mode note now, in the next frame
-        self.call_after_refresh(self._drain_charts)  # then one plot per frame
+        self._after_chart_key()
 
     def action_cycle_smoothing(self) -> None:
         steps = SMOOTHING_STEPS
         i = min(range(len(steps)), key=lambda j: abs(steps[j] - self.state.smoothing))
         new = steps[(i + 1) % len(steps)]
         self.state.set_smoothing(new)
-        self._restyle_charts(titles=False)  # the mode note now, in the next frame
-        self.call_after_refresh(self._drain_charts)  # then one plot per frame
+        self._after_chart_key()
 
     def action_back(self) -> None:
         if self.run is not None and not self.state.ended:
