@@ -3,13 +3,15 @@
 The task is one a reader can judge at a glance: the prompt ``sort: q c m f`` asks for the
 letters in alphabetical order; the chosen answer is ``c f m q``, the rejected one is the
 letters left as given, shuffled, or sorted with one mistake. The base model is a 2-layer
-Llama with a character-level tokenizer, warmed up with a few hundred SFT steps to *copy*
-the letters in the given order (so it answers in the right format but does not sort);
+Llama with a character-level tokenizer, pre-trained with 700 SFT steps to *copy* the
+letters in the given order (so it answers with the right letters but does not sort);
 preference tuning and RL then teach it to sort.
 
-Nothing is downloaded: the tokenizer is built with ``tokenizers``, the model is created
-with mlx-lm's Llama class from a fixed seed, and the folder is saved in mlx-lm's format
-under the user cache directory.
+Nothing is downloaded: the model ships with the project in ``presets/models/tiny-sorter``
+(0.8 MB, mlx-lm's format). ``build_tiny_sorter`` is the recipe that made it (tokenizer
+built with ``tokenizers``, mlx-lm's Llama class from seed 0, the copy warm-up); a copy of
+the project without the folder rebuilds it on first use into the user cache directory
+(``python -m engine.builtin DIR`` writes it anywhere).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 BUILTIN_MODELS = ("tiny-sorter",)
-MODEL_VERSION = "v1"
+MODEL_VERSION = "v2"
+WARMUP_STEPS = 700
+WARMUP_BATCH = 64
+WARMUP_LR = 1e-3
 LETTERS = string.ascii_lowercase
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
@@ -117,6 +122,11 @@ def builtin_model_path(name: str = "tiny-sorter") -> Path:
         from engine.errors import ModelError
 
         raise ModelError(f"unknown built-in model 'builtin:{name}'; available: {', '.join('builtin:' + m for m in BUILTIN_MODELS)}")
+    from engine.presets import builtin_dir
+
+    shipped = builtin_dir() / "models" / name
+    if (shipped / "model.safetensors").exists():
+        return shipped
     folder = cache_root() / "models" / f"{name}-{MODEL_VERSION}"
     if (folder / "model.safetensors").exists():
         return folder
@@ -193,11 +203,12 @@ def _copy_examples(seed: int) -> Iterator[tuple[str, str]]:
         yield sort_prompt(letters), " ".join(letters)
 
 
-def build_tiny_sorter(folder: Path, warmup_steps: int = 200) -> None:
-    """Create the tiny base model: random init from seed 0, then a short format warm-up.
+def build_tiny_sorter(folder: Path, warmup_steps: int = WARMUP_STEPS) -> None:
+    """Create the tiny base model: random init from seed 0, then the copy warm-up.
 
-    The warm-up teaches the answer format (the prompt's letters, then EOS) but not the
-    order, so sampling gives unsorted answers that RL and preference tuning improve.
+    The warm-up teaches the answer format (the prompt's letters in the given order, then
+    EOS) but not sorting, so greedy answers are unsorted and sampled ones vary: room for
+    preference tuning and RL to improve.
     """
     import mlx.core as mx
     import mlx.nn as nn
@@ -220,7 +231,7 @@ def build_tiny_sorter(folder: Path, warmup_steps: int = 200) -> None:
         return p + [vocab[c] for c in answer] + [eos], len(p)
 
     examples = _copy_examples(seed=12345)
-    opt = optim.Adam(learning_rate=3e-3)
+    opt = optim.Adam(learning_rate=optim.cosine_decay(WARMUP_LR, warmup_steps))
     width = 32
 
     def loss_fn(model, inputs, targets, mask):
@@ -229,9 +240,8 @@ def build_tiny_sorter(folder: Path, warmup_steps: int = 200) -> None:
         return ce.sum() / mask.sum()
 
     step = nn.value_and_grad(model, loss_fn)
-    batch = 32
     for _ in range(warmup_steps):
-        rows = [encode(*next(examples)) for _ in range(batch)]
+        rows = [encode(*next(examples)) for _ in range(WARMUP_BATCH)]
         ids = mx.array([r + [0] * (width - len(r)) for r, _ in rows])
         pos = mx.arange(width - 1)[None, :]
         plen = mx.array([p for _, p in rows])[:, None]
@@ -241,3 +251,11 @@ def build_tiny_sorter(folder: Path, warmup_steps: int = 200) -> None:
         opt.update(model, grads)
         mx.eval(model.parameters(), opt.state, loss)
     mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-sorter")
+    build_tiny_sorter(target)
+    print(f"built {target}")
