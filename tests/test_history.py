@@ -233,7 +233,7 @@ def test_resume_a_cancelled_run_trains_to_its_last_step(tmp_path):
         await pilot.pause(0.5)
         monitor = app.screen
         assert isinstance(monitor, MonitorScreen) and monitor.run is app.active_run
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while not monitor.state.ended and time.monotonic() < deadline:
             await pilot.pause(0.2)
         assert monitor.state.status == "completed"
@@ -424,7 +424,7 @@ def test_samples_view_follows_a_run_training_in_the_app(tmp_path):
         screen = app.screen
         assert not screen.rows and "waiting" in str(screen.query_one("#samples").border_subtitle)
         run.start()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while run.running and time.monotonic() < deadline:
             await pilot.pause(0.2)
         await pilot.pause(SamplesScreen.POLL_S * 3)

@@ -45,7 +45,7 @@ def pairs_file(folder: Path, rows: list[dict] = PAIRS) -> Path:
     return write_jsonl(folder / "pairs.jsonl", rows)
 
 
-async def wait_until(pilot, condition, timeout: float = 120.0, what: str = "") -> None:
+async def wait_until(pilot, condition, timeout: float = 600.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -208,6 +208,12 @@ def test_base_model_scores_fill_the_table_and_m_puts_wrong_pairs_first(tmp_path)
         assert gaps == sorted(gaps)
         wrong = sum(1 for r in screen.table_model.rows if not r.prefers)
         assert f"{wrong} wrong" in str(screen.query_one("#inspector-summary").render())
+        await pilot.press("v")  # only the pairs judged wrong
+        await pilot.pause()
+        assert sorted(shown_indices(screen)) == [r.index for r in screen.table_model.rows if not r.prefers]
+        await pilot.press("v")
+        await pilot.pause()
+        assert len(shown_indices(screen)) == len(PAIRS)
 
     run_pilot(app, script)
 

@@ -48,7 +48,7 @@ the weights of the run training in this app right now (copied between steps; tra
 not disturbed). Per pair you get the policy's and the reference's (base model's) log-probs
 of each answer, the implicit reward margin `beta * ((pc - rc) - (pr - rr))` and whether the
 model prefers the chosen answer (**✓**/**✗**; for DPO this is what `rewards/accuracies`
-counts). **m** sorts by the margin, most wrong first: the pairs at the top are the ones the
+counts). **v** shows only the pairs the model gets wrong. **m** sorts by the margin, most wrong first: the pairs at the top are the ones the
 model still gets wrong — and, when a well-trained model is confident against a label,
 possibly mislabelled.
 
@@ -116,10 +116,13 @@ class PairTable:
         self.query = ""
         self.sort_key = "index"
         self.reverse = False
+        self.only_wrong = False
 
     def visible(self) -> list[PairRow]:
         q = self.query.lower().strip()
         rows = [r for r in self.rows if not q or q in r.prompt.lower() or q in r.chosen.lower() or q in r.rejected.lower()]
+        if self.only_wrong:
+            rows = [r for r in rows if r.prefers is False]
         key = self.sort_key
         present = [r for r in rows if sort_value(r, key) is not None]
         missing = [r for r in rows if sort_value(r, key) is None]
@@ -241,10 +244,11 @@ class InspectorScreen(Screen):
         Binding("m", "sort_margin", "Wrong first", id="inspector.sort_margin", tooltip="Sort by the model's margin, most wrong first"),
         Binding("s", "next_sort", "Sort", id="inspector.sort", tooltip="Sort by the next column"),
         Binding("r", "reverse_sort", "Reverse", id="inspector.reverse", show=False, tooltip="Reverse the sort order"),
+        Binding("v", "only_wrong", "Wrong only", id="inspector.only_wrong", tooltip="Show only the pairs the model gets wrong (again: all)"),
         Binding("f", "flag", "Flag", id="inspector.flag", tooltip="Flag or unflag this pair"),
         Binding("w", "save_cleaned", "Save cleaned", id="inspector.save", tooltip="Save the file without the flagged pairs"),
-        Binding("e", "toggle_split", "Train/eval", id="inspector.split", tooltip="Switch between training and eval data"),
-        Binding("o", "open_file", "Open file", id="inspector.open", tooltip="Open another preference file"),
+        Binding("e", "toggle_split", "Train/eval", id="inspector.split", show=False, tooltip="Switch between training and eval data"),
+        Binding("o", "open_file", "Open file", id="inspector.open", show=False, tooltip="Open another preference file"),
         Binding("escape", "back", "Back", id="inspector.back", tooltip="Close the search, or go back"),
     ]
 
@@ -453,12 +457,14 @@ class InspectorScreen(Screen):
             t.append(self.load_error, style="bold red")
             self.query_one("#inspector-summary", Static).update(t)
             return
-        visible = len(m.visible()) if m.query else len(m.rows)
+        visible = len(m.visible()) if (m.query or m.only_wrong) else len(m.rows)
         t.append(f"{len(m.rows)} pairs", style="bold")
         t.append(f" · {self.split} data" if not self.explicit_data else "", style="dim")
         if m.query:
             t.append(f" · {visible} match ", style="")
             t.append(f"“{m.query}”", style="bold yellow")
+        if m.only_wrong:
+            t.append(f" · showing only the {visible} judged wrong (v shows all)", style="bold #ff5f5f")
         scored = m.scored
         if scored:
             right = sum(1 for r in scored if r.prefers)
@@ -559,6 +565,13 @@ class InspectorScreen(Screen):
         self.refresh_table(keep_cursor=False)
         self.query_one("#pairs", DataTable).move_cursor(row=0)
         self.show_current()
+
+    def action_only_wrong(self) -> None:
+        if not self.table_model.scored:
+            self.notify("Score the pairs first (c).", severity="warning")
+            return
+        self.table_model.only_wrong = not self.table_model.only_wrong
+        self.refresh_table()
 
     # ------------------------------------------------------------------ flags
 
@@ -717,7 +730,7 @@ class InspectorScreen(Screen):
             row.score, row.prefers, row.verdict = s, ok, v
         self.scored_by, self.score_kind = message.label, message.kind
         wrong = sum(1 for ok in message.prefers if not ok)
-        self.notify(f"{wrong} of {len(message.scores)} pairs are judged wrong. m sorts them to the top.", title=f"Scored by {message.label}", timeout=8)
+        self.notify(f"{wrong} of {len(message.scores)} pairs are judged wrong: m sorts them to the top, v shows only them.", title=f"Scored by {message.label}", timeout=8)
         self.refresh_table()
 
     @on(ScoringEnded)
@@ -746,10 +759,13 @@ class InspectorScreen(Screen):
         self.query_one("#inspector-progress-label", Static).update(Text("stopping after this batch…", style="yellow"))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # keys that cannot do anything now are hidden, so the footer stays readable
         if action == "stop_scoring":
-            return True if self.scoring else None
+            return self.scoring
         if action == "save_cleaned":
-            return True if self.table_model.flagged else None
+            return bool(self.table_model.flagged)
+        if action in ("only_wrong", "sort_margin"):
+            return bool(self.table_model.scored)
         return True
 
     def palette_commands(self) -> list[tuple[str, str, Any]]:
