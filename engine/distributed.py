@@ -111,6 +111,32 @@ class World:
         return ordered
 
 
+    def sync_parameters(self, module: Any) -> bool:
+        """Make every rank hold rank 0's parameters; True when some rank's differed.
+
+        Ranks on different machines load the model separately (a built-in model built on
+        each, a hub model from each cache); data parallelism needs identical starting
+        weights. One small all-reduce compares per-array checksums; only on a mismatch are
+        the arrays copied from rank 0 (one all-reduce per array).
+        """
+        if self.size == 1:
+            return False
+        from mlx.utils import tree_flatten, tree_unflatten
+
+        params = tree_flatten(module.parameters())
+        if not params:
+            return False
+        sums = mx.stack([x.astype(mx.float32).sum() for _, x in params])
+        theirs = mx.distributed.all_sum(sums if self.rank == 0 else mx.zeros_like(sums), group=self.group)
+        differs = bool(mx.any(theirs != sums).item())
+        if not self.any(differs):
+            return False
+        copied = [(k, mx.distributed.all_sum(x if self.rank == 0 else mx.zeros_like(x), group=self.group)) for k, x in params]
+        module.update(tree_unflatten(copied))
+        mx.eval(module.parameters())
+        return True
+
+
 _WORLD: World | None = None
 
 

@@ -236,6 +236,8 @@ class Run:
         self._prepare_dir()
         self._emit(ev.PhaseChanged("loading model", 0, 0))
         policy = load_policy(cfg)
+        if world.sync_parameters(policy.model):
+            self._emit(ev.LogLine("the ranks loaded different weights (the model built or downloaded separately on each machine?); every rank now starts from rank 0's"))
         ctx = TrainContext(
             cfg,
             policy,

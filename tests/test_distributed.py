@@ -119,6 +119,9 @@ def _final_weights(run_dir: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 pairs of unequal lengths, so the two ranks hold different token counts."""
+    from engine.builtin import builtin_model_path
+
+    builtin_model_path("tiny-sorter")  # built once here, not by racing launches under a timeout
     path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
     path.write_text("".join(DATA.read_text().splitlines(keepends=True)[:24]))
     return path
@@ -242,7 +245,15 @@ def rows(idx):
 out = world.gather_sharded(5, rows)
 both = world.any(world.rank == 1)
 name = world.broadcast_text("runs/tiny-dpo-20261126-101500-1" if world.rank == 0 else "")
-print(json.dumps({"rank": world.rank, "size": world.size, "seen": seen, "rows": out.tolist(), "any": both, "name": name}))
+import mlx.nn as nn
+same = nn.Linear(3, 2)
+same.update({"weight": mx.ones((2, 3)), "bias": mx.zeros((2,))})
+first = world.sync_parameters(same)  # equal on both ranks: nothing to copy
+mx.random.seed(100 + world.rank)  # a model built differently on each machine
+layer = nn.Linear(3, 2)
+second = world.sync_parameters(layer)
+print(json.dumps({"rank": world.rank, "size": world.size, "seen": seen, "rows": out.tolist(), "any": both, "name": name,
+                  "synced": [first, second], "weight": layer.weight.tolist(), "bias": layer.bias.tolist()}))
 """
 
 
@@ -261,6 +272,14 @@ def test_world_collectives_over_two_processes(tmp_path: Path) -> None:
         assert r["size"] == 2 and r["any"] is True
         assert r["rows"] == [[float(i), 10.0 * i] for i in range(5)]
         assert r["name"] == "runs/tiny-dpo-20261126-101500-1"
+        assert r["synced"] == [False, True]
+    # weights that differed between ranks are rank 0's on both afterwards
+    mx.random.seed(100)
+    import mlx.nn as nn
+
+    rank0 = nn.Linear(3, 2)
+    for r in reports:
+        assert np.allclose(r["weight"], np.array(rank0.weight)) and np.allclose(r["bias"], np.array(rank0.bias))
 
 
 def test_world_of_one_without_a_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
