@@ -84,7 +84,7 @@ def test_sigint_checkpoints_and_exits_130(tmp_path):
     run_dir = tmp_path / "r"
     args = [sys.executable, "-m", "rlhf_tui", "run", "tiny-dpo", *_sets(quick_overrides(tmp_path, steps=5000)), "--out", str(run_dir)]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    deadline = time.time() + 180
+    deadline = time.time() + 600
     while time.time() < deadline:
         if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 2:
             break
