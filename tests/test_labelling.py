@@ -19,7 +19,7 @@ SAMPLING = Sampling(temperature=1.0, top_p=1.0, max_tokens=8)
 PROMPTS = ["sort: d b c\n", "sort: q p\n", "sort: z x y\n", "sort: m k\n", "sort: h g f\n", "sort: t s\n", "sort: e a\n"]
 
 
-async def wait_until(pilot, condition, timeout: float = 120.0, what: str = "") -> None:
+async def wait_until(pilot, condition, timeout: float = 300.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
