@@ -71,12 +71,12 @@ class TokenBatch:
     completion_tokens: int
 
 
-def collate(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0) -> TokenBatch:
-    """Pad ``(prompt_ids, completion_ids)`` rows to one bucketed length."""
+def collate(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0, bucket: int = BUCKET) -> TokenBatch:
+    """Pad ``(prompt_ids, completion_ids)`` rows to one bucketed length (``bucket=1``: the longest row)."""
     # the first token has nothing to predict it: an empty prompt lends it from the completion
     rows = [(p, c) if len(p) else (list(c[:1]), list(c[1:])) for p, c in rows]
     lengths = [len(p) + len(c) for p, c in rows]
-    width = bucket_length(max(lengths))
+    width = bucket_length(max(lengths), bucket)
     toks, masks = [], []
     for (p, c), n in zip(rows, lengths, strict=True):
         seq = list(p) + list(c)

@@ -18,8 +18,15 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm
-from engine.batching import DataOrder, SharedPromptBatch, TokenBatch, collate, collate_shared
-from engine.compile import enable_grad_checkpoint
+from engine.batching import (
+    BUCKET,
+    DataOrder,
+    SharedPromptBatch,
+    TokenBatch,
+    collate,
+    collate_shared,
+)
+from engine.compile import compile_pays, enable_grad_checkpoint
 from engine.config import resolve_path
 from engine.data import PreferencePair, load_pairs
 from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
@@ -63,11 +70,11 @@ def dpo_losses(
     raise ValueError(f"unknown DPO loss_type {loss_type!r}")
 
 
-def pair_batch(pairs: list[PreferencePair], shared: bool) -> TokenBatch | SharedPromptBatch:
+def pair_batch(pairs: list[PreferencePair], shared: bool, bucket: int = BUCKET) -> TokenBatch | SharedPromptBatch:
     """The model input for ``pairs``: chosen answers first, then rejected ones."""
     if shared:
-        return collate_shared([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs])
-    return collate(pair_rows(pairs))
+        return collate_shared([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs], bucket=bucket)
+    return collate(pair_rows(pairs), bucket=bucket)
 
 
 def pair_rows(pairs: list[PreferencePair]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -91,6 +98,8 @@ class Dpo(Algorithm):
         self.average = cfg.dpo.loss_type == "ipo"
         if cfg.train.grad_checkpoint:
             enable_grad_checkpoint(ctx.model)
+        # length buckets keep a compiled step from recompiling; an eager step pads only to the batch's longest row
+        self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
         everything = self.train + self.eval
         self.shared = SHARE_PROMPT and supports_shared_prompt(ctx.model) and all(p.prompt_ids and p.chosen_ids and p.rejected_ids for p in everything)
         if "ref_train" in saved and saved["ref_train"].shape[0] == len(self.train):
@@ -133,7 +142,7 @@ class Dpo(Algorithm):
         for start in range(0, len(pairs), step):
             self.ctx.check()
             chunk = pairs[start : start + step]
-            logps, _ = self._logps(self.ctx.model, *self._inputs(pair_batch(chunk, self.shared)))
+            logps, _ = self._logps(self.ctx.model, *self._inputs(pair_batch(chunk, self.shared, self.bucket)))
             logps = mx.stop_gradient(logps)
             n = len(chunk)
             out.append(mx.stack([logps[:n], logps[n:]], axis=1))
@@ -178,7 +187,7 @@ class Dpo(Algorithm):
     def train_step(self, step: int) -> dict[str, float]:
         idx = self.order.next_indices()
         pairs = [self.train[i] for i in idx]
-        batch = pair_batch(pairs, self.shared)
+        batch = pair_batch(pairs, self.shared, self.bucket)
         ref = self.ref_train[mx.array(idx)]
         loss, aux, norm = self.ctx.update(self.loss_fn, ref, *self._inputs(batch))
         return {
