@@ -120,6 +120,10 @@ class Run:
         self._unpaused.set()
 
     @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
     def paused(self) -> bool:
         return not self._unpaused.is_set()
 

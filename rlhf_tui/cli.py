@@ -147,7 +147,7 @@ def _drive(run: Any, args: argparse.Namespace) -> int:
     stop_asked: list[float] = []
 
     def on_sigint(signum: int, frame: Any) -> None:
-        if run.status == "cancelled" or getattr(run, "_cancel").is_set():
+        if run.status == "cancelled" or run.cancel_requested:
             raise KeyboardInterrupt
         if rank == 0:
             print("\ncancelling after this step (Ctrl-C again to abort without a checkpoint)...", file=sys.stderr)

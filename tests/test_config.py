@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import RunConfig, apply_overrides, config_from_dict, diff, load_config_file, parse_override, schema
+from engine.config import (
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    diff,
+    load_config_file,
+    parse_override,
+    schema,
+)
 from engine.errors import ConfigError
 from engine.presets import list_presets, load_preset
 

@@ -49,7 +49,7 @@ def reference(kind: str, pc, pr, rc, rr, beta, ls):
 @pytest.mark.parametrize(("beta", "ls"), [(0.1, 0.0), (0.5, 0.2)])
 def test_loss_matches_formula(kind, beta, ls):
     got = dpo_losses(mx.array(PC), mx.array(PR), mx.array(RC), mx.array(RR), beta, kind, ls).tolist()
-    want = [reference(kind, *vals, beta, ls if kind in ("sigmoid", "robust") else 0.0) for vals in zip(PC, PR, RC, RR)]
+    want = [reference(kind, *vals, beta, ls if kind in ("sigmoid", "robust") else 0.0) for vals in zip(PC, PR, RC, RR, strict=True)]
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 

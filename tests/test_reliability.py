@@ -16,8 +16,8 @@ import pytest
 from engine import events as ev
 from engine.algorithms.dpo import Dpo
 from engine.presets import load_preset
-from engine.rundir import RunDirectory, read_jsonl
 from engine.run import Run, resume_run
+from engine.rundir import RunDirectory, read_jsonl
 from tests.helpers import ROOT, metrics_rows, quick_overrides
 
 

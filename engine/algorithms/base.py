@@ -162,6 +162,7 @@ class Algorithm(ABC):
 
         ``saved`` holds what ``run_arrays`` returned when this run started, on resume.
         """
+        return None
 
     def trainable_module(self) -> nn.Module:
         """The module whose trainable parameters the optimizer updates."""
@@ -181,6 +182,7 @@ class Algorithm(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+        return None
 
     def extra_arrays(self) -> dict[str, mx.array]:
         """Arrays saved with each checkpoint beside the policy (e.g. a value head)."""
@@ -188,6 +190,7 @@ class Algorithm(ABC):
 
     def load_extra_arrays(self, arrays: dict[str, mx.array]) -> None:
         """Restore what ``extra_arrays`` returned."""
+        return None
 
     def run_arrays(self) -> dict[str, mx.array]:
         """Arrays saved once per run (e.g. cached reference log-probs)."""
