@@ -30,6 +30,10 @@ def value_and_grad_fn(module: nn.Module, loss_fn: Callable[..., Any], compiled: 
     the current weights at every call and the module is left holding real arrays.
     """
     vag = nn.value_and_grad(module, loss_fn)
+    # only losses whose algorithm says its step is safe to trace (no host reads inside, shapes
+    # bucketed) are compiled: set ``compilable = True`` on the algorithm class
+    if not getattr(getattr(loss_fn, "__self__", None), "compilable", False):
+        compiled = False
     if not compiled:
         return lambda *args: vag(module, *args)
     key = (id(module), getattr(loss_fn, "__func__", loss_fn), id(getattr(loss_fn, "__self__", None)))
