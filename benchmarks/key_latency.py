@@ -155,7 +155,7 @@ def main() -> None:
     print(f"cpu cores: {os.cpu_count()}  load average: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     names = {"l": "l (log-y)", "x": "x (x axis)", "m": "m (smoothing)"}
     for title, table in (
-        ("wall time, key -> first frame showing the change (chart labels, toast)", out),
+        ("wall time, key -> first frame showing the change (the chart-mode note)", out),
         ("wall time, key -> all four charts re-plotted", full),
         ("UI-thread CPU time, key -> first frame (what the wait costs without other load)", cpu),
     ):
