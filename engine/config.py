@@ -125,7 +125,7 @@ class PpoConfig:
 
 @dataclass
 class GrpoConfig:
-    num_generations: int = knob(8, "Completions sampled per prompt (the group).", min=2, max=1024)
+    num_generations: int = knob(8, "Completions sampled per prompt (the group); a step samples train.batch_size prompts x this.", min=2, max=1024)
     epsilon: float = knob(0.2, "Lower clip of the policy ratio.", min=0.0, max=10.0)
     epsilon_high: float = knob(0.0, "Upper clip (0 = same as epsilon; DAPO uses 0.28).", min=0.0, max=10.0)
     beta: float = knob(0.0, "KL penalty weight against the reference (0 = no reference needed).", min=0.0, max=100.0)
