@@ -6,8 +6,9 @@ policy still *is* the reference, and kept in the run directory: no second model 
 in memory, whatever ``model.adapter`` is.
 
 Panel keys: ``reward`` is the mean implicit reward margin (``rewards/margins``); ``kl`` is
-the mean per-sequence log-ratio ``log pi(y|x) - log pi_ref(y|x)`` over chosen and rejected
-answers (a KL proxy measured on the data, not on samples from the policy).
+the k3 estimate ``exp(r) - 1 - r`` of the mean per-token log-ratio ``r`` over chosen and
+rejected answers (never negative; measured on the data, not on samples from the policy);
+``logratio`` keeps the raw mean sequence log-ratio, which can be negative.
 """
 
 from __future__ import annotations
@@ -68,6 +69,26 @@ def dpo_losses(
         cr, rr = beta * chosen_ratio, beta * rejected_ratio
         return -nn.log_sigmoid(cr) - 0.5 * nn.log_sigmoid(-cr) - 0.5 * nn.log_sigmoid(-rr)
     raise ValueError(f"unknown DPO loss_type {loss_type!r}")
+
+
+def data_kl(
+    policy_chosen: mx.array,
+    policy_rejected: mx.array,
+    ref_chosen: mx.array,
+    ref_rejected: mx.array,
+    tokens_chosen: mx.array,
+    tokens_rejected: mx.array,
+) -> mx.array:
+    """A never-negative KL estimate on the data's answers (the panel's ``kl`` for DPO).
+
+    For each answer, ``r`` is the mean per-token log-ratio ``(log pi_ref - log pi) / T``;
+    the k3 estimator ``exp(r) - 1 - r`` of each is averaged over chosen and rejected. It is
+    0 while the policy equals the reference and grows as it moves away, in either direction.
+    """
+    r_c = (ref_chosen - policy_chosen) / mx.maximum(tokens_chosen, 1.0)
+    r_r = (ref_rejected - policy_rejected) / mx.maximum(tokens_rejected, 1.0)
+    k3 = lambda r: mx.exp(r) - 1 - r  # noqa: E731
+    return (k3(r_c).mean() + k3(r_r).mean()) / 2
 
 
 def pair_batch(pairs: list[PreferencePair], shared: bool, bucket: int = BUCKET) -> TokenBatch | SharedPromptBatch:
@@ -181,9 +202,24 @@ class Dpo(Algorithm):
             "logps/rejected": mx.stop_gradient(pr).mean(),
             "logits/chosen": mean_logits[:n].mean(),
             "logits/rejected": mean_logits[n:].mean(),
-            "kl": mx.stop_gradient(((pc - rc) + (pr - rr)) / 2).mean(),
+            "kl": mx.stop_gradient(data_kl(pc, pr, rc, rr, *self._answer_lengths(mask, n))),
+            "logratio": mx.stop_gradient(((pc - rc) + (pr - rr)) / 2).mean(),
         }
         return losses.mean(), aux
+
+    def _answer_lengths(self, mask: mx.array, n: int) -> tuple[mx.array, mx.array]:
+        """Answer token counts (chosen, rejected); 1 for ipo, whose log-probs are per-token means."""
+        if self.average:
+            ones = mx.ones((n,))
+            return ones, ones
+        counts = mask.sum(axis=-1)
+        return counts[:n], counts[n:]
+
+    def _eval_lengths(self) -> tuple[mx.array, mx.array]:
+        if self.average:
+            ones = mx.ones((len(self.eval),))
+            return ones, ones
+        return (mx.array([float(len(p.chosen_ids)) for p in self.eval]), mx.array([float(len(p.rejected_ids)) for p in self.eval]))
 
     def train_step(self, step: int) -> dict[str, float]:
         idx = self.order.next_indices()
@@ -216,7 +252,8 @@ class Dpo(Algorithm):
             "rewards/margins": (cr - rj).mean(),
             "logps/chosen": pc.mean(),
             "logps/rejected": pr.mean(),
-            "kl": (((pc - rc) + (pr - rr)) / 2).mean(),
+            "kl": data_kl(pc, pr, rc, rr, *self._eval_lengths()),
+            "logratio": (((pc - rc) + (pr - rr)) / 2).mean(),
         }
         metrics = {k: float(v.item()) for k, v in out.items()}
         metrics["reward"] = metrics["rewards/margins"]
