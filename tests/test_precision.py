@@ -52,8 +52,11 @@ def test_a_bfloat16_dpo_run_learns_the_builtin_task(tmp_path):
     seen: dict[str, set] = {}
 
     def on_event(event):
+        if isinstance(event, engine.RunStarted):
+            seen["w0"] = run_holder[0].weights_snapshot()
         if isinstance(event, engine.StepMetrics) and event.step == 1:
             seen["weights"] = {v.dtype for _, v in tree_flatten(run_holder[0].ctx.model.trainable_parameters())}
+            seen["w1"] = run_holder[0].weights_snapshot()
 
     run_holder: list = []
     cfg = engine.load_preset(
@@ -74,15 +77,25 @@ def test_a_bfloat16_dpo_run_learns_the_builtin_task(tmp_path):
     assert run.status == "completed", run.summary.get("error")
     assert seen["weights"] == {mx.bfloat16}
 
+    # Adam's first update (MLX: no bias correction) is lr * (1 - b1) g / sqrt((1 - b2) g^2)
+    # = lr * 0.1 / sqrt(0.001) per weight at most, plus rounding the result to bfloat16
+    lr = cfg.train.learning_rate
+    first_step = lr * 0.1 / math.sqrt(0.001)
+    for name, w0 in seen["w0"].items():
+        w0f, w1f = w0.astype(mx.float32), seen["w1"][name].astype(mx.float32)
+        bound = first_step * 1.001 + (mx.abs(w0f) + first_step) * 2.0**-8 + 1e-7
+        assert mx.all(mx.abs(w1f - w0f) <= bound).item(), f"{name}: first bf16 update larger than the learning rate"
+
     rows = engine.read_metrics(tmp_path / "run")
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows)
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1
+    # before training every pair ties (margin 0 up to rounding): DPO loss ln 2, chance accuracy 0.5
+    late = rows[-8:]
+    assert sum(r["loss"] for r in late) / len(late) < math.log(2) - 0.2
+    assert sum(r["rewards/accuracies"] for r in late) / len(late) > 0.7
     final = engine.read_metrics(tmp_path / "run", "eval")[-1]
-    # before training every pair ties (margin 0 up to rounding): DPO loss ln 2; chance accuracy 0.5.
-    # 24 steps is early in DPO on this task (noisy), so the bounds are loose but one-sided.
-    assert final["eval/loss"] < math.log(2) - 0.03
     assert final["eval/rewards/margins"] > 0.1
-    assert final["eval/rewards/accuracies"] > 0.55
+    assert final["eval/rewards/accuracies"] > 0.6
     saved = mx.load(str(tmp_path / "run" / "adapters.safetensors"))
     assert {v.dtype for v in saved.values()} == {mx.bfloat16}
 
@@ -99,3 +112,5 @@ def test_optimizer_state_is_float32_with_bfloat16_weights(tmp_path):
     state = mx.load(str(next((tmp_path / "run" / "checkpoints").iterdir()) / "optimizer.safetensors"))
     moments = {k: v.dtype for k, v in state.items() if k.endswith((".m", ".v"))}
     assert moments and set(moments.values()) == {mx.float32}
+    masters = {k: v.dtype for k, v in state.items() if k.endswith(".master")}
+    assert masters and set(masters.values()) == {mx.float32}  # float32 master weights

@@ -107,6 +107,9 @@ class TrainContext:
             opt = Fp32Adam(learning_rate=lr)
         else:
             opt = optim.SGD(learning_rate=lr)
+        # initialise from the parameters: MLX otherwise initialises lazily from the first
+        # *gradients*, which would make the float32 master weights a copy of the gradients
+        opt.init(self.trainable.trainable_parameters())
         self.optimizer = opt
         return opt
 
