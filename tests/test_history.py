@@ -383,7 +383,7 @@ def test_question_mark_opens_help_on_every_new_screen(tmp_path):
         (OverlayScreen([a, b]), "Back"),
         (ConfigDiffScreen([a, b]), "Back"),
         (SamplesScreen(run_dir=str(tmp_path / "s")), "Filter"),
-        (InspectorScreen(data=str(pairs), count_tokens=False), "Wrong first"),
+        (InspectorScreen(data=str(pairs), count_tokens=False), "Score"),
     ]
     for screen, key_text in screens:
         app = make_app(initial_screen=screen)
