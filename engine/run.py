@@ -289,6 +289,7 @@ class Run:
             # draws exactly what an uninterrupted one would have; each rank its own stream
             # (rank 0's is a lone process's), so ranks do not sample the same noise
             mx.random.seed(cfg.train.seed * 1_000_003 + step + 7_919_111 * world.rank)
+            ctx.apply_schedule(step)
             t0 = time.perf_counter()
             with self._weights_lock:
                 metrics = algo.train_step(step)

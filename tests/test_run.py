@@ -131,3 +131,21 @@ def test_cancel_stops_within_a_step_and_checkpoints(tmp_path):
     assert summary["status"] == "cancelled" and summary["steps"] == run.step
     assert (tmp_path / "run" / "checkpoints" / f"step-{run.step:06d}" / "trainer_state.json").exists()
     assert isinstance(seen[-1], ev.RunCancelled)
+
+
+def test_learning_rate_follows_the_schedule_by_step(tmp_path):
+    import math
+
+    steps, warm, peak = 10, 2, 1e-3
+    cfg = load_preset("tiny-dpo", quick_overrides(tmp_path, steps=steps, train__lr_schedule="cosine",
+                                                  train__warmup_steps=warm, train__learning_rate=peak))
+    assert Run(cfg, out_dir=tmp_path / "run").run()["status"] == "completed"
+    got = [r["learning_rate"] for r in metrics_rows(tmp_path / "run") if "loss" in r]
+
+    def want(step):  # step is 1-based; warm-up from 0, then cosine over the remaining steps
+        i = step - 1
+        if i < warm:
+            return peak * i / warm
+        return peak * 0.5 * (1 + math.cos(math.pi * (i - warm) / (steps - warm)))
+
+    assert got == pytest.approx([want(s) for s in range(1, steps + 1)], rel=1e-4, abs=1e-9)

@@ -101,17 +101,26 @@ class TrainContext:
         if t.warmup_steps > 0:
             warm = optim.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
             lr = optim.join_schedules([warm, lr if callable(lr) else (lambda _: mx.array(t.learning_rate))], [t.warmup_steps])
+        # the schedule follows the run's step, not the optimizer's update count: PPO and
+        # GRPO make several updates per step (see apply_schedule)
+        self._schedule = lr if callable(lr) else None
+        start = float(lr(0).item()) if callable(lr) else float(lr)
         if t.optimizer == "adamw":
-            opt: optim.Optimizer = Fp32AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+            opt: optim.Optimizer = Fp32AdamW(learning_rate=start, weight_decay=t.weight_decay)
         elif t.optimizer == "adam":
-            opt = Fp32Adam(learning_rate=lr)
+            opt = Fp32Adam(learning_rate=start)
         else:
-            opt = optim.SGD(learning_rate=lr)
+            opt = optim.SGD(learning_rate=start)
         # initialise from the parameters: MLX otherwise initialises lazily from the first
         # *gradients*, which would make the float32 master weights a copy of the gradients
         opt.init(self.trainable.trainable_parameters())
         self.optimizer = opt
         return opt
+
+    def apply_schedule(self, step: int) -> None:
+        """Set the learning rate for run step ``step`` (1-based) from the configured schedule."""
+        if self.optimizer is not None and self._schedule is not None:
+            self.optimizer.learning_rate = self._schedule(step - 1)
 
     @property
     def learning_rate(self) -> float:
