@@ -70,10 +70,13 @@ def test_editor_with_an_invalid_and_a_changed_value(snap_compare, fixed_presets)
 
     async def edit(pilot):
         await pilot.pause()
-        while not screen.query("#row-f--dpo--beta"):  # sections mount one per frame
+        # sections mount one per frame: wait for the last one before editing and snapping
+        while not (screen.query("#row-f--dpo--beta") and screen.query("#section-grpo")):
             await pilot.pause(0.05)
         screen.set_text("train.learning_rate", "1e-3")
         screen.set_text("train.max_steps", "0")
+        screen.set_focus(None)  # no blinking cursor: the picture must not depend on timing
+        await pilot.pause(0.3)
         await pilot.pause()
 
     assert snap_compare(make_app(initial_screen=screen), terminal_size=SIZE, run_before=edit)

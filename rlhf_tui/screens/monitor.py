@@ -9,6 +9,7 @@ redrawn from a timer at ``REDRAW_HZ``, never per event.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -90,6 +91,7 @@ class MonitorScreen(Screen):
         Binding("m", "cycle_smoothing", "Smoothing", id="monitor.smoothing", tooltip="Cycle the EMA smoothing weight"),
         Binding("i", "app.inspect", "Pairs", id="monitor.inspect", tooltip="Inspect this run's pairs, scored by its checkpoints or live weights"),
         Binding("h", "app.history", "History", id="monitor.history", show=False, tooltip="Every run: reopen, overlay, compare, resume, export"),
+        Binding("S", "export_svg", "Save SVG", id="monitor.export_svg", show=False, tooltip="Save the charts as an SVG picture in the run directory"),
         Binding("escape", "back", "Presets", id="monitor.back", tooltip="Back to the presets (when the run has ended)"),
     ]
 
@@ -528,6 +530,18 @@ class MonitorScreen(Screen):
         self.state.set_smoothing(new)
         self._after_chart_key()
 
+    def action_export_svg(self) -> None:
+        """Save what the monitor shows (charts, values, log) as an SVG picture."""
+        self.redraw(force=True)
+        folder = Path(self.state.run_dir or self.run_dir or ".")
+        name = f"charts-step-{self.state.step:06d}.svg"
+        try:
+            path = self.app.save_screenshot(filename=name, path=str(folder))
+        except OSError as err:
+            self.notify(f"{folder}: cannot save the picture ({err.strerror or err})", severity="error")
+            return
+        self.notify(f"Saved {path}", title="Charts exported", timeout=6)
+
     def action_back(self) -> None:
         if self.run is not None and not self.state.ended:
             self.notify("The run is still training: pause it (space) or cancel it (c) first.", severity="warning")
@@ -542,6 +556,7 @@ class MonitorScreen(Screen):
             ("Monitor: toggle log-scale y", "Charts: log10 y axis on/off", self.action_toggle_log_y),
             ("Monitor: x axis step / wall time", "Charts: switch the x axis", self.action_toggle_x),
             ("Monitor: cycle smoothing", "EMA weight 0 → 0.6 → 0.8 → 0.9 → 0.97", self.action_cycle_smoothing),
+            ("Monitor: save charts as SVG", "A picture of the monitor, saved in the run directory (S)", self.action_export_svg),
         ]
         if self.run is not None and not self.state.ended:
             cmds += [
