@@ -248,6 +248,34 @@ def eos_token_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id, or 0 when it has none."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+def sample_completions(ctx: Any, prompt_ids: Sequence[Sequence[int]], eos_ids: set[int], temperature: float) -> tuple[Any, list[str]]:
+    """Generate one completion per prompt with the run's generation settings.
+
+    ``ctx`` is the algorithm's TrainContext: its model, tokenizer, config, progress and
+    pause/cancel hooks are used. Returns the rollout and the decoded completion texts.
+    """
+    gen = ctx.cfg.generation
+    ctx.phase("generating", 0, len(prompt_ids))
+    rollout = generate(
+        ctx.model,
+        list(prompt_ids),
+        max_new_tokens=gen.max_new_tokens,
+        eos_ids=eos_ids,
+        temperature=temperature,
+        top_p=gen.top_p,
+        pad_id=pad_id(ctx.tokenizer),
+        check=ctx.check,
+    )
+    ctx.phase("generating", len(prompt_ids), len(prompt_ids))
+    return rollout, [decode_completion(ctx.tokenizer, c, eos_ids) for c in rollout.completion_ids]
+
+
 def decode_completion(tokenizer: Any, ids: Sequence[int], eos: set[int]) -> str:
     """The completion's text without its EOS token(s)."""
     return tokenizer.decode([t for t in ids if t not in eos])

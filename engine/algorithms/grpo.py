@@ -40,9 +40,9 @@ from engine.rollout import (
     ReferencePolicy,
     completion_batch,
     completion_logprobs,
-    decode_completion,
     eos_token_ids,
-    generate,
+    pad_id,
+    sample_completions,
 )
 
 ADV_EPS = 1e-4
@@ -149,20 +149,7 @@ class Grpo(Algorithm):
 
     def _rollout(self, prompts: list[Prompt], repeats: int, temperature: float) -> tuple[list[Prompt], Any, list[str]]:
         rows = [p for p in prompts for _ in range(repeats)]
-        gen = self.cfg.generation
-        self.ctx.phase("generating", 0, len(rows))
-        rollout = generate(
-            self.ctx.model,
-            [p.prompt_ids for p in rows],
-            max_new_tokens=gen.max_new_tokens,
-            eos_ids=self.eos,
-            temperature=temperature,
-            top_p=gen.top_p,
-            pad_id=_pad_id(self.ctx.tokenizer),
-            check=self.ctx.check,
-        )
-        self.ctx.phase("generating", len(rows), len(rows))
-        texts = [decode_completion(self.ctx.tokenizer, c, self.eos) for c in rollout.completion_ids]
+        rollout, texts = sample_completions(self.ctx, [p.prompt_ids for p in rows], self.eos, temperature)
         return rows, rollout, texts
 
     # -------------------------------------------------------------- the step
@@ -174,7 +161,7 @@ class Grpo(Algorithm):
         scores, per_fn = score_completions(self.rewards, [p.text for p in rows], texts, [p.extra for p in rows])
         rewards = mx.array(scores, dtype=mx.float32)
         adv, std = group_advantages(rewards, g.num_generations, g.scale_rewards)
-        batch = completion_batch([p.prompt_ids for p in rows], rollout.completion_ids, _pad_id(ctx.tokenizer))
+        batch = completion_batch([p.prompt_ids for p in rows], rollout.completion_ids, pad_id(ctx.tokenizer))
         ref_logp = None
         if self.reference is not None:
             with self.reference.active() as ref_model:
@@ -246,7 +233,3 @@ class Grpo(Algorithm):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order.load_state_dict(state["order"])
 
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return int(pad) if pad is not None else 0

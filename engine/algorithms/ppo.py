@@ -54,10 +54,10 @@ from engine.rollout import (
     ReferencePolicy,
     completion_batch,
     completion_logprobs,
-    decode_completion,
     eos_token_ids,
     gather_positions,
-    generate,
+    pad_id,
+    sample_completions,
 )
 from engine.value_head import ScalarHead, hidden_and_logits, hidden_size, hidden_states
 
@@ -262,20 +262,7 @@ class Ppo(Algorithm):
         return t if t > 0 else 1.0
 
     def _rollout(self, prompts: list[Prompt], temperature: float) -> tuple[Any, list[str]]:
-        gen = self.cfg.generation
-        self.ctx.phase("generating", 0, len(prompts))
-        rollout = generate(
-            self.ctx.model,
-            [p.prompt_ids for p in prompts],
-            max_new_tokens=gen.max_new_tokens,
-            eos_ids=self.eos,
-            temperature=temperature,
-            top_p=gen.top_p,
-            pad_id=_pad_id(self.ctx.tokenizer),
-            check=self.ctx.check,
-        )
-        self.ctx.phase("generating", len(prompts), len(prompts))
-        return rollout, [decode_completion(self.ctx.tokenizer, c, self.eos) for c in rollout.completion_ids]
+        return sample_completions(self.ctx, [p.prompt_ids for p in prompts], self.eos, temperature)
 
     def _score(self, prompts: list[Prompt], rollout: Any, texts: list[str]) -> list[float]:
         scores = self.source.scores(prompts, rollout.completion_ids, texts)
@@ -323,7 +310,7 @@ class Ppo(Algorithm):
         rollout, texts = self._rollout(prompts, cfg.generation.temperature)
         scores_list = self._score(prompts, rollout, texts)
         scores = mx.array(scores_list, dtype=mx.float32)
-        batch = completion_batch([q.prompt_ids for q in prompts], rollout.completion_ids, _pad_id(ctx.tokenizer))
+        batch = completion_batch([q.prompt_ids for q in prompts], rollout.completion_ids, pad_id(ctx.tokenizer))
         mask = batch.mask
 
         ctx.phase("scoring rollouts", 0, 0)
@@ -435,7 +422,3 @@ class Ppo(Algorithm):
             vm = [(k[len("value_model.") :], v) for k, v in arrays.items() if k.startswith("value_model.")]
             self.module.value_lm.update(tree_unflatten(vm))
 
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return int(pad) if pad is not None else 0
