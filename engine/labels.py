@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import DataError
+from engine.rundir import atomic_write_bytes
 
 PANES = ("a", "b", "c", "d")  # up to four completions per prompt
 PAIR_LABELS = (*PANES, "edit")  # a pane picked as the best, or a rewrite
@@ -288,21 +289,7 @@ def _parsed_lines(path: Path) -> list[Any]:
 
 
 def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{path}: cannot rewrite the label file ({err.strerror or err})") from None
+    atomic_write_bytes(path, data, error=DataError, doing="cannot rewrite the label file")
 
 
 # ---------------------------------------------------------------- relabelling and agreement

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RunDirError
+from engine.errors import EngineError, RunDirError
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -40,7 +40,11 @@ def safe_name(name: str) -> str:
     return cleaned[:64]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, error: type[EngineError] = RunDirError, doing: str = "cannot write") -> None:
+    """Replace ``path`` with ``data`` atomically: temp file, fsync, rename, fsync the folder.
+
+    A failure raises ``error`` with "<path>: <doing> (<reason>)" and leaves the old file.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
@@ -48,9 +52,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise RunDirError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise error(f"{path}: {doing} ({err.strerror or err})") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
