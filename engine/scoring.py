@@ -266,6 +266,7 @@ def pair_logprobs(
     """(log p(chosen), log p(rejected)) per pair, summed over answer tokens, float32."""
     import mlx.core as mx
 
+    from engine.algorithms.dpo import pair_rows
     from engine.batching import collate
     from engine.logprobs import sequence_logprobs
 
@@ -275,8 +276,7 @@ def pair_logprobs(
         if should_stop is not None and should_stop():
             raise Cancelled()
         chunk = pairs[start : start + batch_size]
-        rows = [(p.prompt_ids, p.chosen_ids) for p in chunk] + [(p.prompt_ids, p.rejected_ids) for p in chunk]
-        batch = collate(rows)
+        batch = collate(pair_rows(chunk))
         logps = mx.stop_gradient(sequence_logprobs(model, batch.tokens, batch.mask))
         mx.eval(logps)
         values = logps.tolist()
