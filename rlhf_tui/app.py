@@ -70,16 +70,21 @@ class RlhfApp(App[int]):
 
     # ------------------------------------------------------------------ navigation
 
-    def show_presets(self) -> None:
-        from rlhf_tui.screens.presets import PresetsScreen
-
+    def _return_to(self, kind: type) -> bool:
+        """Pop back to an open screen of ``kind`` and reload it; False when none is open."""
         for i, screen in enumerate(self.screen_stack):
-            if isinstance(screen, PresetsScreen):
+            if isinstance(screen, kind):
                 while len(self.screen_stack) > i + 1:
                     self.pop_screen()
                 screen.reload()
-                return
-        self.push_screen(PresetsScreen(self.preset, self.overrides))
+                return True
+        return False
+
+    def show_presets(self) -> None:
+        from rlhf_tui.screens.presets import PresetsScreen
+
+        if not self._return_to(PresetsScreen):
+            self.push_screen(PresetsScreen(self.preset, self.overrides))
 
     def start_run(self, cfg: RunConfig, out_dir: str | None = None) -> None:
         """Start training ``cfg`` in a background thread and open its monitor."""
@@ -133,13 +138,8 @@ class RlhfApp(App[int]):
         """Every run in the runs folder: reopen, overlay, compare configs, resume, export."""
         from rlhf_tui.screens.history import HistoryScreen
 
-        for i, screen in enumerate(self.screen_stack):
-            if isinstance(screen, HistoryScreen):
-                while len(self.screen_stack) > i + 1:
-                    self.pop_screen()
-                screen.reload()
-                return
-        self.push_screen(HistoryScreen(self.runs_root))
+        if not self._return_to(HistoryScreen):
+            self.push_screen(HistoryScreen(self.runs_root))
 
     def show_samples(self, run: Run | None = None, run_dir: str | None = None) -> None:
         """PPO/GRPO samples (prompt, completion, score, advantage), live or from a run directory."""
