@@ -17,6 +17,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from engine.presets import DEFAULT_PRESET
+from rlhf_tui import heap
 from rlhf_tui.screens.dialogs import ConfirmScreen, HelpScreen
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class RlhfApp(App[int]):
         self.exit_code = 0
 
     def on_mount(self) -> None:
+        heap.settle(collect=True)  # imports done: keep them out of every later full collection
         if self.initial_screen is not None:
             self.push_screen(self.initial_screen)
         elif self.follow_dir is not None:

@@ -129,6 +129,11 @@ def duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+# algorithms whose KL is measured on the policy's own samples: a blow-up there means the
+# policy is collapsing or gaming the reward, worth an alert
+ON_POLICY = ("ppo", "grpo")
+
+
 @dataclass
 class DivergenceWatch:
     """Alerts when a smoothed metric climbs far above the best it reached (once per episode)."""
@@ -263,6 +268,8 @@ class RunState:
             alerts.append(f"step {step}: KL is {_what(kl)}")
         # divergence of the smoothed curves
         for key, watch in self.watches.items():
+            if key == "kl" and self.algorithm not in ON_POLICY:
+                continue  # DPO's KL is measured on the data and is meant to grow: no alarm
             s = self.series[key]
             if s.raw and s.steps[-1] == step and s.last_smoothed is not None:
                 text = watch.update(s.last_smoothed, len(s))

@@ -69,6 +69,23 @@ def test_alerts_for_nan_loss_missing_kl_and_divergence():
     assert len([a for a in diverged if "loss is diverging" in a]) == 1  # raised once, not every step
 
 
+def test_kl_divergence_alerts_for_rl_only():
+    """DPO's KL is measured on the data and grows by design: climbing from 0 to 30 is not an
+    alarm. PPO's KL on its own samples jumping from 0.1 to 30 is (policy collapse)."""
+
+    def climb(algorithm: str) -> list[str]:
+        st = RunState()
+        st.apply(ev.RunStarted("r", "", algorithm, 100, 0, 1, {}))
+        alerts = []
+        for step in range(1, 60):
+            kl = 0.1 if step < 20 else 30.0
+            alerts += st.apply(ev.StepMetrics(step, {"step": step, "loss": 0.5, "kl": kl}))
+        return alerts
+
+    assert climb("dpo") == []
+    assert len([a for a in climb("ppo") if "KL is diverging" in a]) == 1
+
+
 def test_sft_null_kl_is_not_an_alert():
     st = RunState()
     st.apply(ev.RunStarted("r", "", "sft", 10, 0, 1, {}))
@@ -137,3 +154,13 @@ def test_log_axis_labels_fit_the_margin():
     labels = Log10Formatter().get_labels_for_ticks([3.5, 0.0, -1.0, -4.0, 6.0])
     assert labels == ["3.16k", "1", "0.1", "1e-04", "1M"]
     assert all(len(label) <= 7 for label in labels)
+
+
+def test_latest_values_are_right_aligned_and_long_names_cut():
+    from rlhf_tui.screens.monitor import value_lines
+
+    text = value_lines([("loss", "0.6931"), ("rewards/accuracies_on_a_long_name", "1.0000")], 24)
+    lines = text.plain.split("\n")
+    assert lines[0] == "loss" + " " * 14 + "0.6931"
+    assert all(len(line) == 24 for line in lines)
+    assert lines[1].endswith(" 1.0000") and lines[1].startswith("rewards/acc") and "…" in lines[1]

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -22,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, RichLog, Sparkline, Static
 
 from engine import events as ev
+from rlhf_tui import heap
 from rlhf_tui.messages import FollowFailed, RunEnded, RunEventsArrived
 from rlhf_tui.monitoring import PANELS, SMOOTHING_STEPS, RunState, duration, fmt, gigabytes
 from rlhf_tui.screens.dialogs import ConfirmScreen
@@ -30,7 +30,8 @@ from rlhf_tui.widgets.chart import MetricChart
 if TYPE_CHECKING:
     from engine.run import Run
 
-REDRAW_HZ = 5  # timer ticks per second; each tick re-plots at most one of the four charts
+REDRAW_HZ = 10  # timer ticks per second; each tick repaints one area (AREA_TURNS)
+AREA_TURNS = ("bar", "chart", "side", "chart")  # charts get every other tick: each ~0.8 s
 KEY_QUIET_S = 0.5  # after a chart key, timer re-plots wait this long (the key's own go first)
 # Statics whose size never depends on their text (fixed in app.tcss)
 FIXED_SIZE = {"#status-badge", "#progress-text", "#chart-mode", "#values", "#memory-text", "#eval-others"}
@@ -67,6 +68,22 @@ back to the presets.
 A run followed from its directory (`rlhf-tui monitor RUN_DIR`) is read-only: pause and
 cancel belong to the process that trains it.
 """
+
+
+def value_lines(rows: list[tuple[str, str]], width: int) -> Text:
+    """Name on the left (dim), value on the right, one row a line, cut to ``width``.
+
+    Plain text rather than a rich Table: a table re-lays itself out on every render, which
+    cost ~10 ms a frame here, as much as a chart."""
+    t = Text(no_wrap=True, overflow="crop")
+    for i, (k, v) in enumerate(rows):
+        room = max(1, width - len(v) - 1)
+        name = k if len(k) <= room else k[: max(0, room - 1)] + "…"
+        if i:
+            t.append("\n")
+        t.append(name.ljust(room), style="dim")
+        t.append(" " + v)
+    return t
 
 
 def cancel_dialog(step: int) -> ConfirmScreen:
@@ -114,6 +131,8 @@ class MonitorScreen(Screen):
         self._dirty_charts: set[str] = set()
         self._quiet_until = 0.0
         self._next_chart = 0
+        self._next_area = 0
+        self._stale_areas: set[str] = set()
         self._content_lines: dict[str, int | None] = {}
 
     # ------------------------------------------------------------------ layout
@@ -167,6 +186,9 @@ class MonitorScreen(Screen):
             self.write_log(Text(f"following {self.run_dir} (read-only: pause and cancel belong to its own process)", style="dim"))
         self.redraw()
 
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._draw_values)  # (its lines are cut to the panel's width)
+
     def on_unmount(self) -> None:
         if self._follower is not None:
             self._follower.stop()
@@ -195,6 +217,8 @@ class MonitorScreen(Screen):
             for text in alerts:
                 self.raise_alert(text)
             self._log_event(event)
+            if isinstance(event, ev.RunStarted):
+                heap.settle()  # the model and its libraries are loaded: out of the GC's way
             if isinstance(event, ev.RunPaused | ev.RunResumed):
                 self.requested = ""
             if isinstance(event, ev.TERMINAL_EVENTS):
@@ -287,32 +311,53 @@ class MonitorScreen(Screen):
     # ------------------------------------------------------------------ drawing (timer)
 
     def redraw(self, force: bool = False) -> None:
-        """Timer tick: cheap panels when the state moved, then at most one chart.
+        """Timer tick: repaint one area of the screen, the next one that is out of date.
 
-        A chart re-render is the costly part of a frame; drawing one per tick (round
-        robin) keeps every frame short, so key presses are never stuck behind four.
+        Areas are the run bar, the side panels and each chart. Textual repaints the box
+        around everything that changed in a frame, so touching the top bar, the side panel
+        and a chart in one tick would repaint nearly the whole screen (~40 ms here); one
+        area a tick keeps every frame small, so a key press never waits behind a big one.
         ``force`` draws everything now (tests, snapshots, the end of a run).
         """
         s = self.state
         if s.version != self._drawn_version or force:
             self._drawn_version = s.version
+            self._stale_areas.update(("bar", "side"))
+            self._restyle_charts()
+        if force:
+            self._draw_area("bar")
+            self._draw_area("side")
+            for key in list(self._dirty_charts):
+                self._draw_chart(key)
+            return
+        charts_due = bool(self._dirty_charts) and time.monotonic() >= self._quiet_until
+        for offset in range(len(AREA_TURNS)):
+            area = AREA_TURNS[(self._next_area + offset) % len(AREA_TURNS)]
+            if area in self._stale_areas or (area == "chart" and charts_due):
+                self._next_area = (self._next_area + offset + 1) % len(AREA_TURNS)
+                self._draw_area(area)
+                return
+
+    def _draw_area(self, area: str) -> None:
+        self._stale_areas.discard(area)
+        if area == "bar":
             self._draw_bar()
+        elif area == "side":
             self._draw_eval()
             self._draw_values()
             self._draw_memory()
-            self._restyle_charts()
-        if force:
-            for key in list(self._dirty_charts):
-                self._draw_chart(key)
-        elif self._dirty_charts and time.monotonic() >= self._quiet_until:
+        else:  # the next out-of-date chart, round robin
             for key, _ in PANELS[self._next_chart :] + PANELS[: self._next_chart]:
                 if key in self._dirty_charts:
                     self._draw_chart(key)
                     self._next_chart = ([k for k, _ in PANELS].index(key) + 1) % len(PANELS)
-                    break
+                    return
 
-    def _restyle_charts(self, titles: bool = True) -> None:
-        """Titles, the chart-mode note and empty-state texts now (cheap); plots marked for redraw."""
+    def _restyle_charts(self) -> None:
+        """The chart-mode note and empty-state texts now (cheap); plots marked for redraw.
+
+        A chart's title (its latest value) changes with its plot, never on its own: a new
+        title repaints the whole panel, so four titles per step would cost four panels."""
         s = self.state
         mode = Text()
         mode.append("log-y, ≤0 hidden" if self.log_y else "linear y", style="bold" if self.log_y else "")
@@ -329,25 +374,20 @@ class MonitorScreen(Screen):
                 chart.set_empty_text(f"{s.phase or 'loading'}…")
             elif s.ended and not len(s.series[key]):
                 chart.set_empty_text("no values were logged")
-            if titles:  # (after a key, each title follows with its own plot, one per frame)
-                chart.set_labels(s.series[key], wall_time=self.wall_time, log_y=self.log_y)
             if chart.drawn != chart.wanted(s.series[key], wall_time=self.wall_time, log_y=self.log_y, markers=self._markers(key)):
                 self._dirty_charts.add(key)
 
     def _after_chart_key(self) -> None:
-        """A key changed how charts look: the mode note shows in the next frame, then the
-        plots follow one per frame while timer re-plots keep out of the way."""
+        """A key changed how charts look: the mode note shows in the next frame (a one-line
+        repaint), then the plots in the frame after, while timer re-plots keep out of the way."""
         self._quiet_until = time.monotonic() + KEY_QUIET_S
-        self._restyle_charts(titles=False)
+        self._restyle_charts()
         self.call_after_refresh(self._drain_charts)
 
     def _drain_charts(self) -> None:
-        """Redraw dirty charts one per frame, so input is handled between them."""
-        if self._dirty_charts:
-            key = next(k for k, _ in PANELS if k in self._dirty_charts)
+        """Redraw the charts the key changed, in one frame (the grid is one box on screen)."""
+        for key in [k for k, _ in PANELS if k in self._dirty_charts]:
             self._draw_chart(key)
-            if self._dirty_charts:
-                self.call_after_refresh(self._drain_charts)
 
     def _draw_chart(self, key: str) -> None:
         self._dirty_charts.discard(key)
@@ -451,12 +491,8 @@ class MonitorScreen(Screen):
         if not rows:
             self._set("#values", Text("values appear after the first step", style="dim"))
             return
-        table = Table.grid(padding=(0, 1), expand=True)
-        table.add_column(style="dim", no_wrap=True, ratio=3)
-        table.add_column(justify="right", no_wrap=True, ratio=2)
-        for k, v in rows:
-            table.add_row(k, v)
-        self._set("#values", table, key=tuple(rows))
+        width = self.query_one("#values", Static).content_size.width or 30
+        self._set("#values", value_lines(rows, width), key=(width, tuple(rows)))
 
     def _draw_memory(self) -> None:
         s = self.state
@@ -489,12 +525,17 @@ class MonitorScreen(Screen):
         if self.state.status == "paused" or self.requested == "pausing":
             run.resume()
             self.requested = "" if self.state.status != "paused" else self.requested
-            self.write_log(Text(f"[{self.state.step:>5}] resuming…", style="yellow"))
+            self._answer_key(Text(f"[{self.state.step:>5}] resuming…", style="yellow"))
         else:
             run.pause()
             self.requested = "pausing"
-            self.write_log(Text(f"[{self.state.step:>5}] pausing after the current step…", style="yellow"))
-        self.redraw(force=True)
+            self._answer_key(Text(f"[{self.state.step:>5}] pausing after the current step…", style="yellow"))
+
+    def _answer_key(self, line: Text) -> None:
+        """The status badge now; the log line in the frame after (the badge is at the top,
+        the log at the bottom: one frame with both would repaint the whole screen)."""
+        self._draw_area("bar")
+        self.call_after_refresh(self.write_log, line)
 
     def action_cancel_run(self) -> None:
         if self.run is None or self.state.ended:
@@ -511,9 +552,8 @@ class MonitorScreen(Screen):
             return
         self.run.cancel()
         self.requested = "cancelling"
-        self.write_log(Text(f"[{self.state.step:>5}] cancelling after the current step…", style="#ff875f"))
         self.refresh_bindings()
-        self.redraw(force=True)
+        self._answer_key(Text(f"[{self.state.step:>5}] cancelling after the current step…", style="#ff875f"))
 
     def action_toggle_log_y(self) -> None:
         self.log_y = not self.log_y

@@ -12,6 +12,7 @@ from textual.widgets import Static
 from textual_plot import DurationFormatter, HiResMode, NumericAxisFormatter, PlotWidget
 
 from rlhf_tui.monitoring import MetricSeries, fmt
+from rlhf_tui.widgets.fast_plot import FastPlotWidget
 
 
 class Log10Formatter(NumericAxisFormatter):
@@ -66,7 +67,7 @@ class MetricChart(Container):
 
     def compose(self) -> ComposeResult:
         yield Static(self.empty_text, classes="empty")
-        plot = PlotWidget(allow_pan_and_zoom=True)
+        plot = FastPlotWidget(allow_pan_and_zoom=True)
         plot.display = False
         # before mount: set without watchers (they need the plot's own children)
         plot.set_reactive(PlotWidget.margin_top, 0)
@@ -104,7 +105,7 @@ class MetricChart(Container):
 
     def redraw(self, series: MetricSeries, *, wall_time: bool, log_y: bool, markers: tuple[float, ...] = (), max_points: int = 240) -> None:
         """Re-plot; ``markers`` are x positions of checkpoints (dim vertical lines)."""
-        plot = self.query_one(PlotWidget)
+        plot = self.query_one(FastPlotWidget)
         empty = self.query_one(".empty", Static)
         self.set_labels(series, wall_time=wall_time, log_y=log_y)
         self._set_axis_note(wall_time=wall_time, log_y=log_y)
@@ -128,4 +129,5 @@ class MetricChart(Container):
         if len(x) > 1 and series.smoothing > 0:
             plot.plot(x, raw, line_style="grey37", hires_mode=HiResMode.BRAILLE)
         plot.plot(x, ema if series.smoothing > 0 else raw, line_style=f"bold {self.colour}", hires_mode=HiResMode.BRAILLE)
+        plot.render_now()
         self.drawn_points = len(x)

@@ -10,6 +10,8 @@ from textual.containers import Container
 from textual.widgets import Static
 from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
 
+from rlhf_tui.widgets.fast_plot import FastPlotWidget
+
 RUN_COLOURS = ("#5fafff", "#ff875f", "#87d75f", "#d787ff", "#ffd75f", "#5fd7d7", "#ff5fd7", "#afafaf")
 
 
@@ -60,7 +62,7 @@ class OverlayChart(Container):
 
     def compose(self) -> ComposeResult:
         yield Static("no run logged this metric", classes="empty")
-        plot = PlotWidget(allow_pan_and_zoom=True)
+        plot = FastPlotWidget(allow_pan_and_zoom=True)
         plot.display = False
         plot.set_reactive(PlotWidget.margin_top, 0)
         plot.set_reactive(PlotWidget.margin_bottom, 2)
