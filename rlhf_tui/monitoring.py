@@ -84,10 +84,23 @@ class MetricSeries:
         idx = downsample_index(len(x), max_points)
         x, raw, ema = x[idx], raw[idx], ema[idx]
         if log_y:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                raw = np.where(raw > 0, np.log10(np.where(raw > 0, raw, 1.0)), np.nan)
-                ema = np.where(ema > 0, np.log10(np.where(ema > 0, ema, 1.0)), np.nan)
+            raw, ema = log10_view(raw), log10_view(ema)
         return x, raw, ema
+
+
+LOG_DECADES = 6  # a log-y chart spans at most this many decades below its largest value
+
+
+def log10_view(y: np.ndarray) -> np.ndarray:
+    """log10(y) with values <= 0, and those more than LOG_DECADES below the largest, as NaN
+    (hidden): one KL of 1e-12 at step 1 would otherwise squash the rest into the top row."""
+    positive = np.isfinite(y) & (y > 0)
+    if not positive.any():
+        return np.full(y.shape, np.nan)
+    floor = y[positive].max() * 10.0**-LOG_DECADES
+    keep = positive & (y >= floor)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(keep, np.log10(np.where(keep, y, 1.0)), np.nan)
 
 
 def downsample_index(n: int, max_points: int) -> np.ndarray:

@@ -41,6 +41,17 @@ def test_log_y_hides_non_positive_values():
     assert raw[0] == 2.0 and math.isnan(raw[1]) and math.isclose(raw[2], -3.0)
 
 
+def test_log_y_leaves_out_values_far_below_the_rest():
+    """A KL of 1e-12 at step 1 must not stretch the axis over twelve decades."""
+    s = MetricSeries(smoothing=0.0)
+    for i, v in enumerate([1e-12, 0.5, 20.0, 3e-5]):
+        s.append(i, i, v)
+    _, raw, _ = s.xy(wall_time=False, log_y=True, max_points=100)
+    assert math.isnan(raw[0])  # 1e-12 < 20 / 10**6
+    assert math.isclose(raw[1], math.log10(0.5)) and math.isclose(raw[2], math.log10(20.0))
+    assert math.isclose(raw[3], math.log10(3e-5))  # 3e-5 >= 2e-5: kept
+
+
 def _started(total: int = 100) -> ev.RunStarted:
     return ev.RunStarted("r", "runs/r", "dpo", total, 0, 1, {})
 

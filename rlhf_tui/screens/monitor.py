@@ -60,7 +60,8 @@ fraction of held-out pairs the model prefers correctly), the latest value of eve
 and MLX memory (active now and peak).
 
 **space** pauses and resumes (takes effect between steps), **c** cancels after the current
-step (a checkpoint is written; asks first). **l** toggles a log-scale y axis, **x** switches
+step (a checkpoint is written; asks first). **l** toggles a log-scale y axis (values ≤ 0,
+and those more than six decades below the largest, are left out), **x** switches
 the x axis between step and wall time, **m** cycles the smoothing. Click a chart to zoom
 (+/-) and pan (arrows); **r** on a chart resets it. When the run has ended, **escape** goes
 back to the presets.
