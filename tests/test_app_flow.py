@@ -106,6 +106,19 @@ def test_edit_save_start_pause_cancel(tmp_path):
             paused_at = run.step
             await pilot.pause(0.5)
             assert run.step == paused_at  # no steps while paused
+            badge = monitor.query_one("#status-badge")
+            assert "PAUSED" in str(badge.render())
+
+            # -- resume: the badge answers the key at once (before any engine event can
+            # arrive: nothing is awaited here), then the engine confirms
+            monitor.action_toggle_pause()
+            assert "RESUMING" in str(badge.render())
+            await wait_until(pilot, lambda: run.step > paused_at, 60, "training to go on")
+            await wait_until(pilot, lambda: "RUNNING" in str(badge.render()), 10, "the badge to say RUNNING")
+            monitor.action_toggle_pause()
+            assert "PAUSING" in str(badge.render())
+            await wait_until(pilot, lambda: monitor.state.status == "paused", 60, "the second pause")
+            paused_at = run.step
 
             # -- cancel behind the confirm; "keep training" first, then really cancel
             await pilot.press("c")

@@ -392,7 +392,7 @@ def test_question_mark_opens_help_on_every_new_screen(tmp_path):
             await pilot.press("question_mark")
             await pilot.pause(0.2)
             assert isinstance(pilot.app.screen, HelpScreen)
-            text = pilot.app.screen.query_one("Markdown")._markdown
+            text = pilot.app.screen.help_text
             assert screen.HELP_TITLE in text and key_text in text
 
         run_pilot(app, script)

@@ -42,6 +42,7 @@ STATUS_STYLE = {
     "running": ("RUNNING", "black on #87d75f"),
     "pausing": ("PAUSING…", "black on #ffd75f"),
     "paused": ("PAUSED", "black on #ffd75f"),
+    "resuming": ("RESUMING…", "black on #87d75f"),
     "cancelling": ("CANCELLING…", "black on #ff875f"),
     "completed": ("COMPLETED", "black on #5fd7af"),
     "cancelled": ("CANCELLED", "black on #ff875f"),
@@ -52,7 +53,7 @@ HELP = """\
 Live view of one training run. The four charts show **loss**, **KL**, **reward** and
 **tokens/second** against the step: the bright line is the EMA-smoothed curve, the faint one
 behind it the raw values. What KL and reward mean depends on the algorithm (for DPO: reward is
-the implicit reward margin, KL the mean policy-vs-reference log-ratio; for SFT: reward is token
+the implicit reward margin, KL how far the log-probs of the data's answers moved from the reference; for SFT: reward is token
 accuracy and KL is not defined).
 
 The side panel shows the held-out **eval** score (e.g. `eval/rewards/accuracies`, the
@@ -120,7 +121,7 @@ class MonitorScreen(Screen):
         self.state = RunState()
         self.log_y = False
         self.wall_time = False
-        self.requested = ""  # "pausing" | "cancelling" while the engine has not answered yet
+        self.requested = ""  # "pausing" | "resuming" | "cancelling" while the engine has not answered yet
         self._drawn_version = -1
         self._bridge: Any = None
         self._follower: Any = None
@@ -525,7 +526,7 @@ class MonitorScreen(Screen):
             return
         if self.state.status == "paused" or self.requested == "pausing":
             run.resume()
-            self.requested = "" if self.state.status != "paused" else self.requested
+            self.requested = "resuming" if self.state.status == "paused" else ""
             self._answer_key(Text(f"[{self.state.step:>5}] resuming…", style="yellow"))
         else:
             run.pause()
