@@ -14,7 +14,9 @@ processes, while this is the work the console does for the key (plus any timer r
 that ran in between).
 
 Keys: ``l`` (log-y: all four charts redrawn), ``x`` (x axis: all four redrawn), ``m``
-(smoothing: EMA recomputed and redrawn). Prints p50/p95/max per key and overall.
+(smoothing: EMA recomputed and redrawn). Prints p50/p95/max per key and overall. With
+``--other-keys`` also ``space`` (pause / resume: first frame with the new status badge) and
+``?`` (first frame of the help dialog).
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                         full[key].append((later[0] - t0) * 1000)
                         break
         steps = monitor.state.step - step_before
+        if args.other_keys and not args.idle:
+            await other_keys(app, pilot, monitor, frames, args.presses // 6 or 1, out, cpu)
         if app.active_run is not None:
             app.active_run.cancel()
         await pilot.pause(0.5)
@@ -128,6 +132,41 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     else:
         print("(idle baseline: no training)")
     return out, full, cpu
+
+
+async def other_keys(app, pilot, monitor, frames, rounds, out, cpu) -> None:  # noqa: ANN001
+    """``space`` (pause, then resume: key -> first frame with the new status badge) and
+    ``?`` (key -> first frame of the help dialog; escape closes it between presses)."""
+    from textual.widgets import Static
+
+    from rlhf_tui.screens.dialogs import HelpScreen
+
+    badge = monitor.query_one("#status-badge", Static)
+    out["space"], out["?"], cpu["space"], cpu["?"] = [], [], [], []
+    for _ in range(rounds):
+        for _ in range(2):  # pause, then resume
+            before = str(badge.render())
+            n, t0 = len(frames), time.perf_counter()
+            app.post_message(_key("space"))
+            changed_at = None
+            while True:
+                await asyncio.sleep(0.001)
+                if changed_at is None and str(badge.render()) != before:
+                    changed_at = time.perf_counter()
+                after = [i for i in range(n, len(frames)) if changed_at is not None and frames[i] >= changed_at]
+                if after:
+                    out["space"].append((frames[after[0]] - t0) * 1000)
+                    break
+            await pilot.pause(0.4)
+        n, t0 = len(frames), time.perf_counter()
+        app.post_message(_key("question_mark"))
+        while not isinstance(app.screen, HelpScreen) or len(frames) == n:
+            await asyncio.sleep(0.001)
+        opened = [f for f in frames[n:]]
+        out["?"].append((opened[-1] - t0) * 1000)
+        await pilot.pause(0.3)
+        await pilot.press("escape")
+        await pilot.pause(0.3)
 
 
 def _key(key: str):  # noqa: ANN202
@@ -143,6 +182,7 @@ def main() -> None:
     p.add_argument("--preset", default="tiny-dpo")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--idle", action="store_true", help="baseline: scripted data, no training")
+    p.add_argument("--other-keys", action="store_true", help="also time space (pause/resume) and ? (help dialog)")
     p.add_argument("--switch-interval", type=float, default=0.0, help="sys.setswitchinterval for the run (default: Python's 5 ms)")
     args = p.parse_args()
     from engine.blas import env_with_fast_blas
@@ -153,7 +193,7 @@ def main() -> None:
     out, full, cpu = asyncio.run(measure(args))
     load = os.getloadavg()
     print(f"cpu cores: {os.cpu_count()}  load average: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    names = {"l": "l (log-y)", "x": "x (x axis)", "m": "m (smoothing)"}
+    names = {"l": "l (log-y)", "x": "x (x axis)", "m": "m (smoothing)", "space": "space (pause)", "?": "? (help)"}
     for title, table in (
         ("wall time, key -> first frame showing the change (the chart-mode note)", out),
         ("wall time, key -> all four charts re-plotted", full),
@@ -163,11 +203,12 @@ def main() -> None:
         print(f"  {'key':<16}{'n':>4}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
         everything: list[float] = []
         for k, v in table.items():
-            everything += v
+            if k in ("l", "x", "m"):
+                everything += v
             if v:
                 print(f"  {names[k]:<16}{len(v):>4}{statistics.median(v):>9.1f}{pct(v, 0.95):>9.1f}{max(v):>9.1f}")
-        if everything:
-            print(f"  {'all':<16}{len(everything):>4}{statistics.median(everything):>9.1f}{pct(everything, 0.95):>9.1f}{max(everything):>9.1f}")
+            if k == "m" and everything:
+                print(f"  {'all l/x/m':<16}{len(everything):>4}{statistics.median(everything):>9.1f}{pct(everything, 0.95):>9.1f}{max(everything):>9.1f}")
 
 
 if __name__ == "__main__":
