@@ -61,11 +61,13 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     original = app._display
 
     frame_cpu: list[float] = []
+    owners: list[str] = []  # which screen each frame was of
 
     def display(screen, renderable):  # noqa: ANN001 - textual internals
         if renderable is not None:
             frames.append(time.perf_counter())
             frame_cpu.append(time.thread_time())  # CPU the UI thread has used so far
+            owners.append(type(screen).__name__)
         return original(screen, renderable)
 
     app._display = display  # type: ignore[method-assign]
@@ -122,7 +124,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                         break
         steps = monitor.state.step - step_before
         if args.other_keys and not args.idle:
-            await other_keys(app, pilot, monitor, frames, args.presses // 6 or 1, out, cpu)
+            await other_keys(app, pilot, monitor, frames, owners, args.presses // 6 or 1, out, cpu)
         if app.active_run is not None:
             app.active_run.cancel()
         await pilot.pause(0.5)
@@ -134,36 +136,36 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     return out, full, cpu
 
 
-async def other_keys(app, pilot, monitor, frames, rounds, out, cpu) -> None:  # noqa: ANN001
+async def other_keys(app, pilot, monitor, frames, owners, rounds, out, cpu) -> None:  # noqa: ANN001
     """``space`` (pause, then resume: key -> first frame with the new status badge) and
     ``?`` (key -> first frame of the help dialog; escape closes it between presses)."""
-    from textual.widgets import Static
-
     from rlhf_tui.screens.dialogs import HelpScreen
 
-    badge = monitor.query_one("#status-badge", Static)
     out["space"], out["?"], cpu["space"], cpu["?"] = [], [], [], []
+    answered: list[float] = []
+    original = monitor._answer_key
+
+    def answer_key(line, original=original) -> None:  # noqa: ANN001 - the badge is set here
+        original(line)
+        answered.append(time.perf_counter())
+
+    monitor._answer_key = answer_key
     for _ in range(rounds):
         for _ in range(2):  # pause, then resume
-            before = str(badge.render())
-            n, t0 = len(frames), time.perf_counter()
+            n, k, t0 = len(frames), len(answered), time.perf_counter()
             app.post_message(_key("space"))
-            changed_at = None
             while True:
                 await asyncio.sleep(0.001)
-                if changed_at is None and str(badge.render()) != before:
-                    changed_at = time.perf_counter()
-                after = [i for i in range(n, len(frames)) if changed_at is not None and frames[i] >= changed_at]
+                after = [f for f in frames[n:] if len(answered) > k and f >= answered[k]]
                 if after:
-                    out["space"].append((frames[after[0]] - t0) * 1000)
+                    out["space"].append((after[0] - t0) * 1000)
                     break
             await pilot.pause(0.4)
         n, t0 = len(frames), time.perf_counter()
         app.post_message(_key("question_mark"))
-        while not isinstance(app.screen, HelpScreen) or len(frames) == n:
+        while HelpScreen.__name__ not in owners[n:]:
             await asyncio.sleep(0.001)
-        opened = [f for f in frames[n:]]
-        out["?"].append((opened[-1] - t0) * 1000)
+        out["?"].append((frames[owners.index(HelpScreen.__name__, n)] - t0) * 1000)
         await pilot.pause(0.3)
         await pilot.press("escape")
         await pilot.pause(0.3)
