@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import Cancelled, ModelError, RunDirError
+from engine.threads import release_mlx_streams
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -378,15 +379,8 @@ def save_without(data: str | Path, drop_lines: set[int] | frozenset[int]) -> tup
     return out, len(kept)
 
 
-def release_thread_streams() -> None:
-    """Call at the end of a thread that ran MLX work (as Run does): avoids an abort at exit."""
-    try:
-        import mlx.core as mx
-
-        mx.synchronize()
-        mx.clear_streams()
-    except Exception:  # noqa: BLE001
-        pass
+# threads that score call this at their end (as Run does): avoids an abort at exit
+release_thread_streams = release_mlx_streams
 
 
 __all__ = [

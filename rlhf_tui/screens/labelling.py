@@ -319,6 +319,7 @@ class LabellingScreen(Screen):
         import mlx.core as mx
 
         from engine.sampling import CompletionWriter
+        from engine.threads import release_mlx_streams
 
         def check() -> None:
             if cancel.is_set():
@@ -354,11 +355,7 @@ class LabellingScreen(Screen):
             message = str(err) if isinstance(err, EngineError) else f"{type(err).__name__}: {err}"
             self.post_message(GeneratorFailed(message))
         finally:
-            try:
-                mx.synchronize()
-                mx.clear_streams()
-            except Exception:  # noqa: BLE001
-                pass
+            release_mlx_streams()
 
     def _resolve_in_thread(self, spec: str) -> ModelChoice:
         """``live``: the app's training run's current weights (saved next to the label file)."""

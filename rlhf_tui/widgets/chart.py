@@ -9,7 +9,7 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.containers import Container
 from textual.widgets import Static
-from textual_plot import DurationFormatter, HiResMode, NumericAxisFormatter, PlotWidget
+from textual_plot import DurationFormatter, HiResMode, NumericAxisFormatter
 
 from rlhf_tui.monitoring import MetricSeries, fmt
 from rlhf_tui.widgets.fast_plot import FastPlotWidget
@@ -67,13 +67,7 @@ class MetricChart(Container):
 
     def compose(self) -> ComposeResult:
         yield Static(self.empty_text, classes="empty")
-        plot = FastPlotWidget(allow_pan_and_zoom=True)
-        plot.display = False
-        # before mount: set without watchers (they need the plot's own children)
-        plot.set_reactive(PlotWidget.margin_top, 0)
-        plot.set_reactive(PlotWidget.margin_bottom, 2)
-        plot.set_reactive(PlotWidget.margin_left, 8)
-        yield plot
+        yield FastPlotWidget.panel()
 
     def set_empty_text(self, text: str) -> None:
         if text != self.empty_text:

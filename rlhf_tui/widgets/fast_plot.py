@@ -67,6 +67,18 @@ class FastCanvas(Canvas):
 
 
 class FastPlotWidget(PlotWidget):
+    @classmethod
+    def panel(cls) -> FastPlotWidget:
+        """A hidden, zoomable plot with the margins the chart panels use (8 columns of
+        y labels, 2 rows of x labels), shown once it has something to draw."""
+        plot = cls(allow_pan_and_zoom=True)
+        plot.display = False
+        # before mount: set without watchers (they need the plot's own children)
+        plot.set_reactive(PlotWidget.margin_top, 0)
+        plot.set_reactive(PlotWidget.margin_bottom, 2)
+        plot.set_reactive(PlotWidget.margin_left, 8)
+        return plot
+
     def compose(self) -> ComposeResult:
         with Grid():  # textual-plot's own layout, with the faster canvas
             yield FastCanvas(1, 1, id="margin-top")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from textual.app import ComposeResult
 from textual.containers import Container
 from textual.widgets import Static
-from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
+from textual_plot import HiResMode, NumericAxisFormatter
 
 from rlhf_tui.widgets.fast_plot import FastPlotWidget
 
@@ -62,15 +62,10 @@ class OverlayChart(Container):
 
     def compose(self) -> ComposeResult:
         yield Static("no run logged this metric", classes="empty")
-        plot = FastPlotWidget(allow_pan_and_zoom=True)
-        plot.display = False
-        plot.set_reactive(PlotWidget.margin_top, 0)
-        plot.set_reactive(PlotWidget.margin_bottom, 2)
-        plot.set_reactive(PlotWidget.margin_left, 8)
-        yield plot
+        yield FastPlotWidget.panel()
 
     def draw(self, series: Sequence[RunSeries]) -> None:
-        plot = self.query_one(PlotWidget)
+        plot = self.query_one(FastPlotWidget)
         empty = self.query_one(".empty", Static)
         drawn = [s for s in series if s.steps]
         self.lines_drawn = len(drawn)
