@@ -7,8 +7,6 @@ next to its other files. No UI imports.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,7 +15,7 @@ from typing import Any
 
 from engine.config import load_toml
 from engine.errors import ConfigError, RunDirError
-from engine.rundir import RunDirectory, atomic_write_text
+from engine.rundir import RunDirectory
 
 EVAL_HEADLINES = ("eval/rewards/accuracies", "eval/accuracy", "eval/reward", "eval/loss")
 LIVE_WINDOW_S = 60.0  # a run without summary.json that wrote within this long is "running"
@@ -154,35 +152,6 @@ def metric_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def export_metrics(run_dir: str | Path, fmt: str) -> Path:
-    """Write the run's metrics as ``<run id>-metrics.csv`` or ``.jsonl`` in its folder; return the path.
-
-    CSV: one column per metric (union over rows, first-seen order), empty cells where a row
-    has no value. JSON lines: one object per row with ``run``, ``step`` and ``kind`` added.
-    """
-    directory = RunDirectory.at(run_dir, must_exist=True)
-    rows = metric_rows(directory.path)
-    if not rows:
-        raise RunDirError(f"{directory.path}: no metrics to export yet (metrics.jsonl is empty)")
-    if fmt == "csv":
-        columns: list[str] = []
-        for r in rows:
-            columns.extend(k for k in r if k not in columns)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
-        text = buf.getvalue()
-    elif fmt == "jsonl":
-        text = "".join(json.dumps({"run": directory.id, **r}) + "\n" for r in rows)
-    else:
-        raise ValueError(f"export format must be 'csv' or 'jsonl', not {fmt!r}")
-    out = directory.path / f"{directory.id}-metrics.{fmt}"
-    atomic_write_text(out, text)
-    return out
-
-
 def read_samples(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of a run's ``samples.jsonl`` (PPO/GRPO): step, prompt, completion, score, advantage."""
     from engine.rundir import read_jsonl
@@ -190,4 +159,4 @@ def read_samples(run_dir: str | Path) -> list[dict[str, Any]]:
     return read_jsonl(RunDirectory(Path(run_dir)).samples_path)
 
 
-__all__ = ["RunInfo", "config_diff", "export_metrics", "flatten", "list_runs", "metric_rows", "read_run", "read_samples"]
+__all__ = ["RunInfo", "config_diff", "flatten", "list_runs", "metric_rows", "read_run", "read_samples"]

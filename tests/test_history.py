@@ -17,8 +17,9 @@ import pytest
 import tomli_w
 
 from engine.config import resolved, to_dict
+from engine.metrics_export import export_beside
 from engine.presets import load_preset
-from engine.runs_index import config_diff, export_metrics, list_runs
+from engine.runs_index import config_diff, list_runs
 from rlhf_tui.app import make_app
 from rlhf_tui.screens.history import ConfigDiffScreen, HistoryScreen, OverlayScreen
 from rlhf_tui.screens.monitor import MonitorScreen
@@ -115,16 +116,16 @@ def test_config_diff_shows_only_the_keys_that_differ(tmp_path):
 
 def test_export_writes_csv_and_jsonl_next_to_the_run(tmp_path):
     a = fake_run(tmp_path, "run-a", steps=6)
-    path = export_metrics(a, "csv")
+    path = export_beside(a, "csv")
     assert path == a / "run-a-metrics.csv"
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 7  # 6 training rows and 1 eval row
-    assert rows[0]["kind"] == "train" and float(rows[0]["loss"]) == pytest.approx(0.7 * 0.9)
-    ev = [r for r in rows if r["kind"] == "eval"][0]
+    assert list(rows[0])[:2] == ["step", "elapsed_s"] and float(rows[0]["loss"]) == pytest.approx(0.7 * 0.9)
+    ev = [r for r in rows if r["eval/rewards/accuracies"]][0]
     assert ev["step"] == "5" and float(ev["eval/rewards/accuracies"]) == pytest.approx(0.6) and ev["loss"] == ""
-    lines = [json.loads(x) for x in export_metrics(a, "jsonl").read_text().splitlines()]
-    assert len(lines) == 7 and lines[5] == {"run": "run-a", "step": 5, "kind": "eval", "elapsed_s": 2.5,
-                                            "eval/rewards/accuracies": pytest.approx(0.6), "eval/loss": pytest.approx(0.7 * 0.9**5)}
+    lines = [json.loads(x) for x in export_beside(a, "jsonl").read_text().splitlines()]
+    written = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 7 and lines == written  # the same rows as the run wrote them
 
 
 # ---------------------------------------------------------------- the screens

@@ -22,7 +22,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from engine.errors import EngineError
-from engine.runs_index import RunInfo, config_diff, export_metrics, list_runs
+from engine.metrics_export import export_beside
+from engine.runs_index import RunInfo, config_diff, list_runs
 from rlhf_tui.monitoring import DEFAULT_SMOOTHING, SMOOTHING_STEPS, MetricSeries, duration, fmt
 from rlhf_tui.widgets.overlay_chart import RUN_COLOURS, OverlayChart, RunSeries, series_of
 
@@ -252,7 +253,7 @@ class HistoryScreen(Screen):
         if r is None:
             return
         try:
-            paths = [export_metrics(r.path, fmt_) for fmt_ in ("csv", "jsonl")]
+            paths = [export_beside(r.path, fmt_) for fmt_ in ("csv", "jsonl")]
         except (EngineError, OSError) as err:
             self.notify(str(err), title="Export failed", severity="error")
             return
