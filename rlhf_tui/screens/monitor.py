@@ -67,6 +67,11 @@ the x axis between step and wall time, **m** cycles the smoothing. Click a chart
 (+/-) and pan (arrows); **r** on a chart resets it. When the run has ended, **escape** goes
 back to the presets.
 
+**Alerts** (a notice and a red log line): the loss or KL turning NaN, infinite or missing; the
+smoothed loss climbing to 3× its best (and at least 1 above it); for PPO and GRPO, whose KL is
+measured on the policy's own samples, the smoothed KL climbing to 10× its best (and 5 above).
+DPO's KL grows by design as the policy leaves the reference, so it raises no alert.
+
 A run followed from its directory (`rlhf-tui monitor RUN_DIR`) is read-only: pause and
 cancel belong to the process that trains it.
 """
