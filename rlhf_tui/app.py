@@ -32,7 +32,7 @@ class RlhfApp(App[int]):
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
     BINDINGS = [
         Binding("ctrl+q", "request_quit", "Quit", id="app.quit", priority=True, tooltip="Quit (asks first while a run trains)"),
-        Binding("question_mark", "help", "Help", id="app.help", tooltip="Help for this screen"),
+        Binding("question_mark,f1", "help", "Help", id="app.help", tooltip="Help for this screen (f1 also works while typing in a field)"),
         # shown at the footer's right edge by Textual itself
         Binding("ctrl+p", "command_palette", "Commands", id="app.palette", show=False, tooltip="Command palette"),
     ]

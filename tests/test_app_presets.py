@@ -76,3 +76,32 @@ def test_a_broken_user_preset_is_listed_with_its_error():
         asyncio.run(scenario())
     finally:
         bad.unlink()
+
+
+def test_f1_opens_help_while_typing_in_an_editor_field():
+    """'?' is a character in a text field; F1 still opens the help there."""
+    from textual.widgets import Input
+
+    from rlhf_tui.screens.dialogs import HelpScreen
+    from rlhf_tui.screens.editor import EditorScreen
+
+    async def scenario() -> None:
+        app = make_app("tiny-dpo")
+        async with app.run_test(size=(140, 42)) as pilot:
+            await pilot.pause()
+            await pilot.press("e")
+            await pilot.pause()
+            editor = app.screen
+            assert isinstance(editor, EditorScreen)
+            field = next(w for w in editor.query(Input) if w.id and "max_steps" in w.id)
+            field.focus()
+            await pilot.pause()
+            await pilot.press("?")
+            await pilot.pause()
+            assert app.screen is editor and field.value.endswith("?")  # typed, not help
+            await pilot.press("f1")
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, HelpScreen)
+            assert "f1 also works while typing" in app.screen.help_text
+
+    asyncio.run(scenario())
