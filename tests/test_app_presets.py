@@ -105,3 +105,34 @@ def test_f1_opens_help_while_typing_in_an_editor_field():
             assert "f1 also works while typing" in app.screen.help_text
 
     asyncio.run(scenario())
+
+
+def test_a_run_started_right_after_saving_carries_the_saved_name(tmp_path):
+    from textual.widgets import Input
+
+    from rlhf_tui.screens.editor import EditorScreen
+    from rlhf_tui.screens.monitor import MonitorScreen
+
+    async def scenario() -> None:
+        app = make_app("tiny-dpo", overrides=["train.max_steps=3", "train.eval_every=0", "train.save_every=0"], runs_root=str(tmp_path))
+        async with app.run_test(size=(140, 42)) as pilot:
+            await pilot.pause()
+            await pilot.press("e")
+            await pilot.pause()
+            editor = app.screen
+            assert isinstance(editor, EditorScreen)
+            editor.query_one("#editor-name", Input).value = "my-sorter"
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert isinstance(app.screen, MonitorScreen)
+            run = app.active_run
+            for _ in range(600):
+                if run.status in ("completed", "failed", "cancelled"):
+                    break
+                await pilot.pause(0.1)
+            assert run.status == "completed"
+            assert run.directory.path.name.startswith("my-sorter-")
+
+    asyncio.run(scenario())

@@ -10,6 +10,7 @@ a user preset (tomli-w, in the platform's config folder).
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -341,7 +342,10 @@ class EditorScreen(Screen):
 
     def action_start(self) -> None:
         if self._valid_or_warn():
-            self.app.start_run(copy.deepcopy(self.cfg))  # type: ignore[attr-defined]
+            cfg = copy.deepcopy(self.cfg)
+            if self.saved_path and not self._unsaved():  # just saved: the run carries that name
+                cfg.name = Path(self.saved_path).stem
+            self.app.start_run(cfg)  # type: ignore[attr-defined]
 
     def _unsaved(self) -> bool:
         reference = self._saved_cfg if self._saved_cfg is not None else self.base
