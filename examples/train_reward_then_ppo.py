@@ -7,6 +7,14 @@ Step 1 trains a Bradley-Terry reward model (``tiny-reward``) on the bundled pref
 pairs and reports its held-out accuracy. Step 2 runs PPO (``tiny-ppo``: policy + value
 head, GAE, clipped losses, KL penalty to the reference) with that reward model scoring
 the policy's own completions (``ppo.reward_model`` = the reward run's directory).
+
+At the end it also scores PPO's samples with the task's own rule (``sorted_letters``,
+which PPO never sees): that is how to tell learning from reward hacking. With this tiny
+reward model (~0.8 held-out accuracy on sorted-vs-unsorted pairs) the reward-model score
+climbs while the task score does not: the policy finds answers the reward model likes
+that are not better sorts. A larger KL coefficient (0.2 here; the preset's 0.02 suits its
+rule-based reward) limits the drift; what fixes it is a reward model trained on the
+policy's own answers, e.g. a labelling round (``l`` in the console).
 """
 
 from __future__ import annotations
@@ -53,14 +61,37 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = reward_run.summary["final_eval"].get("eval/accuracy")
     print(f"reward model done: held-out accuracy {accuracy:.3f}" if accuracy is not None else "reward model done")
 
-    ppo_overrides = [f"ppo.reward_model={reward_run.directory.path}"]
+    ppo_overrides = [f"ppo.reward_model={reward_run.directory.path}", "ppo.kl_coef=0.2"]
     if args.ppo_steps:
         ppo_overrides.append(f"train.max_steps={args.ppo_steps}")
     ppo_run = engine.train("tiny-ppo", overrides=ppo_overrides, out_dir=root / "ppo" if root else None, on_event=report)
     rows = engine.read_metrics(ppo_run.directory.path)
     if rows:
         print(f"PPO {ppo_run.status}: reward {rows[0]['reward']:+.3f} at step 1 -> {rows[-1]['reward']:+.3f} at step {rows[-1]['step']}")
+    first, last = task_scores(ppo_run.directory.path)
+    if first is not None:
+        print(f"task score of the samples (sorted_letters, unseen by PPO): {first:.3f} in the first quarter -> {last:.3f} in the last")
     return 0 if ppo_run.status == "completed" else 1
+
+
+def task_scores(run_dir: Path) -> tuple[float | None, float | None]:
+    """Mean ``sorted_letters`` score of the samples in the first and last quarter of steps."""
+    import json
+
+    from engine.rewards import sorted_letters_score
+
+    path = Path(run_dir) / "samples.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    steps = sorted({r["step"] for r in rows})
+    if not steps:
+        return None, None
+    quarter = max(1, len(steps) // 4)
+
+    def mean(chosen: list[int]) -> float:
+        scores = [sorted_letters_score(r["prompt"], r["completion"]) for r in rows if r["step"] in set(chosen)]
+        return sum(scores) / len(scores)
+
+    return mean(steps[:quarter]), mean(steps[-quarter:])
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -87,6 +88,22 @@ def test_train_reward_then_ppo(tmp_path):
     out = run_example("train_reward_then_ppo.py", "--reward-steps", "3", "--ppo-steps", "2", "--out", str(tmp_path))
     assert "reward model done: held-out accuracy" in out.stdout
     assert re.search(r"PPO completed: reward [-+\d.]+ at step 1 -> [-+\d.]+ at step 2", out.stdout), out.stdout
+    # the task's own score of the samples, step 1 (first quarter of 2 steps) and step 2
+    m = re.search(r"task score of the samples \(sorted_letters, unseen by PPO\): ([\d.]+) in the first quarter -> ([\d.]+)", out.stdout)
+    assert m, out.stdout
+    samples = [json.loads(line) for line in (tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()]
+
+    def score(prompt: str, completion: str) -> float:  # sorted_letters, written out
+        want, got = prompt.split(":", 1)[1].split(), completion.split()
+        if not got:
+            return 0.0
+        order = 1.0 if len(got) == 1 else sum(a < b for a, b in zip(got, got[1:], strict=False)) / (len(got) - 1)
+        shared = sum(min(want.count(c), got.count(c)) for c in set(got))
+        return order * shared / max(len(want), len(got))
+
+    for group, value in ((1, m.group(1)), (2, m.group(2))):
+        mine = [score(r["prompt"], r["completion"]) for r in samples if r["step"] == group]
+        assert float(value) == pytest.approx(sum(mine) / len(mine), abs=1e-3)
     for heading, run in (("Reward model", "reward"), ("PPO", "ppo")):
         row = engine.read_metrics(tmp_path / run)[-1]
         missing = documented_extras(heading) - set(row)
