@@ -175,3 +175,26 @@ def test_latest_values_are_right_aligned_and_long_names_cut():
     assert lines[0] == "loss" + " " * 14 + "0.6931"
     assert all(len(line) == 24 for line in lines)
     assert lines[1].endswith(" 1.0000") and lines[1].startswith("rewards/acc") and "…" in lines[1]
+
+
+def test_a_run_freezes_the_heap_while_it_trains_and_gives_it_back_when_it_ends():
+    """Frozen objects are never collected: a finished run's model must not stay frozen
+    (a session of many runs or labelling rounds would keep every old model in memory)."""
+    import asyncio
+    import gc
+
+    from rlhf_tui.app import make_app
+    from rlhf_tui.screens.monitor import MonitorScreen
+
+    async def scenario() -> None:
+        screen = MonitorScreen(title="heap")
+        app = make_app(initial_screen=screen)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            gc.unfreeze()
+            screen.apply_events([_started()])
+            assert gc.get_freeze_count() > 0
+            screen.apply_events([ev.RunFinished({"status": "completed", "steps": 1})])
+            assert gc.get_freeze_count() == 0
+
+    asyncio.run(scenario())

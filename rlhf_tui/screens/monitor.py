@@ -229,6 +229,7 @@ class MonitorScreen(Screen):
             if isinstance(event, ev.RunPaused | ev.RunResumed):
                 self.requested = ""
             if isinstance(event, ev.TERMINAL_EVENTS):
+                heap.release()  # the run's model and optimizer may be garbage now
                 self.requested = ""
                 self._ended(event)
         if (self.state.ended, self.requested) != before:
