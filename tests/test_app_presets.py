@@ -78,21 +78,27 @@ def test_a_broken_user_preset_is_listed_with_its_error():
         bad.unlink()
 
 
+async def open_editor(pilot):  # noqa: ANN001, ANN201
+    """From the presets screen, ``e``: the editor for the selected preset."""
+    from rlhf_tui.screens.editor import EditorScreen
+
+    await pilot.pause()
+    await pilot.press("e")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, EditorScreen)
+    return pilot.app.screen
+
+
 def test_f1_opens_help_while_typing_in_an_editor_field():
     """'?' is a character in a text field; F1 still opens the help there."""
     from textual.widgets import Input
 
     from rlhf_tui.screens.dialogs import HelpScreen
-    from rlhf_tui.screens.editor import EditorScreen
 
     async def scenario() -> None:
         app = make_app("tiny-dpo")
         async with app.run_test(size=(140, 42)) as pilot:
-            await pilot.pause()
-            await pilot.press("e")
-            await pilot.pause()
-            editor = app.screen
-            assert isinstance(editor, EditorScreen)
+            editor = await open_editor(pilot)
             field = next(w for w in editor.query(Input) if w.id and "max_steps" in w.id)
             field.focus()
             await pilot.pause()
@@ -110,17 +116,12 @@ def test_f1_opens_help_while_typing_in_an_editor_field():
 def test_a_run_started_right_after_saving_carries_the_saved_name(tmp_path):
     from textual.widgets import Input
 
-    from rlhf_tui.screens.editor import EditorScreen
     from rlhf_tui.screens.monitor import MonitorScreen
 
     async def scenario() -> None:
         app = make_app("tiny-dpo", overrides=["train.max_steps=3", "train.eval_every=0", "train.save_every=0"], runs_root=str(tmp_path))
         async with app.run_test(size=(140, 42)) as pilot:
-            await pilot.pause()
-            await pilot.press("e")
-            await pilot.pause()
-            editor = app.screen
-            assert isinstance(editor, EditorScreen)
+            editor = await open_editor(pilot)
             editor.query_one("#editor-name", Input).value = "my-sorter"
             await pilot.press("ctrl+s")
             await pilot.pause()
