@@ -109,6 +109,9 @@ def test_f1_opens_help_while_typing_in_an_editor_field():
             await pilot.pause(0.3)
             assert isinstance(app.screen, HelpScreen)
             assert "f1 also works while typing" in app.screen.help_text
+            await pilot.press("f1")  # and closes it again
+            await pilot.pause(0.3)
+            assert app.screen is editor
 
     asyncio.run(scenario())
 

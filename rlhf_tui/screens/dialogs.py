@@ -72,7 +72,7 @@ class PromptScreen(ModalScreen[str | None]):
 class HelpScreen(ModalScreen[None]):
     """``?``: what this screen is for and every key it answers to."""
 
-    BINDINGS = [Binding("escape,question_mark,q", "close", "Close", id="help.close")]
+    BINDINGS = [Binding("escape,question_mark,q,f1", "close", "Close", id="help.close")]
 
     def __init__(self, for_screen: Screen) -> None:
         super().__init__()
@@ -85,22 +85,25 @@ class HelpScreen(ModalScreen[None]):
         screen = self.for_screen
         title = getattr(screen, "HELP_TITLE", screen.__class__.__name__)
         text = getattr(screen, "HELP", "")
-        keys = Table(box=box.SIMPLE_HEAD, expand=True, show_edge=False, pad_edge=False)
-        keys.add_column("key", style="bold #ffaf00", no_wrap=True)
-        keys.add_column("does", ratio=1)
+        rows: list[tuple[str, str]] = []
         seen: set[str] = set()
         for _key, b in self.bindings:
             if not b.description or b.description in seen:
                 continue
             seen.add(b.description)
-            keys.add_row(self.app.get_key_display(b), b.description + (f" — {b.tooltip}" if b.tooltip else ""))
+            rows.append((self.app.get_key_display(b), b.description + (f" — {b.tooltip}" if b.tooltip else "")))
+        keys = Table(box=box.SIMPLE_HEAD, expand=True, show_edge=False, pad_edge=False)
+        keys.add_column("key", style="bold #ffaf00", no_wrap=True)
+        keys.add_column("does", ratio=1)
+        for row in rows:
+            keys.add_row(*row)
         # one Static of rich renderables: Textual's Markdown widget builds a widget per
         # block and per table cell, which took ~0.4 s to open while a run trained
-        self.help_text = "\n".join([title, *(f"{r[0]} {r[1]}" for r in zip(*(c._cells for c in keys.columns), strict=True)), text])
+        self.help_text = "\n".join([title, *(f"{k} {does}" for k, does in rows), text])
         body = Group(Text(title, style="bold", justify="center"), Text(), keys, Text(), RichMarkdown(text))
         with VerticalScroll(id="help-dialog", classes="dialog"):
             yield Static(body, id="help-body")
-            yield Static("escape or ? closes this help · ctrl+p opens the command palette", classes="hint")
+            yield Static("escape, ? or F1 closes this help · ctrl+p opens the command palette", classes="hint")
 
     def action_close(self) -> None:
         self.dismiss(None)
