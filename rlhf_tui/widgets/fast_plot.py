@@ -1,6 +1,6 @@
 """textual-plot's PlotWidget with line plots drawn by NumPy and one refresh per canvas.
 
-Axes, ticks, labels, zoom and pan stay textual-plot's own. Two things change:
+Axes, ticks, labels, zoom and pan stay textual-plot's own. Four things change:
 
 * braille line plots are rasterised with array operations (:mod:`.braille`) instead of a
   Python loop per dot;
@@ -109,14 +109,8 @@ class FastPlotWidget(PlotWidget):
             super()._render_line_plot(dataset)
             return
         canvas = self.query_one("#plot", Canvas)
-        region = self._scale_rectangle
-        # the same mapping as textual-plot's map_coordinate_to_hires_pixel, on whole arrays
-        x = region.x + (np.asarray(dataset.x, float) - self._x_min) * (region.right - region.x) / (
-            self._x_max - self._x_min
-        )
-        y = region.bottom + (np.asarray(dataset.y, float) - self._y_min) * (
-            region.y - region.bottom
-        ) / (self._y_max - self._y_min)
+        # textual-plot's own data -> canvas mapping is plain arithmetic: it takes whole arrays
+        x, y = self.get_hires_pixel_from_coordinate(np.asarray(dataset.x, float), np.asarray(dataset.y, float))
         size = canvas._canvas_size
         cx, cy, chars = braille_cells(x, y, size.width, size.height)
         style = dataset.line_style
