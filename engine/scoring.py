@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import Cancelled, ModelError, RunDirError
-from engine.threads import release_mlx_streams
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -379,10 +378,6 @@ def save_without(data: str | Path, drop_lines: set[int] | frozenset[int]) -> tup
     return out, len(kept)
 
 
-# threads that score call this at their end (as Run does): avoids an abort at exit
-release_thread_streams = release_mlx_streams
-
-
 __all__ = [
     "PairScore",
     "Scorer",
@@ -392,7 +387,6 @@ __all__ = [
     "find_checkpoint",
     "live_scorer",
     "pair_logprobs",
-    "release_thread_streams",
     "reward_scores",
     "save_without",
     "score",

@@ -16,12 +16,11 @@ from __future__ import annotations
 import gc
 
 
-def settle(collect: bool = False) -> int:
+def settle(collect: bool = False) -> None:
     """Freeze what is alive now; ``collect`` first frees garbage (a one-off pause)."""
     if collect:
         gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
 
 
 def release() -> None:

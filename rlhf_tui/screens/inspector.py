@@ -682,6 +682,7 @@ class InspectorScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="inspector-scoring")
     def score_in_background(self, source: ScoreSource, path: str) -> None:
         from engine import scoring
+        from engine.threads import release_mlx_streams
 
         worker = get_current_worker()
         try:
@@ -709,7 +710,7 @@ class InspectorScreen(Screen):
         except Exception as err:  # noqa: BLE001 - shown, the app stays up
             self.post_message(ScoringEnded(str(err) if isinstance(err, EngineError) else f"{type(err).__name__}: {err}"))
         finally:
-            scoring.release_thread_streams()
+            release_mlx_streams()
 
     @on(ScoringProgressed)
     def _progressed(self, message: ScoringProgressed) -> None:
