@@ -124,7 +124,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                         break
         steps = monitor.state.step - step_before
         if args.other_keys and not args.idle:
-            await other_keys(app, pilot, monitor, frames, owners, args.presses // 6 or 1, out, cpu)
+            await other_keys(app, pilot, monitor, frames, owners, args.presses // 6 or 1, out)
         if app.active_run is not None:
             app.active_run.cancel()
         await pilot.pause(0.5)
@@ -136,12 +136,12 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     return out, full, cpu
 
 
-async def other_keys(app, pilot, monitor, frames, owners, rounds, out, cpu) -> None:  # noqa: ANN001
+async def other_keys(app, pilot, monitor, frames, owners, rounds, out) -> None:  # noqa: ANN001
     """``space`` (pause, then resume: key -> first frame with the new status badge) and
     ``?`` (key -> first frame of the help dialog; escape closes it between presses)."""
     from rlhf_tui.screens.dialogs import HelpScreen
 
-    out["space"], out["?"], cpu["space"], cpu["?"] = [], [], [], []
+    out["space"], out["?"] = [], []
     answered: list[float] = []
     original = monitor._answer_key
 
@@ -203,14 +203,15 @@ def main() -> None:
     ):
         print(title)
         print(f"  {'key':<16}{'n':>4}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
-        everything: list[float] = []
         for k, v in table.items():
-            if k in ("l", "x", "m"):
-                everything += v
-            if v:
-                print(f"  {names[k]:<16}{len(v):>4}{statistics.median(v):>9.1f}{pct(v, 0.95):>9.1f}{max(v):>9.1f}")
-            if k == "m" and everything:
-                print(f"  {'all l/x/m':<16}{len(everything):>4}{statistics.median(everything):>9.1f}{pct(everything, 0.95):>9.1f}{max(everything):>9.1f}")
+            print_row(names[k], v)
+            if k == "m":
+                print_row("all l/x/m", [x for key in ("l", "x", "m") for x in table[key]])
+
+
+def print_row(name: str, v: list[float]) -> None:
+    if v:
+        print(f"  {name:<16}{len(v):>4}{statistics.median(v):>9.1f}{pct(v, 0.95):>9.1f}{max(v):>9.1f}")
 
 
 if __name__ == "__main__":

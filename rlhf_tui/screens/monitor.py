@@ -53,8 +53,8 @@ HELP = """\
 Live view of one training run. The four charts show **loss**, **KL**, **reward** and
 **tokens/second** against the step: the bright line is the EMA-smoothed curve, the faint one
 behind it the raw values. What KL and reward mean depends on the algorithm (for DPO: reward is
-the implicit reward margin, KL how far the log-probs of the data's answers moved from the reference; for SFT: reward is token
-accuracy and KL is not defined).
+the implicit reward margin, KL how far the log-probs of the data's answers moved from the
+reference; for SFT: reward is token accuracy and KL is not defined).
 
 The side panel shows the held-out **eval** score (e.g. `eval/rewards/accuracies`, the
 fraction of held-out pairs the model prefers correctly), the latest value of every metric
