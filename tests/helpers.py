@@ -52,3 +52,27 @@ def quick_overrides(folder: Path, steps: int = 4, **extra: object) -> list[str]:
            "train.eval_every=0", "train.save_every=0"]
     out += [f"{k.replace('__', '.')}={v}" for k, v in extra.items()]
     return out
+
+
+async def wait_until(pilot, condition, timeout: float = 180.0, what="") -> None:  # noqa: ANN001
+    """Let the app run until ``condition()`` holds; fail naming ``what`` (text, or a callable
+    giving it) after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+        await pilot.pause(0.05)
+
+
+def run_pilot(app, script, size: tuple[int, int] = (140, 42)) -> None:  # noqa: ANN001
+    """Run ``script(pilot)`` against ``app`` headless at ``size``."""
+    import asyncio
+
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            await script(pilot)
+
+    asyncio.run(main())

@@ -8,7 +8,6 @@ the engine's own state.
 from __future__ import annotations
 
 import asyncio
-import time
 import tomllib
 
 from engine import events as ev
@@ -20,15 +19,8 @@ from rlhf_tui.messages import RunEnded, RunEventsArrived
 from rlhf_tui.screens.editor import EditorScreen, widget_id
 from rlhf_tui.screens.monitor import MonitorScreen
 from rlhf_tui.screens.presets import PresetsScreen
+from tests.helpers import wait_until
 from tests.test_app_support import small_pairs
-
-
-async def wait_until(pilot, condition, timeout: float = 180.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.1)
 
 
 async def type_into(pilot, app, key: str, text: str) -> None:

@@ -6,7 +6,6 @@ resume test, which trains two steps of the tiny built-in model for real.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import os
@@ -25,7 +24,7 @@ from rlhf_tui.screens.history import ConfigDiffScreen, HistoryScreen, OverlayScr
 from rlhf_tui.screens.monitor import MonitorScreen
 from rlhf_tui.screens.samples import SamplesScreen, order_rows, parse_filter, row_from
 from rlhf_tui.widgets.overlay_chart import OverlayChart
-from tests.helpers import quick_overrides, write_jsonl
+from tests.helpers import quick_overrides, run_pilot, write_jsonl
 
 SIZE = (140, 42)
 FIXED = Path("/tmp/rlhf-tui-history-snapshots")
@@ -81,15 +80,6 @@ def three_runs(root: Path) -> list[Path]:
         fake_run(root, "tiny-dpo-b", lr=1e-3, started=STARTED + 600, loss0=0.9, status="cancelled", steps=12, checkpoints=(10, 12)),
         fake_run(root, "tiny-dpo-c", lr=1e-3, beta=0.1, started=STARTED + 1200, loss0=0.5, status=None, steps=7),
     ]
-
-
-def run_pilot(app, script):
-    async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await pilot.pause()
-            await script(pilot)
-
-    asyncio.run(main())
 
 
 # ---------------------------------------------------------------- engine side

@@ -6,10 +6,9 @@ built-in model: its base weights, and one two-step DPO run for the checkpoint fl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,8 @@ from rlhf_tui.screens.inspector import (
     ScoreSourceScreen,
 )
 from rlhf_tui.widgets.pair_view import CHOSEN_STYLE, REJECTED_STYLE, diff_texts
-from tests.helpers import quick_overrides, write_jsonl
+from tests import helpers
+from tests.helpers import quick_overrides, run_pilot, write_jsonl
 
 SIZE = (140, 42)
 FIXED = Path("/tmp/rlhf-tui-inspector-snapshots")
@@ -45,21 +45,7 @@ def pairs_file(folder: Path, rows: list[dict] = PAIRS) -> Path:
     return write_jsonl(folder / "pairs.jsonl", rows)
 
 
-async def wait_until(pilot, condition, timeout: float = 600.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.1)
-
-
-def run_pilot(app, script):
-    async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await pilot.pause()
-            await script(pilot)
-
-    asyncio.run(main())
+wait_until = partial(helpers.wait_until, timeout=600.0)
 
 
 def shown_indices(screen: InspectorScreen) -> list[int]:

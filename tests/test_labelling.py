@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from functools import partial
 from pathlib import Path
 
 from engine.labels import Label
@@ -13,18 +13,14 @@ from engine.sampling import Sampling
 from rlhf_tui.app import make_app
 from rlhf_tui.screens.labelling import EditScreen, LabellingScreen
 from rlhf_tui.screens.monitor import MonitorScreen
+from tests import helpers
 
 T = "2026-11-26T04:00:00+00:00"
 SAMPLING = Sampling(temperature=1.0, top_p=1.0, max_tokens=8)
 PROMPTS = ["sort: d b c\n", "sort: q p\n", "sort: z x y\n", "sort: m k\n", "sort: h g f\n", "sort: t s\n", "sort: e a\n"]
 
 
-async def wait_until(pilot, condition, timeout: float = 300.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
-        await pilot.pause(0.05)
+wait_until = partial(helpers.wait_until, timeout=300.0)
 
 
 def prompt_file(tmp_path: Path, prompts: list[str] = PROMPTS) -> Path:

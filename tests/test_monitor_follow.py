@@ -6,9 +6,11 @@ import asyncio
 import json
 import threading
 import time
+from functools import partial
 
 from rlhf_tui.app import make_app
 from rlhf_tui.screens.monitor import MonitorScreen
+from tests import helpers
 from tests.test_app_support import scripted_eval, scripted_metrics, write_rows
 
 TOTAL = 30
@@ -32,11 +34,7 @@ def writer(run_dir, started: threading.Event, go_on: threading.Event) -> None:
     write_rows(events, [{"event": "RunFinished", "time": 3.0, "summary": summary}])
 
 
-async def wait_until(pilot, condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await pilot.pause(0.05)
+wait_until = partial(helpers.wait_until, timeout=30.0)
 
 
 def test_monitor_follows_a_directory_as_it_grows(tmp_path):

@@ -51,7 +51,7 @@ def test_loading_something_that_is_not_a_reward_model_says_so(tmp_path):
 
 
 def test_tiny_reward_reaches_high_held_out_accuracy(tmp_path):
-    from tests.test_grpo_preset import base_copies_letters
+    from tests.test_rl_presets import base_copies_letters
 
     if not base_copies_letters():
         pytest.xfail("builtin:tiny-sorter's hidden states are degenerate (massive activations): its last-token state barely depends on the text")

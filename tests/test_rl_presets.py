@@ -1,4 +1,4 @@
-"""The built-in GRPO preset raises its reward over a short run (last quarter vs first quarter).
+"""The built-in GRPO and PPO presets raise their reward over a short run (last quarter vs first).
 
 RL on the sorting task starts from what the built-in base model can do: it must at least
 answer with the prompt's letters (in any order) for ``sorted_letters`` to have room to
@@ -45,10 +45,11 @@ def reward_quarters(run_dir) -> tuple[float, float]:
     return sum(rewards[:q]) / q, sum(rewards[-q:]) / q
 
 
-def test_tiny_grpo_raises_its_reward(tmp_path):
+@pytest.mark.parametrize(("preset", "steps"), [("tiny-grpo", 40), ("tiny-ppo", 30)])
+def test_tiny_rl_preset_raises_its_reward(tmp_path, preset, steps):
     if not base_copies_letters():
         pytest.xfail("builtin:tiny-sorter does not answer with the prompt's letters yet, so sorted_letters has nothing to order")
-    cfg = load_preset("tiny-grpo", ["train.max_steps=40", "train.eval_every=0", "train.save_every=0"])
+    cfg = load_preset(preset, [f"train.max_steps={steps}", "train.eval_every=0", "train.save_every=0"])
     assert Run(cfg, out_dir=tmp_path / "run").run()["status"] == "completed"
     first, last = reward_quarters(tmp_path / "run")
     assert last > first + 0.02, (first, last)
