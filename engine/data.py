@@ -21,6 +21,7 @@ Every problem is reported with the file and line number.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,10 +251,16 @@ def _as_answer(answer: str | Messages | None) -> str | Messages | None:
     return [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
 
 
-def _split_shared_prefix(chosen: Messages, rejected: Messages, where: str) -> tuple[Messages, Messages, Messages]:
+def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items (messages, or characters) ``a`` and ``b`` share."""
     n = 0
-    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+    while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
+    return n
+
+
+def _split_shared_prefix(chosen: Messages, rejected: Messages, where: str) -> tuple[Messages, Messages, Messages]:
+    n = _common_prefix(chosen, rejected)
     if n == 0:
         raise DataError(f"{where}: conversational 'chosen' and 'rejected' share no prompt messages")
     if n == len(chosen) or n == len(rejected):
@@ -264,9 +271,7 @@ def _split_shared_prefix(chosen: Messages, rejected: Messages, where: str) -> tu
 def _split_shared_text(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
     """TRL's implicit prompt for plain text: the common prefix is the prompt (a space before
     the first differing character stays with the answers, as TRL's ``extract_prompt`` does)."""
-    n = 0
-    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-        n += 1
+    n = _common_prefix(chosen, rejected)
     if n == 0:
         raise DataError(f"{where}: missing field 'prompt', and 'chosen' and 'rejected' share no prompt text to take it from")
     if n == len(chosen) or n == len(rejected):
