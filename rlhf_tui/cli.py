@@ -175,7 +175,9 @@ def _drive(run: Any, args: argparse.Namespace) -> int:
         who = f" (rank {rank})" if rank else ""
         print(f"rlhf-tui: error{who}: {summary.get('error')}", file=sys.stderr)
         if summary.get("run_dir"):
-            print(f"run directory: {summary['run_dir']} (last checkpoint: step {summary.get('last_checkpoint')})", file=sys.stderr)
+            step = summary.get("last_checkpoint")
+            saved = "no checkpoint was written" if step is None else f"last checkpoint: step {step}"
+            print(f"run directory: {summary['run_dir']} ({saved})", file=sys.stderr)
         return EXIT_BAD_INPUT if printer.bad_input else EXIT_FAILED
     return EXIT_CANCELLED if status == "cancelled" else 0
 

@@ -73,6 +73,7 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, case):
     assert len(error_lines) == 1, out.stderr
     for f in fragments:
         assert f in error_lines[0], (f, error_lines[0])
+    assert "step None" not in out.stderr  # a run that failed before its first checkpoint says so
 
 
 def test_debug_shows_the_traceback(tmp_path):
