@@ -33,7 +33,8 @@ WARMUP_LR = 1e-3
 LETTERS = string.ascii_lowercase
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}\n"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}"
+    "{% if not m['content'].endswith('\\n') %}\n{% endif %}"
     "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{% endif %}"
 )
