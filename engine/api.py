@@ -63,6 +63,7 @@ def train(
     out_dir: str | Path | None = None,
     runs_root: str | Path = "runs",
     on_event: Callable[[Event], None] | None = None,
+    overwrite: bool = False,
 ) -> Run:
     """Train to the end and return the finished :class:`~engine.run.Run` (TRL's ``.train()``).
 
@@ -74,10 +75,12 @@ def train(
     The returned run's ``status`` is ``"completed"``, ``"cancelled"`` or ``"failed"``;
     ``summary`` holds the final metrics (and ``error`` when it failed); ``directory`` is
     its :class:`~engine.rundir.RunDirectory`. Failures are reported there, not raised.
+    An ``out_dir`` that already holds a run is refused (the run fails with a
+    ``RunDirError`` naming it) unless ``overwrite=True``, which deletes that run's files first.
     """
     from engine.run import Run
 
-    run = Run(_as_config(config, overrides), out_dir=out_dir, runs_root=runs_root)
+    run = Run(_as_config(config, overrides), out_dir=out_dir, runs_root=runs_root, overwrite=overwrite)
     if on_event is not None:
         run.subscribe(on_event)
     interrupted: list[bool] = []

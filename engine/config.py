@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.algorithms.registry import names as _algorithm_names
 from engine.errors import ConfigError
 
-ALGORITHMS = ("sft", "reward", "dpo", "ppo", "grpo")
+ALGORITHMS = _algorithm_names()  # declared in engine/algorithms/registry.py
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "apo_zero", "apo_down", "sppo_hard", "nca_pair")
 
 

@@ -48,8 +48,11 @@ class Run:
         runs_root: str | Path = "runs",
         resume_dir: str | Path | None = None,
         world: World | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
+        self._overwrite = overwrite  # a new run may replace an earlier run in out_dir
+        self._dir_notes: list[str] = []
         self._out_dir = Path(out_dir) if out_dir else None
         self._runs_root = Path(runs_root)
         self._resume_dir = Path(resume_dir) if resume_dir else None
@@ -208,24 +211,67 @@ class Run:
             self._emit(ev.RunFailed(message, traceback.format_exc(), self.summary, bad_input=isinstance(err, EngineError)))
             if isinstance(err, KeyboardInterrupt | SystemExit):
                 raise
+        if self._reporters is not None:
+            self._reporters.close()  # the trackers flush before the run counts as over
         return self.summary
 
+    _reporters: Any = None
+
+    def _start_reporters(self) -> None:
+        """report.to: the trackers subscribe to this run's events (rank 0 only; engine.reporting)."""
+        if not self._is_main or not self.config.report.to or self.directory is None:
+            return
+        from engine.reporting import start_reporters
+
+        self._reporters = start_reporters(
+            self.config.report.to,
+            run_dir=self.directory.path,
+            project=self.config.report.project,
+            alert=lambda text: self._emit(ev.Alert(self.step, text)),
+        )
+        if self._reporters is not None:
+            self.subscribe(self._reporters)
+
     def _prepare_dir(self) -> None:
-        if self._resume_dir is not None:
-            self.directory = RunDirectory.at(self._resume_dir, must_exist=True)
-        elif not self._is_main:
-            self.directory = RunDirectory(self._out_dir) if self._out_dir else None
-        elif self._out_dir is not None:
-            self.directory = RunDirectory.at(self._out_dir)
-        else:
-            self.directory = RunDirectory.create(self._runs_root, self.config.name)
-        if self._resume_dir is None and self._out_dir is None and self._world is not None and self._world.size > 1:
+        world = self._world
+        error: EngineError | None = None
+        directory: RunDirectory | None = None
+        try:
+            directory = self._claim_dir()
+        except EngineError as err:
+            error = err
+        if self._resume_dir is None and self._out_dir is None and world is not None and world.size > 1:
             # rank 0 named (and created) the directory; the others learn its name
-            path = self._world.broadcast_text(str(self.directory.path) if self.directory else "")
+            path = world.broadcast_text(str(directory.path) if directory else "")
             if not self._is_main:
-                self.directory = RunDirectory(path)
-        if self.directory is not None and self._is_main:
+                directory = RunDirectory(path)
+        if world is not None and world.size > 1 and world.any(error is not None):
+            # every rank stops together: a rank left alone would wait in a collective for ever
+            raise error or RunDirError("rank 0 could not take the run directory (its error is in rank 0's output)")
+        if error is not None:
+            raise error
+        self.directory = directory
+        if self.directory is not None and self._is_main and self._resume_dir is None:
             self.directory.write_config(to_dict(resolved(self.config)))
+        for text in self._dir_notes:
+            self._emit(ev.LogLine(text))
+
+    def _claim_dir(self) -> RunDirectory | None:
+        """The run directory; on rank 0 a new run refuses one that holds a run (or clears it with overwrite)."""
+        if self._resume_dir is not None:
+            return RunDirectory.at(self._resume_dir, must_exist=True)
+        if not self._is_main:
+            return RunDirectory(self._out_dir) if self._out_dir else None
+        if self._out_dir is None:
+            return RunDirectory.create(self._runs_root, self.config.name)
+        directory = RunDirectory.at(self._out_dir)
+        what = directory.run_description()
+        if what is not None:
+            if not self._overwrite:
+                directory.refuse_if_used()
+            removed = directory.clear_run()
+            self._dir_notes.append(f"--overwrite: removed the earlier run in {directory.path} ({what}): {', '.join(removed)}")
+        return directory
 
     def _run(self) -> None:
         cfg = self.config
@@ -237,7 +283,12 @@ class Run:
         if cfg.train.memory_limit_gb > 0:
             mx.set_memory_limit(int(cfg.train.memory_limit_gb * 2**30))
         mx.random.seed(cfg.train.seed)
+        if self._is_main and cfg.report.to:
+            from engine.reporting import check_reporters
+
+            check_reporters(cfg.report.to)  # a missing extra is a one-line error before anything loads
         self._prepare_dir()
+        self._start_reporters()
         self._emit(ev.PhaseChanged("loading model", 0, 0))
         policy = load_policy(cfg)
         if world.sync_parameters(policy.model):
@@ -262,6 +313,9 @@ class Run:
         ctx.trainable = algo.trainable_module()
         ctx.build_optimizer()
         start_step = self._restore() if self._resume_dir else 0
+        if self._resume_dir is not None and self.directory is not None and self._is_main:
+            # only now that a checkpoint loaded: a failed resume leaves the run's config as it was
+            self.directory.write_config(to_dict(resolved(self.config)))
         self.step = start_step
         ctx.step = start_step
         self._emit(

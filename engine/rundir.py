@@ -31,6 +31,21 @@ from typing import Any
 from engine.errors import EngineError, RunDirError
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+# what a run writes at the top of its folder; --overwrite removes exactly these
+RUN_ENTRIES = (
+    "config.toml",
+    "metrics.jsonl",
+    "events.log",
+    "samples.jsonl",
+    "summary.json",
+    "reference.safetensors",
+    "adapters.safetensors",
+    "adapter_config.json",
+    "checkpoints",
+    "tensorboard",
+)
+# any of these means "a run was here" (samples and events alone come with one of them)
+RUN_MARKERS = ("config.toml", "metrics.jsonl", "summary.json", "checkpoints", "adapters.safetensors")
 SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -159,6 +174,65 @@ class RunDirectory:
     @property
     def id(self) -> str:
         return self.path.name
+
+    # -------------------------------------------------------------- an earlier run here
+
+    def holds_run(self) -> bool:
+        """True when an earlier run wrote here (its config, metrics, summary, checkpoints or weights)."""
+        return any((self.path / name).exists() for name in RUN_MARKERS)
+
+    def run_description(self) -> str | None:
+        """What run this folder holds, e.g. ``dpo, 10/10 steps, completed``; None when it holds none."""
+        if not self.holds_run():
+            return None
+        algorithm, max_steps = "unknown algorithm", None
+        try:
+            import tomllib
+
+            cfg = tomllib.loads(self.config_path.read_text())
+            algorithm = str(cfg.get("algorithm", algorithm))
+            max_steps = (cfg.get("train") or {}).get("max_steps")
+        except (OSError, ValueError):
+            pass
+        summary = self.read_summary()
+        if summary is not None:
+            steps, status = summary.get("steps"), str(summary.get("status", "unknown status"))
+        else:
+            logged = [int(r["step"]) for r in self.read_metrics() if isinstance(r.get("step"), int)]
+            latest = self.latest_checkpoint()
+            steps = max(logged + ([latest[0]] if latest else []), default=0)
+            status = "stopped without a summary"
+        of = f"/{max_steps}" if max_steps is not None else ""
+        return f"{algorithm}, {steps}{of} steps, {status}"
+
+    def refuse_if_used(self) -> None:
+        """Raise RunDirError (one line: what is here, how to continue or replace it) if a run is here."""
+        what = self.run_description()
+        if what is not None:
+            raise RunDirError(
+                f"{self.path}: already holds a run ({what}); continue it with 'rlhf-tui resume {self.path}' "
+                "or replace it with --overwrite (overwrite=True in Python)"
+            )
+
+    def clear_run(self) -> list[str]:
+        """Delete an earlier run's files (only those a run writes; other files stay); returns their names."""
+        removed = []
+        for name in RUN_ENTRIES:
+            p = self.path / name
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
+                    p.unlink()
+                else:
+                    continue
+            except OSError as err:
+                raise RunDirError(f"{p}: cannot remove the earlier run's file ({err.strerror or err})") from None
+            removed.append(name)
+        leftovers = [p for name in RUN_ENTRIES for p in self.path.glob(f".{name}.tmp-*")]
+        for p in [*leftovers, self.path / ".reference.tmp.safetensors"]:  # a killed run's temp files
+            p.unlink(missing_ok=True)
+        return removed
 
     # -------------------------------------------------------------- files
 

@@ -1,11 +1,11 @@
 """Command line: the console (default), and headless ``run``, ``resume``, ``monitor``, ``presets``.
 
     rlhf-tui [PRESET] [--start] [--set key=value ...]
-    rlhf-tui run PRESET [--set key=value ...] [--out DIR] [--runs-root DIR] [--debug]
+    rlhf-tui run PRESET [--set key=value ...] [--out DIR [--overwrite]] [--runs-root DIR] [--debug]
     rlhf-tui resume RUN_DIR [--set train.max_steps=N]
     rlhf-tui monitor RUN_DIR
     rlhf-tui presets
-    rlhf-tui export RUN_DIR [--format csv|jsonl] [--kind all|train|eval] [--output FILE]
+    rlhf-tui export RUN_DIR [--format csv|jsonl|tensorboard] [--kind all|train|eval] [--output FILE]
 
 Bad input gives one line on stderr and exit code 2 (no traceback unless ``--debug``);
 Ctrl-C during a headless run checkpoints and exits 130.
@@ -48,11 +48,12 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("preset", help="preset name (see 'rlhf-tui presets') or path to a .toml file")
         p.add_argument("--out", default=None, help="run directory (default: RUNS_ROOT/<preset>-<time>)")
         p.add_argument("--runs-root", default="runs", help="folder for new run directories (default: ./runs)")
+        p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (deletes that run's files; other files stay)")
     elif cmd == "resume":
         p.add_argument("run_dir", help="a run directory written by an earlier run")
     elif cmd == "export":
         p.add_argument("run_dir", help="a run directory")
-        p.add_argument("--format", choices=("csv", "jsonl"), default=None, help="default: from --output's suffix, else csv")
+        p.add_argument("--format", choices=("csv", "jsonl", "tensorboard"), default=None, help="default: from --output's suffix, else csv; tensorboard: event files in RUN_DIR/tensorboard/ (or --output DIR)")
         p.add_argument("--kind", choices=("all", "train", "eval"), default="all", help="which rows (default: all)")
         p.add_argument("--output", "-o", default=None, help="file to write (default: standard output)")
     elif cmd == "monitor":
@@ -112,7 +113,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from engine.run import Run
 
     cfg = load_preset(args.preset, args.overrides)
-    return _drive(Run(cfg, out_dir=args.out, runs_root=args.runs_root), args)
+    return _drive(Run(cfg, out_dir=args.out, runs_root=args.runs_root, overwrite=args.overwrite), args)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from engine import events as ev
+from engine.algorithms.registry import REGISTRY
 
 PANELS: tuple[tuple[str, str], ...] = (
     ("loss", "Loss"),
@@ -144,7 +145,7 @@ def duration(seconds: float | None) -> str:
 
 # algorithms whose KL is measured on the policy's own samples: a blow-up there means the
 # policy is collapsing or gaming the reward, worth an alert
-ON_POLICY = ("ppo", "grpo")
+ON_POLICY = tuple(a.name for a in REGISTRY if a.on_policy)
 
 
 @dataclass

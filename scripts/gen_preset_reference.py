@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from engine.algorithms.registry import REGISTRY  # noqa: E402
+
 OUT = ROOT / "docs" / "presets.md"
 
 SECTION_TITLES = {
@@ -23,12 +25,8 @@ SECTION_TITLES = {
     "model": "`[model]`: the model and what is trained",
     "data": "`[data]`: training and evaluation data",
     "train": "`[train]`: the optimisation loop",
-    "sft": "`[sft]`: supervised fine-tuning",
-    "dpo": "`[dpo]`: Direct Preference Optimization",
-    "reward": "`[reward]`: reward model (Bradley-Terry)",
     "generation": "`[generation]`: sampling for PPO and GRPO rollouts",
-    "ppo": "`[ppo]`: PPO",
-    "grpo": "`[grpo]`: GRPO",
+    **{a.section: f"`[{a.section}]`: {a.long_title}" for a in REGISTRY},
 }
 
 

@@ -14,7 +14,7 @@ from tests.helpers import ROOT
 
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [ROOT / "README.md", *DOCS]
-SECTIONS = ("model", "data", "train", "sft", "dpo", "reward", "generation", "ppo", "grpo")
+SECTIONS = tuple(dict.fromkeys(s.key.split(".")[0] for s in schema() if "." in s.key))  # every config section
 FILE_SUFFIXES = ("jsonl", "json", "toml", "safetensors", "py", "md", "csv", "parquet", "arrow", "log")
 
 

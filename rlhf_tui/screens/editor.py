@@ -22,6 +22,7 @@ from textual.lazy import Reveal
 from textual.screen import Screen
 from textual.widgets import Collapsible, Footer, Header, Input, Label, Select, Static, Switch
 
+from engine.algorithms.registry import REGISTRY, sections_for
 from engine.config import FieldSpec, RunConfig, diff, get_value, parse_text_value, schema, set_value
 from engine.errors import ConfigError
 from engine.presets import list_presets, save_user_preset
@@ -33,15 +34,10 @@ SECTION_TITLES = {
     "model": "Model",
     "data": "Data",
     "train": "Training",
-    "sft": "SFT",
-    "dpo": "DPO",
-    "reward": "Reward model",
     "generation": "Generation (rollouts)",
-    "ppo": "PPO",
-    "grpo": "GRPO",
+    **{a.section: a.title for a in REGISTRY},
 }
 ALWAYS_OPEN = ("", "data", "train")  # open at start (with the algorithm's own); others build on opening
-SECTIONS_FOR = {"sft": ("sft",), "dpo": ("dpo",), "reward": ("reward",), "ppo": ("ppo", "generation"), "grpo": ("grpo", "generation")}
 
 HELP = """\
 Every setting of the preset, generated from the engine's config schema. Type a value and it
@@ -173,7 +169,7 @@ class EditorScreen(Screen):
         # sections are mounted one per frame after the screen shows (it opens at once)
         with Reveal(VerticalScroll(id="editor-form")):
             for section, specs in self._sections().items():
-                relevant = section in ALWAYS_OPEN or section in SECTIONS_FOR.get(self.cfg.algorithm, ())
+                relevant = section in ALWAYS_OPEN or section in sections_for(self.cfg.algorithm)
                 with SchemaSection(section, specs, title=SECTION_TITLES.get(section, section), collapsed=not relevant, id=f"section-{section or 'run'}", classes="section"):
                     if relevant:  # folded sections build their rows when first opened
                         for spec in specs:
@@ -222,7 +218,7 @@ class EditorScreen(Screen):
         set_value(self.cfg, key, value)
         self._row(key).set_class(get_value(self.base, key) != value, "changed")
         if key == "algorithm":
-            for section in SECTIONS_FOR.get(str(value), ()):
+            for section in sections_for(str(value)):
                 for found in self.query(f"#section-{section}").results(Collapsible):
                     found.collapsed = False
         self.refresh_side()

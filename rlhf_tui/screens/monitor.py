@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, RichLog, Sparkline, Static
 
 from engine import events as ev
+from engine.algorithms.registry import REGISTRY
 from rlhf_tui import heap
 from rlhf_tui.messages import FollowFailed, RunEnded, RunEventsArrived
 from rlhf_tui.monitoring import PANELS, SMOOTHING_STEPS, RunState, duration, fmt, gigabytes
@@ -35,6 +36,7 @@ AREA_TURNS = ("bar", "chart", "side", "chart")  # charts get every other tick: e
 KEY_QUIET_S = 0.5  # after a chart key, timer re-plots wait this long (the key's own go first)
 # Statics whose size never depends on their text (fixed in app.tcss)
 FIXED_SIZE = {"#status-badge", "#progress-text", "#chart-mode", "#values", "#memory-text", "#eval-others"}
+NO_KL = {a.name: a.title for a in REGISTRY if not a.kl}  # algorithms without a reference: KL is always null
 CHART_COLOURS = {"loss": "#5fafff", "kl": "#d787ff", "reward": "#87d75f", "tokens_per_sec": "#ffaf5f"}
 STATUS_STYLE = {
     "waiting": ("WAITING", "black on grey70"),
@@ -376,8 +378,8 @@ class MonitorScreen(Screen):
         self._set("#chart-mode", mode)
         for key, _ in PANELS:
             chart = self.query_one(f"#chart-{key}", MetricChart)
-            if key == "kl" and s.algorithm == "sft":
-                chart.set_empty_text("KL is not defined for SFT")
+            if key == "kl" and s.algorithm in NO_KL:
+                chart.set_empty_text(f"KL is not defined for {NO_KL[s.algorithm]}")
             elif s.status == "loading":
                 chart.set_empty_text(f"{s.phase or 'loading'}…")
             elif s.ended and not len(s.series[key]):

@@ -1,0 +1,105 @@
+"""A run directory holds one run, written by one process (issue 21).
+
+A new run refuses a folder that holds a run unless told to replace it; a second writer is
+turned away while the first holds the lock; resume takes only a checkpoint that proves it
+is whole and only with settings that mean the same run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import engine
+from engine.presets import load_preset
+from engine.run import Run
+from tests.helpers import cli, metrics_rows, quick_overrides
+
+
+def _quick(tmp_path: Path, steps: int = 2, **extra: object) -> list[str]:
+    return quick_overrides(tmp_path, steps=steps, train__eval_on_start="false", **extra)
+
+
+def _stderr_lines(out) -> list[str]:  # noqa: ANN001
+    return [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("note:")]
+
+
+def test_a_new_run_refuses_a_directory_holding_a_run_and_overwrite_replaces_it(tmp_path):
+    rr = tmp_path / "rr"
+    first = Run(load_preset("tiny-sft", _quick(tmp_path, 2)), out_dir=rr)
+    assert first.run()["status"] == "completed"
+    (rr / "notes.txt").write_text("the user's own file\n")
+    before = {name: (rr / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "config.toml", "adapters.safetensors")}
+
+    # the CLI: exit 2, one line naming what is there and the two ways on
+    sets = [a for o in _quick(tmp_path, 2) for a in ("--set", o)]
+    out = cli("run", "tiny-dpo", *sets, "--out", str(rr), "--quiet", timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = _stderr_lines(out)
+    assert len(lines) == 1, out.stderr
+    assert "already holds a run (sft, 2/2 steps, completed)" in lines[0]
+    assert f"rlhf-tui resume {rr}" in lines[0] and "--overwrite" in lines[0]
+    assert "Traceback" not in out.stderr
+
+    # the Python API: the run fails with the same message and writes nothing
+    refused = engine.train("tiny-dpo", overrides=_quick(tmp_path, 2), out_dir=rr)
+    assert refused.status == "failed" and "already holds a run" in refused.summary["error"]
+    assert {name: (rr / name).read_bytes() for name in before} == before
+
+    # overwrite=True replaces the old run's files, and only those
+    replaced = engine.train("tiny-dpo", overrides=_quick(tmp_path, 3), out_dir=rr, overwrite=True)
+    assert replaced.status == "completed", replaced.summary.get("error")
+    assert (rr / "notes.txt").read_text() == "the user's own file\n"
+    rows = [r for r in metrics_rows(rr) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all("rewards/accuracies" in r for r in rows)  # DPO rows only: no SFT row left behind
+    summary = json.loads((rr / "summary.json").read_text())
+    assert summary["algorithm"] == "dpo" and summary["steps"] == 3
+    assert [p.name for p in sorted((rr / "checkpoints").iterdir())] == ["step-000003"]
+
+
+def test_an_empty_or_unrelated_folder_is_used_as_it_is(tmp_path):
+    rr = tmp_path / "mine"
+    rr.mkdir()
+    (rr / "train_labels.jsonl").write_text("")  # e.g. what the labelling screen puts there first
+    run = Run(load_preset("tiny-sft", _quick(tmp_path, 1)), out_dir=rr)
+    assert run.run()["status"] == "completed"
+    assert (rr / "train_labels.jsonl").exists()
+
+
+def test_the_console_asks_before_replacing_a_run(tmp_path):
+    import asyncio
+
+    from rlhf_tui.app import make_app
+    from rlhf_tui.screens.dialogs import ConfirmScreen
+    from rlhf_tui.screens.monitor import MonitorScreen
+    from tests.helpers import wait_until
+
+    rr = tmp_path / "chosen"
+    assert Run(load_preset("tiny-sft", _quick(tmp_path, 1)), out_dir=rr).run()["status"] == "completed"
+    summary_before = (rr / "summary.json").read_bytes()
+    cfg = load_preset("tiny-sft", _quick(tmp_path, 2))
+
+    async def scenario() -> None:
+        app = make_app("tiny-sft", runs_root=str(tmp_path / "runs"))
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.pause()
+            app.start_run(cfg, out_dir=str(rr))
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmScreen)
+            assert "already holds a run" in app.screen.question
+            assert "sft, 1/1 steps, completed" in app.screen.detail
+            await pilot.press("n")
+            await pilot.pause()
+            assert app.active_run is None and not isinstance(app.screen, ConfirmScreen)
+            assert (rr / "summary.json").read_bytes() == summary_before
+
+            app.start_run(cfg, out_dir=str(rr))
+            await pilot.pause()
+            await pilot.press("y")
+            await wait_until(pilot, lambda: app.active_run is not None and not app.active_run.running, 120, "the run to end")
+            assert isinstance(app.screen, MonitorScreen)
+            assert app.active_run.status == "completed", app.active_run.summary.get("error")
+
+    asyncio.run(scenario())
+    assert json.loads((rr / "summary.json").read_text())["steps"] == 2
