@@ -1,32 +1,23 @@
-"""Algorithms by name. Each module holds one algorithm with the same small interface."""
+"""Algorithms by name. Each module holds one algorithm with the same small interface;
+``engine.algorithms.registry`` declares them all (this package stays import-light: the
+MLX-backed ``Algorithm`` and ``TrainContext`` load on first use)."""
 
 from __future__ import annotations
 
-from engine.algorithms.base import Algorithm, TrainContext
+from typing import TYPE_CHECKING, Any
+
+from engine.algorithms.registry import REGISTRY, AlgorithmSpec, algorithm_class, spec
+
+if TYPE_CHECKING:
+    from engine.algorithms.base import Algorithm, TrainContext
 
 
-def algorithm_class(name: str) -> type[Algorithm]:
-    if name == "sft":
-        from engine.algorithms.sft import Sft
+def __getattr__(name: str) -> Any:
+    if name in ("Algorithm", "TrainContext"):
+        from engine.algorithms import base
 
-        return Sft
-    if name == "dpo":
-        from engine.algorithms.dpo import Dpo
-
-        return Dpo
-    if name == "reward":
-        from engine.algorithms.reward import RewardModelling
-
-        return RewardModelling
-    if name == "ppo":
-        from engine.algorithms.ppo import Ppo
-
-        return Ppo
-    if name == "grpo":
-        from engine.algorithms.grpo import Grpo
-
-        return Grpo
-    raise KeyError(name)
+        return getattr(base, name)
+    raise AttributeError(f"module 'engine.algorithms' has no attribute {name!r}")
 
 
-__all__ = ["Algorithm", "TrainContext", "algorithm_class"]
+__all__ = ["REGISTRY", "Algorithm", "AlgorithmSpec", "TrainContext", "algorithm_class", "spec"]
