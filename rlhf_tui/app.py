@@ -88,15 +88,37 @@ class RlhfApp(App[int]):
         if not self._return_to(PresetsScreen):
             self.push_screen(PresetsScreen(self.preset, self.overrides))
 
-    def start_run(self, cfg: RunConfig, out_dir: str | None = None) -> None:
-        """Start training ``cfg`` in a background thread and open its monitor."""
+    def start_run(self, cfg: RunConfig, out_dir: str | None = None, *, overwrite: bool = False) -> None:
+        """Start training ``cfg`` in a background thread and open its monitor.
+
+        An ``out_dir`` that already holds a run is replaced only after the user confirms."""
         from engine.run import Run
+        from engine.rundir import RunDirectory
         from rlhf_tui.screens.monitor import MonitorScreen
 
         if self.active_run is not None and self.active_run.running:
             self.notify("A run is already training; cancel it first.", severity="warning")
             return
-        run = Run(cfg, runs_root=self.runs_root, out_dir=out_dir)
+        what = RunDirectory(out_dir).run_description() if out_dir and not overwrite else None
+        if what is not None:
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.start_run(cfg, out_dir, overwrite=True)
+
+            self.push_screen(
+                ConfirmScreen(
+                    f"{out_dir} already holds a run. Replace it?",
+                    f"It holds {what}. Replacing deletes that run's metrics, checkpoints and weights "
+                    f"(other files stay). To continue it instead, resume it from the history (h) "
+                    f"or run: rlhf-tui resume {out_dir}",
+                    yes="Replace it",
+                    no="Keep it",
+                ),
+                answered,
+            )
+            return
+        run = Run(cfg, runs_root=self.runs_root, out_dir=out_dir, overwrite=overwrite)
         self.active_run = run
         self.push_screen(MonitorScreen(run=run, title=f"{cfg.name} · {cfg.algorithm.upper()}"))
 
