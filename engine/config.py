@@ -56,6 +56,7 @@ class DataConfig:
     eval: str = knob("", "Held-out data for eval/ rows (empty: none; a folder's valid.jsonl is used when present).")
     max_eval_examples: int = knob(256, "At most this many eval examples are scored at each evaluation.", min=1, max=1_000_000)
     shuffle: bool = knob(True, "Shuffle the training data each epoch (seeded by train.seed).")
+    task_reward: str = knob("", "Registered reward function that judges an answer exactly right (1) or not; names one to log eval/task_score (greedy answers to data.eval's prompts). Empty: no task score.")
 
 
 @dataclass
@@ -73,6 +74,7 @@ class TrainConfig:
     compile: bool = knob(True, "Compile the train step with mx.compile (length-bucketed shapes).")
     memory_limit_gb: float = knob(0.0, "Cap MLX's memory use in GiB (0 = no cap).", min=0.0, max=4096.0)
     log_every: int = knob(1, "Write a metrics row every N steps.", min=1, max=1_000_000)
+    eval_on_start: bool = knob(True, "Evaluate the starting model at step 0 before the first update (TRL's eval_on_start).")
     eval_every: int = knob(25, "Evaluate on data.eval every N steps (and at the end; 0 = only at the end).", min=0, max=1_000_000)
     save_every: int = knob(50, "Checkpoint every N steps (and at the end; 0 = only at the end).", min=0, max=1_000_000)
     on_nan: str = knob("stop", "What to do when the loss or gradients are NaN/inf.", choices=("stop", "skip"))

@@ -354,6 +354,9 @@ class Run:
             metrics = {k: v for k, v in world.mean({k: v for k, v in metrics.items() if v is not None}).items()} | {
                 k: None for k, v in metrics.items() if v is None
             }
+        if start_step == 0 and t.eval_on_start:
+            self._check()
+            self._evaluate(0, run_t0)  # the starting model: every eval series begins at step 0
             row: dict[str, Any] = {
                 "step": step,
                 "elapsed_s": round(time.time() - run_t0, 4),

@@ -17,7 +17,7 @@ from engine.config import load_toml
 from engine.errors import ConfigError, RunDirError
 from engine.rundir import RunDirectory
 
-EVAL_HEADLINES = ("eval/rewards/accuracies", "eval/accuracy", "eval/reward", "eval/loss")
+EVAL_HEADLINES = ("eval/task_score", "eval/rewards/accuracies", "eval/accuracy", "eval/reward", "eval/loss")
 LIVE_WINDOW_S = 60.0  # a run without summary.json that wrote within this long is "running"
 
 

@@ -21,7 +21,7 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("reward", "Reward"),
     ("tokens_per_sec", "Tokens / s"),
 )
-EVAL_HEADLINE_KEYS = ("eval/rewards/accuracies", "eval/accuracy", "eval/reward", "eval/loss")
+EVAL_HEADLINE_KEYS = ("eval/task_score", "eval/rewards/accuracies", "eval/accuracy", "eval/reward", "eval/loss")
 SMOOTHING_STEPS = (0.0, 0.6, 0.8, 0.9, 0.97)
 DEFAULT_SMOOTHING = 0.8
 # keys that are shown elsewhere (progress, memory) rather than in the values table

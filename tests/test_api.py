@@ -89,11 +89,11 @@ def test_stream_yields_the_run_in_order_and_matches_the_run_directory(tmp_path):
         assert saved["loss"] == pytest.approx(live["loss"], rel=1e-6)
         assert saved["rewards/accuracies"] == pytest.approx(live["rewards/accuracies"])
     evals = engine.read_metrics(tmp_path / "run", "eval")
-    assert len(evals) == 1 and evals[0]["step"] == 3 and "eval/rewards/accuracies" in evals[0]
-    assert len(engine.read_metrics(tmp_path / "run", "all")) == 4
+    assert [e["step"] for e in evals] == [0, 3] and "eval/rewards/accuracies" in evals[-1]  # step 0: the starting model
+    assert len(engine.read_metrics(tmp_path / "run", "all")) == 5
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 3
-    assert run.summary["final_eval"]["eval/rewards/accuracies"] == pytest.approx(evals[0]["eval/rewards/accuracies"])
+    assert run.summary["final_eval"]["eval/rewards/accuracies"] == pytest.approx(evals[-1]["eval/rewards/accuracies"])
 
 
 def test_train_gives_the_same_numbers_as_the_cli(tmp_path):
@@ -107,7 +107,7 @@ def test_train_gives_the_same_numbers_as_the_cli(tmp_path):
     assert out.returncode == 0, out.stderr
     api_rows = engine.read_metrics(tmp_path / "api", "all")
     cli_rows = engine.read_metrics(tmp_path / "cli", "all")
-    assert len(api_rows) == len(cli_rows) == 3
+    assert len(api_rows) == len(cli_rows) == 4  # eval at step 0, steps 1-2, eval at step 2
     for a, c in zip(api_rows, cli_rows, strict=True):
         for key in ("loss", "kl", "reward", "rewards/margins", "eval/loss"):
             if key in a:

@@ -54,7 +54,7 @@ def test_run_directory_contents(tmp_path):
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if any(k.startswith("eval/") for k in r)]
     assert [r["step"] for r in train_rows] == [1, 2, 3]
-    assert [r["step"] for r in eval_rows] == [2, 3]
+    assert [r["step"] for r in eval_rows] == [0, 2, 3]  # step 0: the starting model (train.eval_on_start)
     for r in train_rows:
         for key in ("loss", "kl", "reward", "tokens_per_sec", "elapsed_s", "learning_rate", "grad_norm",
                     "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"):
@@ -76,7 +76,7 @@ def test_builtin_dpo_raises_held_out_accuracy(tmp_path):
     run = Run(cfg, out_dir=tmp_path / "run")
     assert run.run()["status"] == "completed"
     accs = [r["eval/rewards/accuracies"] for r in metrics_rows(tmp_path / "run") if "eval/rewards/accuracies" in r]
-    assert len(accs) == 5
+    assert len(accs) == 6  # steps 0, 20, ..., 100
     assert accs[-1] >= 0.75, accs
     assert accs[-1] > accs[0], accs
 

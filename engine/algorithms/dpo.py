@@ -31,6 +31,7 @@ from engine.compile import compile_pays, enable_grad_checkpoint
 from engine.config import resolve_path
 from engine.data import PreferencePair, load_pairs
 from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
+from engine.task_eval import TaskPrompt, TaskScorer
 
 # Run each prompt once for both answers where the model allows it (same log-probs, less
 # work: see engine.logprobs.shared_prompt_logprobs). Benchmarks turn it off to compare.
@@ -125,6 +126,7 @@ class Dpo(Algorithm):
             enable_grad_checkpoint(ctx.model)
         # length buckets keep a compiled step from recompiling; an eager step pads only to the batch's longest row
         self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
+        self.task = TaskScorer.from_config(cfg)
         everything = self.train + self.eval
         self.shared = SHARE_PROMPT and supports_shared_prompt(ctx.model) and all(p.prompt_ids and p.chosen_ids and p.rejected_ids for p in everything)
         if "ref_train" in saved and saved["ref_train"].shape[0] == len(self.train):
@@ -260,6 +262,8 @@ class Dpo(Algorithm):
         }
         metrics = {k: float(v.item()) for k, v in out.items()}
         metrics["reward"] = metrics["rewards/margins"]
+        if self.task is not None:
+            metrics.update(self.task.evaluate(self.ctx, [TaskPrompt(p.prompt_ids, p.prompt) for p in self.eval]))
         return metrics
 
     def state_dict(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from engine.rollout import (
     pad_id,
     sample_completions,
 )
+from engine.task_eval import TaskScorer
 
 ADV_EPS = 1e-4
 
@@ -102,6 +103,7 @@ class Grpo(Algorithm):
         self.order = DataOrder(len(self.prompts), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
         self.eos = eos_token_ids(ctx.tokenizer)
         self.reference = ReferencePolicy(ctx.model) if cfg.grpo.beta > 0 else None
+        self.task = TaskScorer.from_config(cfg)
 
     # -------------------------------------------------------------- pieces
 
@@ -218,6 +220,7 @@ class Grpo(Algorithm):
             return {}
         totals: list[float] = []
         lengths: list[int] = []
+        right: list[float] = []
         chunk = 64
         for start in range(0, len(self.eval_prompts), chunk):
             part = self.eval_prompts[start : start + chunk]
@@ -225,7 +228,12 @@ class Grpo(Algorithm):
             scores, _ = score_completions(self.rewards, [p.text for p in rows], texts, [p.extra for p in rows])
             totals.extend(scores)
             lengths.extend(len(c) for c in rollout.completion_ids)
-        return {"reward": sum(totals) / len(totals), "completions/mean_length": sum(lengths) / len(lengths)}
+            if self.task is not None:
+                right.extend(self.task.correct([p.text for p in rows], texts, rollout.finished, [p.extra for p in rows]))
+        out = {"reward": sum(totals) / len(totals), "completions/mean_length": sum(lengths) / len(lengths)}
+        if right:
+            out["task_score"] = sum(right) / len(right)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"order": self.order.state_dict()}

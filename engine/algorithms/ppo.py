@@ -59,6 +59,7 @@ from engine.rollout import (
     pad_id,
     sample_completions,
 )
+from engine.task_eval import TaskScorer
 from engine.value_head import ScalarHead, hidden_and_logits, hidden_size, hidden_states
 
 # ---------------------------------------------------------------- the math (tested against plain loops)
@@ -236,6 +237,7 @@ class Ppo(Algorithm):
         mx.eval(self.module.value_head.parameters())
         self.kl_ctl = AdaptiveKLController(cfg.ppo.kl_coef, cfg.ppo.target_kl, cfg.ppo.kl_horizon)
         self.rng = random.Random(cfg.train.seed * 7919 + 17)
+        self.task = TaskScorer.from_config(cfg)
         ctx.log(f"ppo: scores from the {self.source.name}; value head on {'a separate copy of the base' if value_lm is not None else 'the policy trunk'}")
 
     def _separate_value_model(self) -> nn.Module:
@@ -391,12 +393,18 @@ class Ppo(Algorithm):
             return {}
         scores: list[float] = []
         lengths: list[int] = []
+        right: list[float] = []
         for start in range(0, len(self.eval_prompts), 64):
             part = self.eval_prompts[start : start + 64]
             rollout, texts = self._rollout(part, 0.0)
             scores.extend(self._score(part, rollout, texts))
             lengths.extend(len(c) for c in rollout.completion_ids)
-        return {"reward": sum(scores) / len(scores), "completions/mean_length": sum(lengths) / len(lengths)}
+            if self.task is not None:
+                right.extend(self.task.correct([p.text for p in part], texts, rollout.finished, [p.extra for p in part]))
+        out = {"reward": sum(scores) / len(scores), "completions/mean_length": sum(lengths) / len(lengths)}
+        if right:
+            out["task_score"] = sum(right) / len(right)
+        return out
 
     # -------------------------------------------------------------- state
 

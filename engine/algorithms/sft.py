@@ -16,6 +16,7 @@ from engine.batching import DataOrder, collate
 from engine.config import resolve_path
 from engine.data import Completion, load_completions
 from engine.logprobs import shifted_token_logprobs
+from engine.task_eval import TaskScorer, from_ids
 
 
 class Sft(Algorithm):
@@ -29,6 +30,7 @@ class Sft(Algorithm):
         if cfg.data.eval:
             self.eval = load_completions(resolve_path(cfg, cfg.data.eval), ctx.tokenizer, cfg.model.max_length, "eval")[: cfg.data.max_eval_examples]
         self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.task = TaskScorer.from_config(cfg)
 
     def _rows(self, items: list[Completion]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         if self.cfg.sft.mask_prompt:
@@ -75,7 +77,10 @@ class Sft(Algorithm):
             total_n += n
             self.ctx.phase("evaluating", min(start + step, len(self.eval)), len(self.eval))
         acc = total_acc / max(total_n, 1.0)
-        return {"loss": total_loss / max(total_n, 1.0), "mean_token_accuracy": acc, "reward": acc}
+        out = {"loss": total_loss / max(total_n, 1.0), "mean_token_accuracy": acc, "reward": acc}
+        if self.task is not None:
+            out.update(self.task.evaluate(self.ctx, from_ids(self.ctx.tokenizer, [c.prompt_ids for c in self.eval])))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"order": self.order.state_dict()}

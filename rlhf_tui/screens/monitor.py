@@ -58,8 +58,10 @@ behind it the raw values. What KL and reward mean depends on the algorithm (for 
 the implicit reward margin, KL how far the log-probs of the data's answers moved from the
 reference; for SFT: reward is token accuracy and KL is not defined).
 
-The side panel shows the held-out **eval** score (e.g. `eval/rewards/accuracies`, the
-fraction of held-out pairs the model prefers correctly), the latest value of every metric
+The side panel shows the held-out **eval** score: `eval/task_score` (the share of held-out
+prompts the model answers exactly right, greedy; the same axis for SFT, DPO, PPO and GRPO)
+when the task has one, else e.g. `eval/rewards/accuracies` (the fraction of held-out pairs
+the model prefers correctly), with its change since step 0; the latest value of every metric
 and MLX memory (active now and peak).
 
 **space** pauses and resumes (takes effect between steps), **c** cancels after the current
