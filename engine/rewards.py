@@ -118,29 +118,45 @@ def prompt_letters(prompt: str) -> list[str]:
 def sorted_letters_score(prompt: str, completion: str) -> float:
     """Order x coverage, in [0, 1]; 1 only for the prompt's letters in alphabetical order.
 
-    order: fraction of adjacent answer pairs in strictly increasing order (a one-word
-    answer counts as ordered); coverage: letters shared with the prompt (as multisets)
-    divided by the larger of the two counts, so missing, extra or invented letters cost.
+    The answer is read strictly: words are what single spaces separate, so a doubled,
+    leading or trailing space makes an empty word, and any word that is not one letter
+    counts as an invented letter. order: adjacent pairs of letters in strictly increasing
+    order, divided by the pairs the answer *should* have (the prompt's letters - 1) or
+    the pairs it has, whichever is more, so a one-letter answer earns no order;
+    coverage: letters shared with the prompt (as multisets) divided by the larger of the
+    two counts, so missing, extra or invented letters cost. (EOS is the caller's: PPO's
+    ``ppo.missing_eos_penalty``, GRPO's ``grpo.mask_truncated_completions``.)
     """
     want = prompt_letters(prompt)
-    got = completion.split()
-    if not got or not want:
+    got = completion.split(" ")
+    if not completion or not want:
         return 0.0
-    pairs = len(got) - 1
-    order = 1.0 if pairs == 0 else sum(1 for a, b in zip(got, got[1:], strict=False) if a < b) / pairs
-    shared = sum((Counter(want) & Counter(got)).values())
+
+    def letter(w: str) -> bool:
+        return len(w) == 1 and w.isalpha()
+
+    in_order = sum(1 for a, b in zip(got, got[1:], strict=False) if letter(a) and letter(b) and a < b)
+    order = in_order / max(len(want) - 1, len(got) - 1, 1)
+    shared = sum((Counter(want) & Counter(w for w in got if letter(w))).values())
     coverage = shared / max(len(want), len(got))
+    if len(want) == 1:
+        order = 1.0 if got == want else 0.0
     return order * coverage
 
 
-@_builtin("sorted_letters", "Sorting task: fraction of adjacent letters in order x share of the prompt's letters (0..1).")
+def exact_sort_answer(prompt: str) -> str:
+    """The one right answer to a ``sort:`` prompt: its letters sorted, single spaces between."""
+    return " ".join(sorted(prompt_letters(prompt)))
+
+
+@_builtin("sorted_letters", "Sorting task: adjacent letters in order (of the pairs needed) x share of the prompt's letters (0..1).")
 def sorted_letters(prompts: Sequence[str], completions: Sequence[str], extras: Sequence[dict[str, Any]]) -> list[float]:
     return [sorted_letters_score(p, c) for p, c in zip(prompts, completions, strict=True)]
 
 
-@_builtin("exact_sort", "Sorting task: 1 when the answer is exactly the prompt's letters sorted, else 0.")
+@_builtin("exact_sort", "Sorting task: 1 when the answer is exactly the prompt's letters sorted (single spaces, nothing else), else 0.")
 def exact_sort(prompts: Sequence[str], completions: Sequence[str], extras: Sequence[dict[str, Any]]) -> list[float]:
-    return [1.0 if c.split() == sorted(prompt_letters(p)) else 0.0 for p, c in zip(prompts, completions, strict=True)]
+    return [1.0 if c == exact_sort_answer(p) and c else 0.0 for p, c in zip(prompts, completions, strict=True)]
 
 
 @_builtin("letters_only", "Format: 1 when the answer is single letters separated by single spaces, else 0.")
@@ -161,6 +177,7 @@ __all__ = [
     "RegisteredReward",
     "RewardFunction",
     "available_rewards",
+    "exact_sort_answer",
     "get_reward",
     "parse_reward_names",
     "register_reward",

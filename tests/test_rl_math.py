@@ -218,7 +218,10 @@ def test_bradley_terry_loss_with_margin_and_centering() -> None:
     [
         ("sort: q c m f\n", "c f m q", 1.0),
         ("sort: q c m f\n", "q c m f", 1 / 3),  # one of three adjacent pairs in order
-        ("sort: q c m f\n", "c f m", 0.75),  # in order but a letter missing
+        ("sort: q c m f\n", "c f m", 2 / 3 * 3 / 4),  # in order, but 2 of the 3 pairs needed and 3 of 4 letters
+        ("sort: q c m f\n", "c", 0.0),  # one letter: no pair in order
+        ("sort: q c m f\n", "c f m q ", 3 / 4 * 4 / 5),  # a trailing space is an empty (invented) word
+        ("sort: q c m f\n", "c  f m q", 2 / 4 * 4 / 5),  # so is a doubled space
         ("sort: q c m f\n", "c f m q z", 0.8),  # an extra letter
         ("sort: q c m f\n", "a b d e", 0.0),  # sorted, but none of the prompt's letters
         ("sort: q c m f\n", "", 0.0),
