@@ -138,6 +138,15 @@ class GrpoConfig:
     scale_rewards: bool = knob(True, "Divide advantages by the group's reward std.")
 
 
+REPORTERS = ("tensorboard", "wandb", "trackio")
+
+
+@dataclass
+class ReportConfig:
+    to: tuple[str, ...] = knob((), "Experiment trackers that get the run's metrics and samples (empty: none); each is an optional extra (uv sync --extra NAME).", choices=REPORTERS)
+    project: str = knob("rlhf-tui", "Project the run is filed under in wandb and trackio (the run's name is its id).")
+
+
 @dataclass
 class RunConfig:
     name: str = knob("run", "Preset name, also the prefix of run ids.")
@@ -152,6 +161,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     ppo: PpoConfig = field(default_factory=PpoConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     # Where the preset came from; relative data/model paths resolve against it. Not a knob.
     base_dir: str = field(default="", metadata={"internal": True})
 
@@ -172,6 +182,9 @@ class FieldSpec:
     max: float | None
 
     def describe_allowed(self) -> str:
+        if self.type is tuple:  # a list of choices, e.g. report.to
+            names = ", ".join(repr(c) for c in self.choices or ())
+            return f"a list of {names} (one name, a,b or [\"a\", \"b\"]; empty for none)"
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.type is bool:
@@ -211,7 +224,7 @@ def schema() -> list[FieldSpec]:
             specs.append(
                 FieldSpec(
                     key=prefix + f.name,
-                    type=tp,
+                    type=typing.get_origin(tp) or tp,  # tuple[str, ...] -> tuple
                     default=default,
                     help=f.metadata.get("help", ""),
                     choices=f.metadata.get("choices"),
@@ -249,6 +262,8 @@ def coerce(spec: FieldSpec, value: Any, *, source: str = "") -> Any:
     where = f"{source}: " if source else ""
     bad = f"{where}{spec.key} = {value!r} is not allowed; expected {spec.describe_allowed()}"
     tp = spec.type
+    if tp is tuple:
+        return _choice_list(spec, value, bad)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(bad)
@@ -279,6 +294,23 @@ def coerce(spec: FieldSpec, value: Any, *, source: str = "") -> Any:
     return out
 
 
+def _choice_list(spec: FieldSpec, value: Any, bad: str) -> tuple[str, ...]:
+    """A list-of-choices value: a name, ``"a,b"`` or a list of names -> a tuple without repeats."""
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ConfigError(bad)
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or (spec.choices is not None and item not in spec.choices):
+            raise ConfigError(bad)
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
 def parse_text_value(spec: FieldSpec, text: str, *, source: str = "") -> Any:
     """Turn the text typed after ``--set key=`` (or into the editor) into a typed value."""
     where = f"{source}: " if source else ""
@@ -298,6 +330,11 @@ def parse_text_value(spec: FieldSpec, text: str, *, source: str = "") -> Any:
 
 
 def _parse_text(spec: FieldSpec, raw: str, text: str, bad: str, source: str) -> Any:
+    if spec.type is tuple and raw.startswith("["):  # --set 'report.to=["tensorboard","wandb"]'
+        try:
+            return coerce(spec, tomllib.loads(f"v = {raw}")["v"], source=source)
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(bad) from None
     if spec.type is int:
         try:
             value: Any = int(raw)

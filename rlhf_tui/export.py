@@ -20,12 +20,18 @@ def write_export(run_dir: str | Path, out: str | Path, fmt: Format | None = None
 
 
 def run_export_command(args: Any) -> int:
-    """``rlhf-tui export RUN_DIR [--format csv|jsonl] [--kind all|train|eval] [--output FILE]``."""
+    """``rlhf-tui export RUN_DIR [--format csv|jsonl|tensorboard] [--kind all|train|eval] [--output FILE|DIR]``."""
     import sys
 
     from engine.rundir import RunDirectory
 
     RunDirectory.at(args.run_dir, must_exist=True)
+    if args.format == "tensorboard":
+        from engine.reporting import export_tensorboard
+
+        path = export_tensorboard(args.run_dir, args.output)
+        print(f"wrote {path} (view it: tensorboard --logdir {path.parent})", file=sys.stderr)
+        return 0
     if args.output:
         path = write_export(args.run_dir, args.output, args.format, args.kind)
         print(f"wrote {path}", file=sys.stderr)

@@ -26,6 +26,7 @@ SECTION_TITLES = {
     "data": "`[data]`: training and evaluation data",
     "train": "`[train]`: the optimisation loop",
     "generation": "`[generation]`: sampling for PPO and GRPO rollouts",
+    "report": "`[report]`: experiment trackers (TensorBoard, wandb, trackio)",
     **{a.section: f"`[{a.section}]`: {a.long_title}" for a in REGISTRY},
 }
 
@@ -35,6 +36,8 @@ def _value(v: object) -> str:
         return "`true`" if v else "`false`"
     if isinstance(v, str):
         return f'`"{v}"`'
+    if isinstance(v, tuple):
+        return "`[" + ", ".join(f'"{x}"' for x in v) + "]`"
     return f"`{v}`"
 
 
@@ -93,7 +96,7 @@ def render() -> str:
     for section, items in sections.items():
         out += [f"### {SECTION_TITLES.get(section, f'`[{section}]`')}", "", "| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
         for s in items:
-            out.append(f"| `{s.key}` | {s.type.__name__} | {_value(s.default)} | {_cell(s.describe_allowed())} | {_cell(s.help)} |")
+            out.append(f"| `{s.key}` | {'list' if s.type is tuple else s.type.__name__} | {_value(s.default)} | {_cell(s.describe_allowed())} | {_cell(s.help)} |")
         out.append("")
     return "\n".join(out)
 

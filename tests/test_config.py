@@ -22,7 +22,7 @@ def test_every_field_has_help_and_constraints():
     assert len(specs) > 40
     for s in specs:
         assert s.help, s.key
-        assert s.type in (int, float, str, bool), s.key
+        assert s.type in (int, float, str, bool, tuple), s.key  # tuple: a list of choices (report.to)
         if s.type in (int, float) and s.choices is None:
             assert s.min is not None and s.max is not None, f"{s.key} has no range"
         assert s.min is None or s.max is None or s.min <= s.default <= s.max, s.key

@@ -61,6 +61,8 @@ def key_of(widget_id_: str | None) -> str:
 
 
 def text_of(value: Any) -> str:
+    if isinstance(value, tuple):  # a list of choices (report.to): "tensorboard, wandb"
+        return ", ".join(str(v) for v in value)
     if isinstance(value, float):
         return repr(value) if abs(value) >= 1e-4 or value == 0 else f"{value:g}"
     return str(value)
@@ -94,7 +96,7 @@ class FieldRow(Container):
         spec = self.spec
         yield Static(self.info_text(), classes="info")
         wid = widget_id(spec.key)
-        if spec.choices:
+        if spec.choices and spec.type is not tuple:
             yield Select([(str(c), c) for c in spec.choices], value=self.value, allow_blank=False, id=wid, compact=True)
         elif spec.type is bool:
             yield Switch(value=bool(self.value), id=wid)
