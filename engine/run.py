@@ -27,6 +27,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from engine import events as ev
 from engine.algorithms import Algorithm, TrainContext, algorithm_class
 from engine.config import RunConfig, config_from_dict, load_toml, resolved, to_dict
+from engine.dir_lock import DirLock
 from engine.distributed import World, init_world
 from engine.errors import Cancelled, ConfigError, EngineError, RunDirError
 from engine.models import load_policy
@@ -210,10 +211,26 @@ class Run:
             self._finish("failed", error=message)
             self._emit(ev.RunFailed(message, traceback.format_exc(), self.summary, bad_input=isinstance(err, EngineError)))
             if isinstance(err, KeyboardInterrupt | SystemExit):
+                self._release_dir()
                 raise
-        if self._reporters is not None:
-            self._reporters.close()  # the trackers flush before the run counts as over
+        try:
+            if self._reporters is not None:
+                self._reporters.close()  # the trackers flush before the run counts as over
+        finally:
+            self._release_dir()  # the last write is done: another process may take the directory
         return self.summary
+
+    _dir_lock: DirLock | None = None
+
+    def _lock_dir(self, directory: RunDirectory) -> None:
+        """Rank 0 (or a lone process) becomes the directory's one writer, or raises RunDirError."""
+        self._dir_lock = DirLock(directory.path, "resume" if self._resume_dir else "run").acquire()
+        if self._dir_lock.note:
+            self._dir_notes.append(self._dir_lock.note)
+
+    def _release_dir(self) -> None:
+        if self._dir_lock is not None:
+            self._dir_lock.release()
 
     _reporters: Any = None
 
@@ -259,12 +276,14 @@ class Run:
     def _claim_dir(self) -> RunDirectory | None:
         """The run directory; on rank 0 a new run refuses one that holds a run (or clears it with overwrite)."""
         if self._resume_dir is not None:
-            return RunDirectory.at(self._resume_dir, must_exist=True)
+            directory = RunDirectory.at(self._resume_dir, must_exist=True)
+            if self._is_main:
+                self._lock_dir(directory)
+            return directory
         if not self._is_main:
             return RunDirectory(self._out_dir) if self._out_dir else None
-        if self._out_dir is None:
-            return RunDirectory.create(self._runs_root, self.config.name)
-        directory = RunDirectory.at(self._out_dir)
+        directory = RunDirectory.create(self._runs_root, self.config.name) if self._out_dir is None else RunDirectory.at(self._out_dir)
+        self._lock_dir(directory)  # before looking: a run still writing here is named as such
         what = directory.run_description()
         if what is not None:
             if not self._overwrite:
@@ -335,6 +354,9 @@ class Run:
         t = cfg.train
         elapsed_before = float(self._resumed_state.get("elapsed_s", 0.0)) if self._resume_dir else 0.0
         run_t0 = time.time() - elapsed_before
+        if start_step == 0 and t.eval_on_start:
+            self._check()
+            self._evaluate(0, run_t0)  # the starting model: every eval series begins at step 0
         for step in range(start_step + 1, t.max_steps + 1):
             self._check()
             self._agreed_cancel()
@@ -354,9 +376,6 @@ class Run:
             metrics = {k: v for k, v in world.mean({k: v for k, v in metrics.items() if v is not None}).items()} | {
                 k: None for k, v in metrics.items() if v is None
             }
-        if start_step == 0 and t.eval_on_start:
-            self._check()
-            self._evaluate(0, run_t0)  # the starting model: every eval series begins at step 0
             row: dict[str, Any] = {
                 "step": step,
                 "elapsed_s": round(time.time() - run_t0, 4),

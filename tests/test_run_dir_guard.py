@@ -103,3 +103,31 @@ def test_the_console_asks_before_replacing_a_run(tmp_path):
 
     asyncio.run(scenario())
     assert json.loads((rr / "summary.json").read_text())["steps"] == 2
+
+
+def test_a_second_writer_is_turned_away_naming_the_first_and_touches_nothing(tmp_path):
+    import os
+    import socket
+
+    from engine.dir_lock import DirLock
+    from engine.run import resume_run
+
+    rr = tmp_path / "rr"
+    assert Run(load_preset("tiny-sft", _quick(tmp_path, 2)), out_dir=rr).run()["status"] == "completed"
+    files = {p.relative_to(rr): p.read_bytes() for p in rr.rglob("*") if p.is_file() and p.name != "run.lock"}
+    with DirLock(rr):  # the first writer (a lock is per open file, so this process counts as another)
+        for second in (
+            resume_run(rr, ["train.max_steps=4"]),
+            Run(load_preset("tiny-sft", _quick(tmp_path, 2)), out_dir=rr, overwrite=True),
+        ):
+            summary = second.run()
+            assert summary["status"] == "failed"
+            assert f"another process is writing this run (pid {os.getpid()} on host {socket.gethostname()}" in summary["error"]
+        # neither the resume nor the overwrite wrote or deleted anything
+        assert {p.relative_to(rr): p.read_bytes() for p in rr.rglob("*") if p.is_file() and p.name != "run.lock"} == files
+    # the first writer is gone: the directory is free again (no stale lock to clear)
+    resumed = resume_run(rr, ["train.max_steps=3"])
+    assert resumed.run()["status"] == "completed", resumed.summary.get("error")
+    assert [r["step"] for r in metrics_rows(rr) if "loss" in r] == [1, 2, 3]
+    with DirLock(rr):  # and the resume let go of it when it ended
+        pass
