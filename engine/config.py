@@ -68,6 +68,7 @@ class TrainConfig:
     warmup_steps: int = knob(0, "Linear warm-up steps from 0 to the peak learning rate.", min=0, max=10_000_000)
     optimizer: str = knob("adamw", "Optimizer (state kept in float32).", choices=("adamw", "adam", "sgd"))
     weight_decay: float = knob(0.0, "Decoupled weight decay (adamw).", min=0.0, max=1.0)
+    adam_bias_correction: bool = knob(True, "Adam/AdamW bias correction of the moments (PyTorch's and TRL's semantics); false: MLX's default, early updates several times larger.")
     max_grad_norm: float = knob(1.0, "Clip the global gradient norm to this value (0 = no clipping).", min=0.0, max=1e6)
     seed: int = knob(0, "Seed for data order, initialisation and sampling.", min=0, max=2**31 - 1)
     grad_checkpoint: bool = knob(False, "Recompute activations in the backward pass to save memory.")
@@ -136,6 +137,7 @@ class GrpoConfig:
     num_iterations: int = knob(1, "Optimisation passes over each batch of generations.", min=1, max=100)
     reward_functions: str = knob("sorted_letters", "Comma-separated registered reward functions, summed.")
     scale_rewards: bool = knob(True, "Divide advantages by the group's reward std.")
+    mask_truncated_completions: bool = knob(True, "Leave completions cut at generation.max_new_tokens without EOS out of the loss (TRL's mask_truncated_completions).")
 
 
 REPORTERS = ("tensorboard", "wandb", "trackio")

@@ -239,6 +239,18 @@ def completion_logprobs(logits: mx.array, batch: CompletionBatch, temperature: f
 # ---------------------------------------------------------------- helpers shared by PPO and GRPO
 
 
+def require_sampling(cfg: Any) -> None:
+    """Sampling algorithms (PPO, GRPO, ...) refuse ``generation.temperature = 0``: greedy
+    rollouts make every sample of a prompt the same, so there is nothing to compare."""
+    if cfg.generation.temperature <= 0:
+        from engine.errors import ConfigError
+
+        raise ConfigError(
+            f"generation.temperature = {cfg.generation.temperature:g}: {cfg.algorithm} samples its rollouts and needs a temperature above 0 "
+            "(greedy samples are identical, so it would learn nothing); try 1.0"
+        )
+
+
 def eos_token_ids(tokenizer: Any) -> set[int]:
     ids = set(getattr(tokenizer, "eos_token_ids", None) or [])
     if getattr(tokenizer, "eos_token_id", None) is not None:

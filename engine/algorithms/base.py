@@ -52,11 +52,11 @@ class _Fp32State:
 
 
 class Fp32Adam(_Fp32State, optim.Adam):
-    """Adam with float32 moments."""
+    """Adam with float32 moments; bias-corrected as PyTorch's unless ``train.adam_bias_correction = false``."""
 
 
 class Fp32AdamW(_Fp32State, optim.AdamW):
-    """AdamW with float32 moments."""
+    """AdamW with float32 moments; bias-corrected as PyTorch's unless ``train.adam_bias_correction = false``."""
 
 
 class TrainContext:
@@ -106,9 +106,9 @@ class TrainContext:
         self._schedule = lr if callable(lr) else None
         start = float(lr(0).item()) if callable(lr) else float(lr)
         if t.optimizer == "adamw":
-            opt: optim.Optimizer = Fp32AdamW(learning_rate=start, weight_decay=t.weight_decay)
+            opt: optim.Optimizer = Fp32AdamW(learning_rate=start, weight_decay=t.weight_decay, bias_correction=t.adam_bias_correction)
         elif t.optimizer == "adam":
-            opt = Fp32Adam(learning_rate=start)
+            opt = Fp32Adam(learning_rate=start, bias_correction=t.adam_bias_correction)
         else:
             opt = optim.SGD(learning_rate=start)
         # initialise from the parameters: MLX otherwise initialises lazily from the first

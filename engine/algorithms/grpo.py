@@ -11,7 +11,9 @@ with ``ratio = pi / pi_old`` (1 on the first of ``grpo.num_iterations`` passes) 
 ``k3 = exp(ref - logp) - (ref - logp) - 1``; it is reduced by ``grpo.loss_type``:
 ``grpo`` (mean over each completion's tokens, then over completions), ``bnpo`` (mean over
 all tokens of the batch), ``dr_grpo`` (sum / (completions x generation.max_new_tokens)),
-``dapo`` (sum / tokens of the global batch across ranks).
+``dapo`` (sum / tokens of the global batch across ranks). Completions cut at
+``generation.max_new_tokens`` without EOS are masked out of the loss when
+``grpo.mask_truncated_completions`` is on (the default, as TRL).
 
 Panel keys: ``reward`` is the mean summed score of the sampled completions; ``kl`` is the
 mean per-token k3 KL to the reference (null when ``grpo.beta = 0``: no reference is kept).
@@ -32,8 +34,7 @@ import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm
 from engine.batching import DataOrder
-from engine.config import resolve_path
-from engine.data import Prompt, load_prompts
+from engine.data import Prompt, run_data
 from engine.rewards import parse_reward_names, score_completions
 from engine.rollout import (
     CompletionBatch,
@@ -42,6 +43,7 @@ from engine.rollout import (
     completion_logprobs,
     eos_token_ids,
     pad_id,
+    require_sampling,
     sample_completions,
 )
 from engine.task_eval import TaskScorer
@@ -94,12 +96,13 @@ class Grpo(Algorithm):
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
+        require_sampling(cfg)
         self.rewards = parse_reward_names(cfg.grpo.reward_functions, "grpo.reward_functions")
         ctx.phase("reading data", 0, 0)
-        self.prompts = load_prompts(resolve_path(cfg, cfg.data.train), ctx.tokenizer, cfg.model.max_length, "train")
+        data = run_data(ctx)
+        self.prompts = data.prompts("train")
         self.eval_prompts: list[Prompt] = []
-        if cfg.data.eval:
-            self.eval_prompts = load_prompts(resolve_path(cfg, cfg.data.eval), ctx.tokenizer, cfg.model.max_length, "eval")[: cfg.data.max_eval_examples]
+        self.eval_prompts = data.prompts("eval")
         self.order = DataOrder(len(self.prompts), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
         self.eos = eos_token_ids(ctx.tokenizer)
         self.reference = ReferencePolicy(ctx.model) if cfg.grpo.beta > 0 else None
@@ -164,6 +167,9 @@ class Grpo(Algorithm):
         rewards = mx.array(scores, dtype=mx.float32)
         adv, std = group_advantages(rewards, g.num_generations, g.scale_rewards)
         batch = completion_batch([p.prompt_ids for p in rows], rollout.completion_ids, pad_id(ctx.tokenizer))
+        if g.mask_truncated_completions:  # cut at max_new_tokens without EOS: no gradient from them
+            kept = mx.array([1.0 if f else 0.0 for f in rollout.finished])
+            batch = CompletionBatch(batch.tokens, batch.index, batch.mask * kept[:, None], batch.targets, batch.lengths)
         ref_logp = None
         if self.reference is not None:
             with self.reference.active() as ref_model:
@@ -173,7 +179,7 @@ class Grpo(Algorithm):
         if g.num_iterations > 1:
             old_logp = mx.stop_gradient(self._logprobs(ctx.model, batch)[0])
             mx.eval(old_logp)
-        global_tokens = ctx.world.sum(float(batch.num_tokens)) / ctx.world.size if g.loss_type == "dapo" else None
+        global_tokens = ctx.world.sum(float(batch.mask.sum().item())) / ctx.world.size if g.loss_type == "dapo" else None
         losses, norms, auxes = [], [], []
         for _ in range(g.num_iterations):
             ctx.check()

@@ -46,7 +46,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from engine.algorithms.base import Algorithm
 from engine.batching import DataOrder
 from engine.config import resolve_path
-from engine.data import Prompt, load_prompts
+from engine.data import Prompt, run_data
 from engine.errors import ConfigError
 from engine.rewards import get_reward, score_completions
 from engine.rollout import (
@@ -57,6 +57,7 @@ from engine.rollout import (
     eos_token_ids,
     gather_positions,
     pad_id,
+    require_sampling,
     sample_completions,
 )
 from engine.task_eval import TaskScorer
@@ -220,12 +221,13 @@ class Ppo(Algorithm):
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
+        require_sampling(cfg)
         self.source = ScoreSource(self)
         ctx.phase("reading data", 0, 0)
-        self.prompts = load_prompts(resolve_path(cfg, cfg.data.train), ctx.tokenizer, cfg.model.max_length, "train")
+        data = run_data(ctx)
+        self.prompts = data.prompts("train")
         self.eval_prompts: list[Prompt] = []
-        if cfg.data.eval:
-            self.eval_prompts = load_prompts(resolve_path(cfg, cfg.data.eval), ctx.tokenizer, cfg.model.max_length, "eval")[: cfg.data.max_eval_examples]
+        self.eval_prompts = data.prompts("eval")
         per_rank = cfg.train.batch_size // ctx.world.size
         if per_rank < cfg.ppo.num_minibatches:
             raise ConfigError(f"ppo.num_minibatches = {cfg.ppo.num_minibatches} is more than the {per_rank} rollouts per rank and step (train.batch_size / ranks)")
