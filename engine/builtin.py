@@ -33,8 +33,11 @@ WARMUP_LR = 1e-3
 LETTERS = string.ascii_lowercase
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
+    # a user turn ends with one newline (a prompt's own trailing newline is not doubled); an
+    # assistant turn with </s>. ("{{ '\\n' }}": HF renders with trim_blocks, which would eat a
+    # literal newline after a block tag.)
     "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}"
-    "{% if not m['content'].endswith('\\n') %}\n{% endif %}"
+    "{% if not m['content'].endswith('\\n') %}{{ '\\n' }}{% endif %}"
     "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{% endif %}"
 )
