@@ -137,6 +137,30 @@ class GrpoConfig:
     num_iterations: int = knob(1, "Optimisation passes over each batch of generations.", min=1, max=100)
     reward_functions: str = knob("sorted_letters", "Comma-separated registered reward functions, summed.")
     scale_rewards: bool = knob(True, "Divide advantages by the group's reward std.")
+
+
+@dataclass
+class OrpoConfig:
+    beta: float = knob(0.1, "Weight of the odds-ratio term against the chosen answers' NLL (TRL's beta, lambda in the paper).", min=0.0, max=100.0)
+
+
+@dataclass
+class SimpoConfig:
+    loss_type: str = knob("simpo", "simpo: length-normalised log-probs with a margin; cpo: summed log-probs (TRL CPO's sigmoid loss).", choices=("simpo", "cpo"))
+    beta: float = knob(2.0, "Scale of the log-prob difference inside the sigmoid (SimPO 2.0; CPO uses 0.1).", min=0.0, max=100.0)
+    gamma: float = knob(0.5, "SimPO's target reward margin (TRL's simpo_gamma; unused by cpo).", min=0.0, max=100.0)
+    cpo_alpha: float = knob(0.0, "Weight of the chosen answers' NLL added to the loss (0 = SimPO; CPO uses 1.0).", min=0.0, max=100.0)
+    label_smoothing: float = knob(0.0, "Assumed label noise (conservative loss).", min=0.0, max=0.49)
+
+
+@dataclass
+class RlooConfig:
+    num_generations: int = knob(4, "Completions sampled per prompt (k); a step samples train.batch_size prompts x this.", min=2, max=1024)
+    reward_functions: str = knob("sorted_letters", "Comma-separated registered reward functions, summed (as grpo.reward_functions).")
+    beta: float = knob(0.05, "KL penalty subtracted from each completion's reward: score - beta * summed log-ratio to the reference (0 = no reference).", min=0.0, max=100.0)
+    epsilon: float = knob(0.2, "Clip of the policy ratio on passes after the first (rloo.num_iterations > 1).", min=0.0, max=10.0)
+    num_iterations: int = knob(1, "Optimisation passes over each batch of generations.", min=1, max=100)
+    normalize_advantages: bool = knob(False, "Divide the leave-one-out advantages by their std over the batch.")
     mask_truncated_completions: bool = knob(True, "Leave completions cut at generation.max_new_tokens without EOS out of the loss (TRL's mask_truncated_completions).")
 
 
@@ -163,6 +187,9 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     ppo: PpoConfig = field(default_factory=PpoConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    orpo: OrpoConfig = field(default_factory=OrpoConfig)
+    simpo: SimpoConfig = field(default_factory=SimpoConfig)
+    rloo: RlooConfig = field(default_factory=RlooConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     # Where the preset came from; relative data/model paths resolve against it. Not a knob.
     base_dir: str = field(default="", metadata={"internal": True})

@@ -71,6 +71,19 @@ REGISTRY: tuple[AlgorithmSpec, ...] = (
         kl="mean per-token k3 KL of the samples to the reference (null when grpo.beta = 0)",
         reward="mean summed reward of the sampled completions", sections=("generation",),
     ),
+    AlgorithmSpec(
+        "orpo", "ORPO", "ORPO (odds-ratio preference optimisation)", "engine.algorithms.orpo:Orpo", "pairs", False, False,
+        kl="", reward="mean margin of beta x mean per-token log-prob, chosen - rejected (rewards/margins)",
+    ),
+    AlgorithmSpec(
+        "simpo", "SimPO / CPO", "SimPO and CPO", "engine.algorithms.simpo:Simpo", "pairs", False, False,
+        kl="", reward="mean margin of beta x log-prob (per-token mean for simpo, sum for cpo), chosen - rejected",
+    ),
+    AlgorithmSpec(
+        "rloo", "RLOO", "RLOO (REINFORCE leave-one-out)", "engine.algorithms.rloo:Rloo", "prompts", True, True,
+        kl="mean summed k1 KL of a sampled completion to the reference (null when rloo.beta = 0)",
+        reward="mean score of the sampled completions (before the KL penalty)", sections=("generation",),
+    ),
 )
 
 
