@@ -27,6 +27,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 from engine import events as ev
 from engine.algorithms import Algorithm, TrainContext, algorithm_class
 from engine.config import RunConfig, config_from_dict, load_toml, resolved, to_dict
+from engine.config import diff as config_diff
+from engine.data import check_run_data
 from engine.dir_lock import DirLock
 from engine.distributed import World, init_world
 from engine.errors import Cancelled, ConfigError, EngineError, RunDirError
@@ -279,6 +281,7 @@ class Run:
             directory = RunDirectory.at(self._resume_dir, must_exist=True)
             if self._is_main:
                 self._lock_dir(directory)
+                self._previous_summary = directory.read_summary()
             return directory
         if not self._is_main:
             return RunDirectory(self._out_dir) if self._out_dir else None
@@ -308,8 +311,11 @@ class Run:
             check_reporters(cfg.report.to)  # a missing extra is a one-line error before anything loads
         self._prepare_dir()
         self._start_reporters()
+        self._emit(ev.PhaseChanged("reading data", 0, 0))
+        data = check_run_data(cfg)  # files, splits, columns and row shapes: before any model download
         self._emit(ev.PhaseChanged("loading model", 0, 0))
         policy = load_policy(cfg)
+        data.tokenizer = policy.tokenizer
         if world.sync_parameters(policy.model):
             self._emit(ev.LogLine("the ranks loaded different weights (the model built or downloaded separately on each machine?); every rank now starts from rank 0's"))
         ctx = TrainContext(
@@ -322,6 +328,8 @@ class Run:
             alert=lambda text: self._emit(ev.Alert(self.step, text)),
             sample=lambda **kw: self._emit(ev.Sample(step=ctx.step, **kw)),
         )
+        ctx.data = data
+        ctx.run_dir = self.directory.path if self.directory is not None else None
         self.ctx = ctx
         algo = algorithm_class(cfg.algorithm)(ctx)
         self.algorithm = algo
@@ -360,6 +368,7 @@ class Run:
         for step in range(start_step + 1, t.max_steps + 1):
             self._check()
             self._agreed_cancel()
+            self._trim_to_checkpoint()
             ctx.step = step
             # sampling and dropout draw from a key fixed by (seed, step): a resumed run
             # draws exactly what an uninterrupted one would have; each rank its own stream
@@ -388,13 +397,13 @@ class Run:
             }
             self.last_metrics = row
             if step % t.log_every == 0 or step == t.max_steps:
-                if self.directory is not None and self._is_main:
-                    self.directory.append_metrics(row)
+                self._write_metrics(row)
                 self._emit(ev.StepMetrics(step, row))
             if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
                 self._evaluate(step, run_t0)
             if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
                 self._save_checkpoint(step, run_t0)
+        self._trim_to_checkpoint()  # (a resume with no step left to train)
         self._elapsed = time.time() - run_t0
 
     def _evaluate(self, step: int, run_t0: float) -> None:
@@ -406,8 +415,7 @@ class Run:
         raw = self._world.mean(raw)
         row = {"step": step, "elapsed_s": round(time.time() - run_t0, 4), **{f"eval/{k}": v for k, v in raw.items()}}
         self.last_eval = row
-        if self.directory is not None and self._is_main:
-            self.directory.append_metrics(row)
+        self._write_metrics(row)
         self._emit(ev.EvalMetrics(step, row))
 
     # -------------------------------------------------------------- checkpoints
@@ -430,7 +438,10 @@ class Run:
         adapters = dict(tree_flatten(ctx.model.trainable_parameters()))
         opt_state = dict(tree_flatten(ctx.optimizer.state)) if ctx.optimizer is not None else {}
         acfg = dict(ctx.policy.adapter_config)
-        acfg["model"] = str(ctx.policy.path)
+        from engine.config import resolve_path
+        from engine.fuse import base_model_id
+
+        acfg["model"] = base_model_id(resolve_path(self.config, self.config.model.path), ctx.policy.path)  # a Hub id stays a Hub id
         path = self.directory.save_checkpoint(
             step,
             adapters=adapters,
@@ -455,31 +466,98 @@ class Run:
     _resumed_state: dict[str, Any] = {}
 
     def _restore(self) -> int:
-        """Load the latest complete checkpoint of the resume directory; return its step."""
+        """Load the newest checkpoint that proves it is whole; return its step."""
         assert self.directory is not None and self.ctx is not None and self.algorithm is not None
-        latest = self.directory.latest_checkpoint()
-        if latest is None:
-            raise RunDirError(f"{self.directory.path}: no complete checkpoint to resume from")
-        step, path = latest
+        step, path = self._choose_checkpoint()
         ctx = self.ctx
-        weights = mx.load(str(path / "adapters.safetensors"))
-        ctx.model.load_weights(list(weights.items()), strict=False)
-        opt_file = path / "optimizer.safetensors"
-        if opt_file.exists() and ctx.optimizer is not None:
-            ctx.optimizer.init(ctx.trainable.trainable_parameters())
-            ctx.optimizer.state = tree_unflatten(list(mx.load(str(opt_file)).items()))
-        extra_file = path / "extra.safetensors"
-        if extra_file.exists():
-            self.algorithm.load_extra_arrays(dict(mx.load(str(extra_file))))
-        state = json.loads((path / "trainer_state.json").read_text())
-        self.algorithm.load_state_dict(state.get("algorithm", {}))
-        mx.eval(ctx.model.parameters(), ctx.optimizer.state if ctx.optimizer else [])
+        try:
+            self._check_same_adapters(path)
+            weights = mx.load(str(path / "adapters.safetensors"))
+            ctx.model.load_weights(list(weights.items()), strict=False)
+            opt_file = path / "optimizer.safetensors"
+            if opt_file.exists() and ctx.optimizer is not None:
+                ctx.optimizer.init(ctx.trainable.trainable_parameters())
+                ctx.optimizer.state = tree_unflatten(list(mx.load(str(opt_file)).items()))
+            extra_file = path / "extra.safetensors"
+            if extra_file.exists():
+                self.algorithm.load_extra_arrays(dict(mx.load(str(extra_file))))
+            state = json.loads((path / "trainer_state.json").read_text())
+            self.algorithm.load_state_dict(state.get("algorithm", {}))
+            mx.eval(ctx.model.parameters(), ctx.optimizer.state if ctx.optimizer else [])
+        except (RuntimeError, ValueError, KeyError, OSError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise RunDirError(f"{path}: cannot load this checkpoint ({first})") from None
         self._resumed_state = state
         self._last_checkpoint = step
-        if self._is_main:
-            self.directory.trim_metrics_after(step)
+        self._resumed_from = step
+        self._trim_at = step  # rows after the checkpoint go once this run writes its first row
         self._emit(ev.LogLine(f"resumed from {path} (step {step})"))
         return step
+
+    _resumed_from: int | None = None
+    _trim_at: int | None = None
+
+    def _choose_checkpoint(self) -> tuple[int, Path]:
+        """Rank 0 takes the newest checkpoint whose manifest checks out, saying which it skipped
+        and why; the other ranks load the one rank 0 chose."""
+        assert self.directory is not None
+        chosen: tuple[int, Path] | None = None
+        skipped: list[str] = []
+        if self._is_main:
+            for step, path, verdict, detail in self.directory.intact_checkpoints():
+                if verdict == "bad":
+                    skipped.append(f"{path.name}: {detail}")
+                    self._emit(ev.LogLine(f"skipped checkpoint {path.name}: {detail}"))
+                    continue
+                if verdict == "legacy":
+                    self._emit(ev.LogLine(f"checkpoint {path.name}: {detail}; resuming from it"))
+                chosen = (step, path)
+                break
+        if skipped:
+            problem = f"{self.directory.path}: no intact checkpoint to resume from ({'; '.join(skipped)})"
+        else:
+            problem = f"{self.directory.path}: no checkpoint to resume from (the run stopped before writing its first one)"
+        if self._world is not None and self._world.size > 1:
+            step = self._world.broadcast_int(chosen[0] if chosen else -1)
+            if step < 0:
+                raise RunDirError(problem if self._is_main else "rank 0 found no intact checkpoint to resume from")
+            chosen = (step, self.directory.checkpoints / f"step-{step:06d}")
+        if chosen is None:
+            raise RunDirError(problem)
+        return chosen
+
+    def _check_same_adapters(self, path: Path) -> None:
+        """A checkpoint whose adapters have another shape than this config's is not this run's."""
+        assert self.ctx is not None
+        try:
+            saved = json.loads((path / "adapter_config.json").read_text())
+        except (OSError, ValueError):
+            return  # the manifest vouched for the folder; the weights load decides
+        mine = self.ctx.policy.adapter_config
+        diffs = [
+            f"{label}: {old} -> {new}"
+            for label, old, new in (
+                ("model.adapter", saved.get("fine_tune_type"), mine.get("fine_tune_type")),
+                ("adapter layers", saved.get("num_layers"), mine.get("num_layers")),
+                ("model.lora_rank", (saved.get("lora_parameters") or {}).get("rank"), (mine.get("lora_parameters") or {}).get("rank")),
+            )
+            if old is not None and old != new and not (label == "model.lora_rank" and mine.get("fine_tune_type") == "full")
+        ]
+        if diffs:
+            raise RunDirError(f"{path}: this checkpoint was trained with other adapters than the config asks for ({'; '.join(diffs)})")
+
+    def _trim_to_checkpoint(self) -> None:
+        """Before a resumed run's first step: drop metrics and samples rows logged after its
+        checkpoint (and a torn last line), so they read as one uninterrupted run."""
+        if self._trim_at is not None and self.directory is not None and self._is_main:
+            self.directory.trim_metrics_after(self._trim_at)
+            self.directory.trim_samples_after(self._trim_at)
+        self._trim_at = None
+
+    def _write_metrics(self, row: dict[str, Any]) -> None:
+        if self.directory is not None and self._is_main:
+            self._trim_to_checkpoint()
+            self.directory.append_metrics(row)
 
     # -------------------------------------------------------------- summary
 
@@ -501,11 +579,38 @@ class Run:
         }
         if error is not None:
             self.summary["error"] = error
+        record = self.summary
+        if self._resume_dir is not None:
+            record = self._resume_record(status, error)
         if self.directory is not None and self._is_main:
             try:
-                self.directory.write_summary(self.summary)
+                self.directory.write_summary(record)
             except RunDirError as err:
                 self.summary.setdefault("error", str(err))
+
+    _previous_summary: dict[str, Any] | None = None
+
+    def _resume_record(self, status: str, error: str | None) -> dict[str, Any]:
+        """What summary.json says after a resume: every attempt is listed under ``attempts``;
+        an attempt that trained no step leaves the rest of the record (the last good state) as it was."""
+        attempt: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "status": status,
+            "resumed_from": self._resumed_from,
+            "steps": self.step,
+        }
+        if error is not None:
+            attempt["error"] = error
+        previous = self._previous_summary or {}
+        attempts = [*(previous.get("attempts") or []), attempt]
+        self.summary["attempts"] = attempts
+        progressed = self._resumed_from is not None and self.step > self._resumed_from
+        if previous and not progressed and status != "completed":
+            return {**previous, "attempts": attempts}
+        if previous and not progressed:  # completed without a step: keep the final metrics it had
+            for key in ("final_metrics", "final_eval"):
+                self.summary[key] = self.summary.get(key) or previous.get(key) or {}
+        return self.summary
 
 
 def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
@@ -515,6 +620,17 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
     directory = RunDirectory.at(run_dir, must_exist=True)
     if not directory.config_path.exists():
         raise RunDirError(f"{directory.path}: not a run directory (no config.toml)")
-    cfg = config_from_dict(load_toml(directory.config_path), source=str(directory.config_path))
-    cfg = apply_overrides(cfg, overrides or [])
+    saved = config_from_dict(load_toml(directory.config_path), source=str(directory.config_path))
+    cfg = apply_overrides(resolved(saved), overrides or [])  # (a copy: apply_overrides works in place)
+    changed = config_diff(resolved(cfg), resolved(saved))
+    differences = [f"{key}: {changed[key][0]} -> {changed[key][1]}" for key in SAME_RUN_KEYS if key in changed]
+    if differences:
+        raise RunDirError(
+            f"{directory.path}: these overrides change what its checkpoints mean ({'; '.join(differences)}); "
+            "resume without them, or start a new run (rlhf-tui run PRESET --out NEW_DIR)"
+        )
     return Run(cfg, resume_dir=directory.path)
+
+
+# what a checkpoint means: a resume may change anything else (max_steps, learning rate, ...)
+SAME_RUN_KEYS = ("algorithm", "model.path", "model.adapter", "model.lora_rank", "model.lora_layers", "model.quantize")

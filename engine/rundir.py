@@ -20,11 +20,15 @@ single write each, and readers skip a trailing partial line.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +274,14 @@ class RunDirectory:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, line)  # one write per line: readers never see half a row
+                start = os.fstat(fd).st_size
+                try:
+                    if os.write(fd, line) != len(line):  # one write per line: readers never see half a row
+                        raise OSError(errno.ENOSPC, "short write")
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)  # no half row left for the next line to glue onto
+                    raise
             finally:
                 os.close(fd)
         except OSError as err:
@@ -292,9 +303,12 @@ class RunDirectory:
         return read_jsonl(self.events_path)
 
     def trim_metrics_after(self, step: int) -> None:
-        """Drop rows logged after ``step`` (a resumed run logs them again)."""
-        rows = [r for r in self.read_metrics() if int(r.get("step", 0)) <= step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        """Drop rows logged after ``step`` (a resumed run logs them again) and any torn line."""
+        _trim_after(self.metrics_path, step)
+
+    def trim_samples_after(self, step: int) -> None:
+        if self.samples_path.exists():
+            _trim_after(self.samples_path, step)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(_finite(summary), indent=2, default=_jsonable) + "\n")
@@ -318,6 +332,17 @@ class RunDirectory:
                 found.append((int(m.group(1)), child))
         return sorted(found)
 
+    def intact_checkpoints(self) -> Iterator[tuple[int, Path, str, str]]:
+        """Checkpoints newest first with their check: ``(step, path, verdict, detail)``.
+
+        ``verdict`` is ``"ok"`` (the manifest checks out), ``"legacy"`` (no manifest, written
+        before manifests existed, but its files load) or ``"bad"`` (``detail`` says why).
+        Lazy: a caller that takes the first good one hashes no older checkpoint.
+        """
+        for step, path in reversed(self.checkpoint_dirs()):
+            verdict, detail = check_checkpoint(path)
+            yield step, path, verdict, detail
+
     def latest_checkpoint(self) -> tuple[int, Path] | None:
         dirs = self.checkpoint_dirs()
         return dirs[-1] if dirs else None
@@ -339,9 +364,10 @@ class RunDirectory:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         final = self.checkpoints / f"step-{step:06d}"
         tmp = self.checkpoints / f".tmp-step-{step:06d}-{os.getpid()}"
+        replaced = self.checkpoints / f".replaced-step-{step:06d}-{os.getpid()}"
         try:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            for stale in [*self.checkpoints.glob(".tmp-step-*"), *self.checkpoints.glob(".replaced-step-*")]:
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed writer (this one holds the lock)
             tmp.mkdir()
             mx.save_safetensors(str(tmp / "adapters.safetensors"), adapters)
             (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
@@ -349,14 +375,25 @@ class RunDirectory:
                 mx.save_safetensors(str(tmp / "optimizer.safetensors"), optimizer)
             if extra:
                 mx.save_safetensors(str(tmp / "extra.safetensors"), extra)
-            # trainer_state.json last: its presence marks the checkpoint complete
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=_jsonable))
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+            # the manifest last (sizes and hashes of what is on disk now): resume trusts only
+            # a checkpoint whose files still match it
+            manifest = {"format": 1, "step": step, "files": {f.name: file_entry(f) for f in sorted(tmp.iterdir())}}
+            part = tmp / f".{MANIFEST_NAME}.part"
+            with open(part, "wb") as fh:
+                fh.write((json.dumps(manifest, indent=2) + "\n").encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(part, tmp / MANIFEST_NAME)
+            _fsync_dir(tmp)
             if final.exists():
-                shutil.rmtree(final)
+                os.replace(final, replaced)
             os.replace(tmp, final)
+            _fsync_dir(self.checkpoints)
+            shutil.rmtree(replaced, ignore_errors=True)
             # the run root mirrors the latest adapters for mlx_lm --adapter-path
             for name in ("adapters.safetensors", "adapter_config.json"):
                 atomic_write_bytes(self.path / name, (final / name).read_bytes())
@@ -386,6 +423,89 @@ class RunDirectory:
 
         p = self.path / "reference.safetensors"
         return dict(mx.load(str(p))) if p.exists() else {}
+
+
+def _trim_after(path: Path, step: int) -> None:
+    def keep(row: dict[str, Any]) -> bool:
+        try:
+            return int(row.get("step", 0)) <= step
+        except (TypeError, ValueError):
+            return False
+
+    rows = [r for r in read_jsonl(path) if keep(r)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+MANIFEST_NAME = "manifest.json"
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of one file (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def check_checkpoint(path: Path) -> tuple[str, str]:
+    """``("ok", "")``, ``("legacy", why)`` or ``("bad", why)`` for one checkpoint folder."""
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.exists():
+        problem = _loads_whole(path)
+        if problem:
+            return "bad", f"no manifest, and {problem}"
+        return "legacy", "no manifest (written before checkpoints had one); its files load"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        assert isinstance(files, dict) and files
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return "bad", f"{MANIFEST_NAME} is unreadable"
+    for name, want in sorted(files.items()):
+        f = path / name
+        if not f.is_file():
+            return "bad", f"{name} is missing"
+        size = f.stat().st_size
+        if size != want.get("size"):
+            return "bad", f"{name} is {size} bytes, the manifest says {want.get('size')}"
+        if file_entry(f)["sha256"] != want.get("sha256"):
+            return "bad", f"{name} does not match its sha256 in the manifest"
+    return "ok", ""
+
+
+def _loads_whole(path: Path) -> str:
+    """Why the files of a manifest-less checkpoint do not load ("" when they do)."""
+    import mlx.core as mx
+
+    if not (path / "adapters.safetensors").is_file():
+        return "adapters.safetensors is missing"
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            mx.eval(list(mx.load(str(f)).values()))
+        except Exception as err:  # noqa: BLE001 - MLX raises RuntimeError/ValueError for torn files
+            return f"{f.name} does not load ({str(err).splitlines()[0][:120] if str(err) else type(err).__name__})"
+    for f in sorted(path.glob("*.json")):
+        try:
+            json.loads(f.read_text())
+        except (OSError, ValueError):
+            return f"{f.name} is not valid JSON"
+    return ""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # (Windows cannot open a folder; renames are durable there anyway)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -6,6 +6,7 @@
     rlhf-tui monitor RUN_DIR
     rlhf-tui presets
     rlhf-tui export RUN_DIR [--format csv|jsonl|tensorboard] [--kind all|train|eval] [--output FILE]
+    rlhf-tui fuse RUN_DIR [--step N] --out DIR [--dequantize]
 
 Bad input gives one line on stderr and exit code 2 (no traceback unless ``--debug``);
 Ctrl-C during a headless run checkpoints and exits 130.
@@ -21,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-SUBCOMMANDS = ("run", "resume", "monitor", "presets", "export")
+SUBCOMMANDS = ("run", "resume", "monitor", "presets", "export", "fuse")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
@@ -32,7 +33,7 @@ def _app_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlhf-tui",
         description="A terminal console for preference tuning on MLX. "
-        "Subcommands: run PRESET | resume RUN_DIR | monitor RUN_DIR | presets | export RUN_DIR (see 'rlhf-tui run --help').",
+        "Subcommands: run PRESET | resume RUN_DIR | monitor RUN_DIR | presets | export RUN_DIR | fuse RUN_DIR --out DIR (see 'rlhf-tui run --help').",
     )
     p.add_argument("preset", nargs="?", default=None, help="preset name or .toml path (default: tiny-dpo)")
     p.add_argument("--start", action="store_true", help="start training at once, in the run monitor")
@@ -56,6 +57,11 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--format", choices=("csv", "jsonl", "tensorboard"), default=None, help="default: from --output's suffix, else csv; tensorboard: event files in RUN_DIR/tensorboard/ (or --output DIR)")
         p.add_argument("--kind", choices=("all", "train", "eval"), default="all", help="which rows (default: all)")
         p.add_argument("--output", "-o", default=None, help="file to write (default: standard output)")
+    elif cmd == "fuse":
+        p.add_argument("run_dir", help="a run directory (its latest weights, or --step N)")
+        p.add_argument("--out", required=True, help="folder for the standalone mlx-lm model (must not exist or be empty)")
+        p.add_argument("--step", type=int, default=None, help="fuse checkpoint N instead of the latest weights")
+        p.add_argument("--dequantize", action="store_true", help="write a dequantized model (for a quantized base)")
     elif cmd == "monitor":
         p.add_argument("run_dir", help="a run directory another process is writing")
     if cmd in ("run", "resume"):
@@ -86,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_presets()
         if cmd == "monitor":
             return _cmd_monitor(args)
+        if cmd == "fuse":
+            return _cmd_fuse(args)
         if cmd == "export":
             from rlhf_tui.export import run_export_command
 
@@ -175,7 +183,8 @@ def _drive(run: Any, args: argparse.Namespace) -> int:
             print(printer.traceback, file=sys.stderr)
         who = f" (rank {rank})" if rank else ""
         print(f"rlhf-tui: error{who}: {summary.get('error')}", file=sys.stderr)
-        if summary.get("run_dir"):
+        resumed_nothing = "attempts" in summary and summary.get("last_checkpoint") is None
+        if summary.get("run_dir") and not resumed_nothing:  # (a resume that loaded nothing wrote nothing)
             step = summary.get("last_checkpoint")
             saved = "no checkpoint was written" if step is None else f"last checkpoint: step {step}"
             print(f"run directory: {summary['run_dir']} ({saved})", file=sys.stderr)
@@ -309,6 +318,17 @@ def _cmd_app(args: argparse.Namespace) -> int:
     from rlhf_tui.app import run_app
 
     return run_app(preset=preset, start=args.start, overrides=args.overrides, runs_root=args.runs_root)
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from engine.fuse import fuse_run
+
+    def progress(phase: str, done: int, total: int) -> None:
+        print(f"[{done}/{total}] {phase}", file=sys.stderr, flush=True)
+
+    out = fuse_run(args.run_dir, args.out, step=args.step, dequantize=args.dequantize, progress=progress)
+    print(f"wrote {out}: load it with mlx_lm.load({str(out)!r}) or: mlx_lm.generate --model {out} --prompt ...")
+    return 0
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:

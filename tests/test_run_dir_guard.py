@@ -131,3 +131,103 @@ def test_a_second_writer_is_turned_away_naming_the_first_and_touches_nothing(tmp
     assert [r["step"] for r in metrics_rows(rr) if "loss" in r] == [1, 2, 3]
     with DirLock(rr):  # and the resume let go of it when it ended
         pass
+
+
+def _lines_of(run) -> list[str]:  # noqa: ANN001
+    from engine import events as ev
+
+    lines: list[str] = []
+    run.subscribe(lambda e: lines.append(e.text) if isinstance(e, ev.LogLine) else None)
+    return lines
+
+
+def test_each_checkpoint_ends_with_a_manifest_of_its_files(tmp_path):
+    import hashlib
+
+    rr = tmp_path / "rr"
+    assert Run(load_preset("tiny-sft", _quick(tmp_path, 2, train__save_every=1)), out_dir=rr).run()["status"] == "completed"
+    for ckpt in sorted((rr / "checkpoints").iterdir()):
+        manifest = json.loads((ckpt / "manifest.json").read_text())
+        on_disk = sorted(p.name for p in ckpt.iterdir() if p.name != "manifest.json")
+        assert sorted(manifest["files"]) == on_disk and "adapters.safetensors" in on_disk
+        for name, entry in manifest["files"].items():
+            data = (ckpt / name).read_bytes()
+            assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_resume_skips_a_torn_checkpoint_and_a_failed_resume_keeps_the_record(tmp_path):
+    from engine.run import resume_run
+
+    rr = tmp_path / "rr"
+    assert Run(load_preset("tiny-sft", _quick(tmp_path, 4, train__save_every=2)), out_dir=rr).run()["status"] == "completed"
+    torn = rr / "checkpoints" / "step-000004" / "adapters.safetensors"
+    size = torn.stat().st_size
+    torn.write_bytes(torn.read_bytes()[: size // 2])  # a copy cut short
+
+    resumed = resume_run(rr, ["train.max_steps=6"])
+    lines = _lines_of(resumed)
+    assert resumed.run()["status"] == "completed", resumed.summary.get("error")
+    assert f"skipped checkpoint step-000004: adapters.safetensors is {size // 2} bytes, the manifest says {size}" in lines
+    assert any(line.startswith("resumed from") and "step-000002 (step 2)" in line for line in lines)
+    assert [r["step"] for r in metrics_rows(rr) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    good = json.loads((rr / "summary.json").read_text())
+    assert good["status"] == "completed" and good["steps"] == 6
+    assert [(a["status"], a["resumed_from"], a["steps"]) for a in good["attempts"]] == [("completed", 2, 6)]
+
+    # now every checkpoint is damaged: one bit flipped in each (a sync tool, a bad disk)
+    for ckpt in (rr / "checkpoints").iterdir():
+        f = ckpt / "adapters.safetensors"
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        f.write_bytes(bytes(data))
+    keep = {name: (rr / name).read_bytes() for name in ("config.toml", "metrics.jsonl")}
+    out = cli("resume", str(rr), "--set", "train.max_steps=8", timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = _stderr_lines(out)
+    assert len(lines) == 1 and lines[0].startswith(f"rlhf-tui: error: {rr}: no intact checkpoint to resume from (")
+    assert "step-000006: adapters.safetensors does not match its sha256 in the manifest" in lines[0]
+    assert "skipped checkpoint step-000006" in out.stdout
+    after = json.loads((rr / "summary.json").read_text())
+    assert {k: v for k, v in after.items() if k != "attempts"} == {k: v for k, v in good.items() if k != "attempts"}
+    assert [a["status"] for a in after["attempts"]] == ["completed", "failed"]
+    assert "no intact checkpoint" in after["attempts"][-1]["error"] and after["attempts"][-1]["resumed_from"] is None
+    assert {name: (rr / name).read_bytes() for name in keep} == keep  # max_steps=8 was not recorded
+
+
+def test_a_checkpoint_from_before_manifests_is_used_when_it_loads_and_said_so(tmp_path):
+    from engine.run import resume_run
+
+    rr = tmp_path / "rr"
+    assert Run(load_preset("tiny-sft", _quick(tmp_path, 4, train__save_every=2)), out_dir=rr).run()["status"] == "completed"
+    for ckpt in (rr / "checkpoints").iterdir():
+        (ckpt / "manifest.json").unlink()
+    newest = rr / "checkpoints" / "step-000004" / "optimizer.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    resumed = resume_run(rr, ["train.max_steps=5"])
+    lines = _lines_of(resumed)
+    assert resumed.run()["status"] == "completed", resumed.summary.get("error")
+    assert any(line.startswith("skipped checkpoint step-000004: no manifest, and optimizer.safetensors does not load") for line in lines)
+    assert "checkpoint step-000002: no manifest (written before checkpoints had one); its files load; resuming from it" in lines
+    assert (rr / "checkpoints" / "step-000005" / "manifest.json").exists()
+
+
+def test_resume_refuses_overrides_that_make_it_another_run(tmp_path):
+    from engine.run import resume_run
+
+    rr = tmp_path / "rr"
+    assert Run(load_preset("tiny-sft", _quick(tmp_path, 2, model__adapter="lora")), out_dir=rr).run()["status"] == "completed"
+    summary = (rr / "summary.json").read_bytes()
+    out = cli("resume", str(rr), "--set", "algorithm=dpo", "--set", "model.lora_rank=4", "--set", "train.max_steps=9", timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = _stderr_lines(out)
+    assert len(lines) == 1 and "algorithm: sft -> dpo; model.lora_rank: 8 -> 4" in lines[0], out.stderr
+    assert "max_steps" not in lines[0]  # what a resume may change is not listed
+    assert (rr / "summary.json").read_bytes() == summary
+
+    # a config.toml that no longer matches its checkpoints (an old clobbered folder) is caught too
+    text = (rr / "config.toml").read_text()
+    assert "lora_rank = 8" in text
+    (rr / "config.toml").write_text(text.replace("lora_rank = 8", "lora_rank = 4"))
+    run = resume_run(rr, ["train.max_steps=3"])
+    assert run.run()["status"] == "failed"
+    assert "other adapters than the config asks for (model.lora_rank: 8 -> 4)" in run.summary["error"]
