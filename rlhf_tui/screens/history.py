@@ -49,7 +49,8 @@ hyperparameters that differ between them (from each run's `config.toml`).
 **r** resumes a cancelled, failed or interrupted run from its last checkpoint, training in
 this app. **x** exports the run's metrics to `<run id>-metrics.csv` and `.jsonl` in its folder.
 **i** opens the pair inspector on the run's data (score it with the run's checkpoints);
-**p** shows its samples (PPO/GRPO). **F5** refreshes the list.
+**p** shows its samples (PPO/GRPO). **f** fuses the run's weights into its base: a
+standalone mlx-lm model folder (`rlhf-tui fuse`). **F5** refreshes the list.
 """
 
 
@@ -75,6 +76,7 @@ class HistoryScreen(Screen):
         Binding("x", "export", "Export", id="history.export", tooltip="Metrics to CSV and JSONL next to the run"),
         Binding("i", "inspect", "Pairs", id="history.inspect", tooltip="Inspect the run's pairs, scored by its checkpoints"),
         Binding("p", "samples", "Samples", id="history.samples", tooltip="Samples of a PPO/GRPO run"),
+        Binding("f", "fuse", "Fuse", id="history.fuse", tooltip="Fuse the run's weights into a standalone mlx-lm model"),
         Binding("f5", "refresh", "Refresh", id="history.refresh", show=False),
         Binding("escape", "back", "Back", id="history.back"),
     ]
@@ -269,6 +271,23 @@ class HistoryScreen(Screen):
         if r is not None:
             self.app.show_samples(run_dir=str(r.path))  # type: ignore[attr-defined]
 
+    def action_fuse(self) -> None:
+        from rlhf_tui.screens.dialogs import PromptScreen
+        from rlhf_tui.screens.fuse import FuseScreen, default_fuse_dir
+
+        r = self._need()
+        if r is None:
+            return
+        if not r.checkpoints and not (Path(r.path) / "adapters.safetensors").exists():
+            self.notify(f"{r.id} has no trained weights yet (no checkpoint).", severity="warning")
+            return
+
+        def chosen(out: str | None) -> None:
+            if out:
+                self.app.push_screen(FuseScreen(str(r.path), str(Path(out).expanduser())))
+
+        self.app.push_screen(PromptScreen("Fuse into (a new folder):", value=str(default_fuse_dir(r.path))), chosen)
+
     def action_refresh(self) -> None:
         self.reload()
 
@@ -281,6 +300,7 @@ class HistoryScreen(Screen):
             ("History: diff selected configs", "Only the hyperparameters that differ", self.action_diff),
             ("History: export metrics", "CSV and JSONL next to the run", self.action_export),
             ("History: resume run", "Continue from its last checkpoint", self.action_resume),
+            ("History: fuse run", "A standalone mlx-lm model folder", self.action_fuse),
         ]
 
 

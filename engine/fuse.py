@@ -1,0 +1,116 @@
+"""Fuse a run's adapters into its base model: a standalone mlx-lm model folder.
+
+    fuse_run("runs/tiny-dpo-...", "fused/", step=None, dequantize=False)
+
+The base is loaded with ``mlx_lm.load``, the run's weights are applied with mlx-lm's own
+``load_adapters`` (after any ``model.init_from`` weights the run started from), LoRA/DoRA
+layers are fused with their own ``fuse(dequantize=...)`` as ``mlx_lm fuse`` does, and the
+folder is written by ``mlx_lm.utils.save``: weights, ``config.json``, the tokenizer with its
+chat template. ``mlx_lm.load(out)`` and ``mlx_lm.generate`` use it as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelError, RunDirError
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def base_model_id(model_path: str, loaded_path: Path | str) -> str:
+    """How an adapter config names its base: the Hub repo id when the model came from the Hub
+    (so the folder works on another machine), else the local folder it was loaded from."""
+    from engine.models import resolve_model_path
+
+    if model_path and not model_path.startswith("builtin:"):
+        try:
+            where = resolve_model_path(model_path)
+        except ModelError:
+            return str(loaded_path)
+        if isinstance(where, str):
+            return where  # a repo id, e.g. mlx-community/Qwen2.5-0.5B-Instruct-4bit
+    return str(loaded_path)
+
+
+def _nothing(phase: str, done: int, total: int) -> None:
+    pass
+
+
+def fuse_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    step: int | None = None,
+    dequantize: bool = False,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out``: the run's base with its trained weights (latest, or checkpoint ``step``)
+    fused in. Returns ``out``. ``progress(phase, done, total)`` is called along the way."""
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import dequantize_model, load, save
+
+    from engine.api import adapter_path, base_model_path, run_config
+    from engine.models import apply_trained_weights
+
+    report = progress or _nothing
+    out = Path(out).expanduser()
+    folder = adapter_path(run_dir, step)  # RunDirError names the checkpoints there are
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunDirError(f"{out}: folder exists and is not empty; pick another --out (or remove it)")
+        shutil.rmtree(out)
+    if out.resolve() == Path(run_dir).expanduser().resolve() or Path(run_dir).expanduser().resolve() in out.resolve().parents:
+        raise RunDirError(f"{out}: the fused model must not go inside the run directory it is made from")
+    cfg = run_config(run_dir)
+    base = base_model_path(run_dir)
+    acfg = json.loads((folder / "adapter_config.json").read_text())
+    report("loading base model", 0, 4)
+    try:
+        model, tokenizer, config = load(base, return_config=True, trust_remote_code=cfg.model.trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - mlx-lm raises many kinds
+        raise ModelError(f"{base}: cannot load the run's base model: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    report("applying trained weights", 1, 4)
+    if acfg.get("init_from"):  # the run started from other trained weights: those first
+        apply_trained_weights(model, Path(acfg["init_from"]))
+    load_adapters(model, str(folder))
+    report("fusing", 2, 4)
+    fused = [(name, m.fuse(dequantize=dequantize)) for name, m in model.named_modules() if hasattr(m, "fuse")]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    if dequantize:
+        model = dequantize_model(model)
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+    mx.eval(model.parameters())
+    report("saving", 3, 4)
+    save(out, base, model, tokenizer, config, donate_model=False)
+    _write_provenance(out, run_dir, folder, acfg, cfg.model.path, base)
+    report("done", 4, 4)
+    return out
+
+
+def _write_provenance(out: Path, run_dir: str | Path, folder: Path, acfg: dict[str, Any], spec: str, base: str) -> None:
+    """``fused_from.json``: which run, checkpoint and base the fused weights came from."""
+    state = folder / "trainer_state.json"
+    step = json.loads(state.read_text()).get("step") if state.exists() else None
+    if step is None and (Path(run_dir) / "summary.json").exists():  # the run's latest weights
+        step = json.loads((Path(run_dir) / "summary.json").read_text()).get("steps")
+    info = {
+        "run_dir": str(Path(run_dir).expanduser().resolve()),
+        "adapters": str(folder.resolve()),
+        "step": step,
+        "fine_tune_type": acfg.get("fine_tune_type"),
+        "base_model": base_model_id(spec, base),
+    }
+    (out / "fused_from.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+__all__ = ["base_model_id", "fuse_run"]
