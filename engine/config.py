@@ -52,8 +52,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = knob("", "Training data: a JSONL/JSON file or a folder with train.jsonl (paths are relative to the preset).")
-    eval: str = knob("", "Held-out data for eval/ rows (empty: none; a folder's valid.jsonl is used when present).")
+    train: str = knob("", "Training data: a JSONL/JSON/parquet file, a dataset folder (train.jsonl, data/train-*.parquet, save_to_disk output) or a Hub dataset id (paths are relative to the preset).")
+    eval: str = knob("", "Held-out data for eval/ rows: a file, folder or Hub id (empty: data.train's data.eval_split when it has one, else none).")
+    train_split: str = knob("train", "Split of data.train to train on, with datasets' slice syntax (train, train[:2000], train_prefs[10%:]); a single file's split name is ignored, its slice is not.")
+    eval_split: str = knob("test", "Split of data.eval (or of data.train when data.eval is empty) to evaluate on; slices allowed (test[:500]).")
+    columns: str = knob("", "Map other column names onto ours: 'prompt=question,chosen=good,rejected=bad' (ours=theirs; ours: prompt, chosen, rejected, completion, messages, text, system, label).")
+    chat_template: str = knob("auto", "Chat template for plain rows: auto (templated when the tokenizer has one, as mlx-lm serves them), always, never. Conversational rows are always templated.", choices=("auto", "always", "never"))
+    chat_template_file: str = knob("", "A Jinja chat template file (or tokenizer_config.json) to use instead of the tokenizer's (for a tokenizer without one).")
+    max_train_examples: int = knob(0, "Train on at most this many rows of the split (0 = all).", min=0, max=100_000_000)
     max_eval_examples: int = knob(256, "At most this many eval examples are scored at each evaluation.", min=1, max=1_000_000)
     shuffle: bool = knob(True, "Shuffle the training data each epoch (seeded by train.seed).")
     task_reward: str = knob("", "Registered reward function that judges an answer exactly right (1) or not; names one to log eval/task_score (greedy answers to data.eval's prompts). Empty: no task score.")
@@ -91,6 +97,7 @@ class DpoConfig:
     beta: float = knob(0.1, "Strength of the KL constraint to the reference policy.", min=0.0, max=100.0)
     loss_type: str = knob("sigmoid", "DPO loss variant (TRL names).", choices=DPO_LOSSES)
     label_smoothing: float = knob(0.0, "Assumed label noise for the 'robust' (and smoothed sigmoid) loss.", min=0.0, max=0.49)
+    precompute_ref_log_probs: bool = knob(False, "Compute every pair's reference log-probs before the first step (TRL's option; frees the initial weights kept for full fine-tuning). Off: each batch's are computed when first used, and cached.")
 
 
 @dataclass
@@ -137,6 +144,7 @@ class GrpoConfig:
     num_iterations: int = knob(1, "Optimisation passes over each batch of generations.", min=1, max=100)
     reward_functions: str = knob("sorted_letters", "Comma-separated registered reward functions, summed.")
     scale_rewards: bool = knob(True, "Divide advantages by the group's reward std.")
+    mask_truncated_completions: bool = knob(True, "Leave completions cut at generation.max_new_tokens without EOS out of the loss (TRL's mask_truncated_completions).")
 
 
 @dataclass
@@ -161,7 +169,6 @@ class RlooConfig:
     epsilon: float = knob(0.2, "Clip of the policy ratio on passes after the first (rloo.num_iterations > 1).", min=0.0, max=10.0)
     num_iterations: int = knob(1, "Optimisation passes over each batch of generations.", min=1, max=100)
     normalize_advantages: bool = knob(False, "Divide the leave-one-out advantages by their std over the batch.")
-    mask_truncated_completions: bool = knob(True, "Leave completions cut at generation.max_new_tokens without EOS out of the loss (TRL's mask_truncated_completions).")
 
 
 REPORTERS = ("tensorboard", "wandb", "trackio")
@@ -471,6 +478,7 @@ def resolved(cfg: RunConfig) -> RunConfig:
     out.model.path = resolve_path(cfg, cfg.model.path)
     out.data.train = resolve_path(cfg, cfg.data.train)
     out.data.eval = resolve_path(cfg, cfg.data.eval)
+    out.data.chat_template_file = resolve_path(cfg, cfg.data.chat_template_file)
     out.ppo.reward_model = resolve_path(cfg, cfg.ppo.reward_model)
     out.model.init_from = resolve_path(cfg, cfg.model.init_from)
     return out

@@ -1,55 +1,60 @@
-"""Readers for preference, SFT and prompt-only data, and their tokenisation.
+"""Training data: rows from files, folders or the Hub, parsed into shapes, tokenised lazily.
 
-Accepted shapes (one JSON object per line in ``.jsonl``, or a list in ``.json``):
+* Where rows come from: :mod:`engine.data_sources` (JSONL/JSON/parquet files, Hugging Face
+  dataset folders, Hub dataset ids, split names with ``datasets``' slice syntax).
+* What a row means: :mod:`engine.data_shapes` (TRL's preference / SFT / prompt-only shapes).
+* What the model sees: :mod:`engine.chat_format` (chat templates, end of turn exactly once).
 
-* preference, plain:          ``{"prompt": str, "chosen": str, "rejected": str}``, or TRL's
-  implicit prompt ``{"chosen": str, "rejected": str}`` (the common prefix is the prompt)
-* preference, conversational: ``{"chosen": [messages], "rejected": [messages]}`` sharing a
-  prompt prefix, or ``{"prompt": [messages], "chosen": [messages], "rejected": [messages]}``
-* SFT:                        ``{"prompt": str, "completion": str}``, ``{"messages": [...]}``,
-  ``{"text": str}``, or any preference row (its chosen answer is used)
-* prompt-only (PPO/GRPO):     ``{"prompt": str}`` or ``{"prompt": [messages]}``
-* a ``system`` string (mlx-lm-lora's DPO/GRPO data) turns a row into a chat: system +
-  user prompt, assistant answers
-
-A folder is read as mlx-lm lays data out: ``train.jsonl`` and ``valid.jsonl``. A ``.json``
-file may also hold one object per line (``datasets``' ``to_json`` default); ``.parquet`` and
-``.arrow`` files (``datasets`` exports) are read when pyarrow is installed.
-Every problem is reported with the file and line number.
+Rows are parsed and checked up front (cheap, and before any model download: see
+:func:`check_run_data`); they are tokenised when a batch first needs them
+(:class:`LazyEncoded`), so the first step comes as soon on 60,000 pairs as on 60.
+Every problem is reported with the file and line (or dataset and row).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from engine.chat_format import Encoder, Rendered
+from engine.data_shapes import Messages, Record, parse_columns, parse_record
+from engine.data_sources import (
+    available_splits,
+    describe_source,
+    is_hub_id,
+    read_json_rows,
+    read_split,
+)
 from engine.errors import DataError
 
-Messages = list[dict[str, str]]
+if TYPE_CHECKING:
+    from engine.config import RunConfig
 
-
-@dataclass(frozen=True)
-class Record:
-    """One parsed row before tokenisation, with where it came from."""
-
-    source: str
-    line: int
-    prompt: str | Messages
-    chosen: str | Messages | None = None
-    rejected: str | Messages | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
+__all__ = [
+    "Completion",
+    "Encoder",
+    "LazyEncoded",
+    "Messages",
+    "PreferencePair",
+    "Prompt",
+    "Record",
+    "RunData",
+    "check_run_data",
+    "data_kind",
+    "load_completions",
+    "load_pairs",
+    "load_prompts",
+    "load_records",
+    "read_rows",
+    "resolve_data_file",
+]
 
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """A tokenised preference pair: the prompt once, then each answer (EOS included)."""
+    """A tokenised preference pair: the prompt once, then each answer (end of turn included)."""
 
     prompt_ids: tuple[int, ...]
     chosen_ids: tuple[int, ...]
@@ -58,6 +63,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     where: str
+    truncated: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -71,6 +77,9 @@ class Completion:
     prompt_ids: tuple[int, ...]
     completion_ids: tuple[int, ...]
     where: str
+    prompt: str = ""
+    completion: str = ""
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,16 +90,119 @@ class Prompt:
     text: str
     where: str
     extra: dict[str, Any] = field(default_factory=dict)
+    truncated: bool = False
 
 
-# ---------------------------------------------------------------- files
+# ---------------------------------------------------------------- kinds and encoding
+
+KIND_OF_SHAPE = {"completions": "sft", "pairs": "preference", "prompts": "prompt"}
+
+
+def data_kind(algorithm: str) -> str | None:
+    """The row kind an algorithm reads, from the registry's data shape (None: its own reader)."""
+    from engine.algorithms.registry import spec
+
+    try:
+        shape = spec(algorithm).data
+    except KeyError:
+        return "preference"
+    return KIND_OF_SHAPE.get(shape)
+
+
+def encode(enc: Encoder, rec: Record, kind: str) -> PreferencePair | Completion | Prompt:
+    if kind == "preference":
+        r = enc.render(rec, (rec.chosen, rec.rejected))  # type: ignore[arg-type]
+        return PreferencePair(r.prompt_ids, r.answer_ids[0], r.answer_ids[1], r.prompt, r.answers[0], r.answers[1], rec.where, r.truncated)
+    if kind == "sft":
+        r = enc.render(rec, (rec.chosen,))  # type: ignore[arg-type]
+        return Completion(r.prompt_ids, r.answer_ids[0], rec.where, r.prompt, r.answers[0], r.truncated)
+    if kind == "prompt":
+        r = enc.render(rec, ())
+        return Prompt(r.prompt_ids, r.prompt, rec.where, rec.extra, r.truncated)
+    raise ValueError(kind)
+
+
+def render(enc: Encoder, rec: Record, kind: str) -> Rendered:
+    answers = {"preference": (rec.chosen, rec.rejected), "sft": (rec.chosen,), "prompt": ()}[kind]
+    return enc.render(rec, answers)  # type: ignore[arg-type]
+
+
+T = TypeVar("T")
+
+
+class LazyEncoded(Sequence[T], Generic[T]):
+    """Records tokenised on first use (and kept): ``len`` and indexing like a list."""
+
+    def __init__(self, records: Sequence[Record], fn: Callable[[Record], T]) -> None:
+        self.records = records
+        self._fn = fn
+        self._done: dict[int, T] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        item = self._done.get(i)
+        if item is None:
+            item = self._fn(self.records[i])
+            self._done[i] = item
+        return item
+
+    def __iter__(self) -> Iterator[T]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def encoded_count(self) -> int:
+        return len(self._done)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _parse_all(rows: list[tuple[str, dict[str, Any]]], kind: str, columns: dict[str, str]) -> list[Record]:
+    records = [parse_record(obj, where, kind, columns) for where, obj in rows]
+    _check_one_shape(records)
+    return records
+
+
+def _check_one_shape(records: list[Record]) -> None:
+    """Rows of one dataset share a shape: a row that differs is named, not guessed at."""
+    if not records:
+        return
+    first = records[0]
+    convo = first.conversational
+    for rec in records[1:]:
+        if rec.conversational != convo:
+            kind = "conversational" if convo else "plain-text"
+            raise DataError(f"{rec.where}: row shape '{rec.shape}' differs from the first row's {kind} shape '{first.shape}' ({first.where}); one dataset, one shape")
+
+
+def load_records(path: str, kind: str, split: str = "train", *, columns: str = "", limit: int = 0) -> list[Record]:
+    """Parsed rows of ``split`` (``train``, ``eval``/``test``, with an optional slice)."""
+    rows = read_split(path, _split_name(split))
+    if limit:
+        rows = rows[:limit]
+    return _parse_all(rows, kind, parse_columns(columns))
+
+
+def _split_name(split: str) -> str:
+    return "test" if split == "eval" else split
 
 
 def resolve_data_file(path: str, split: str = "train") -> Path:
-    """A file, or a folder holding ``train.jsonl`` / ``valid.jsonl`` (``eval`` also accepted)."""
+    """A local data file: the file itself, or a folder's ``train.jsonl`` / ``valid.jsonl``."""
     p = Path(path).expanduser()
     if p.is_dir():
-        names = {"train": ["train.jsonl", "train.json"], "eval": ["valid.jsonl", "eval.jsonl", "test.jsonl", "valid.json"]}[split]
+        names = {"train": ["train.jsonl", "train.json"]}.get(split, ["valid.jsonl", "eval.jsonl", "test.jsonl", "valid.json"])
         for name in names:
             if (p / name).exists():
                 return p / name
@@ -101,281 +213,156 @@ def resolve_data_file(path: str, split: str = "train") -> Path:
 
 
 def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every row; blank lines are skipped."""
-    if path.suffix in (".parquet", ".arrow"):
-        return _read_table_rows(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror})") from None
-    rows: list[tuple[int, dict[str, Any]]] = []
-    if path.suffix == ".json" and not _looks_like_json_lines(text):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-        if isinstance(data, dict):
-            data = next((v for v in data.values() if isinstance(v, list)), None) or [data]
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a list of objects")
-        for i, obj in enumerate(data, 1):
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}: item {i} is {type(obj).__name__}, expected an object")
-            rows.append((i, obj))
-    else:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
+    """(line number, object) for every row of a local JSONL/JSON file."""
+    return [(int(where.rpartition(":")[2]), obj) for where, obj in read_json_rows(path)]
+
+
+# ---------------------------------------------------------------- compatibility loaders (whole file, eager)
+
+
+def load_pairs(path: str, tokenizer: Any, max_length: int, split: str = "train", *, chat_template: str = "auto", template_file: str = "") -> list[PreferencePair]:
+    enc = Encoder(tokenizer, max_length, chat_template, template_file)
+    return [encode(enc, r, "preference") for r in load_records(path, "preference", split)]  # type: ignore[misc]
+
+
+def load_completions(path: str, tokenizer: Any, max_length: int, split: str = "train", *, chat_template: str = "auto", template_file: str = "") -> list[Completion]:
+    enc = Encoder(tokenizer, max_length, chat_template, template_file)
+    return [encode(enc, r, "sft") for r in load_records(path, "sft", split)]  # type: ignore[misc]
+
+
+def load_prompts(path: str, tokenizer: Any, max_length: int, split: str = "train", *, chat_template: str = "auto", template_file: str = "") -> list[Prompt]:
+    enc = Encoder(tokenizer, max_length, chat_template, template_file)
+    return [encode(enc, r, "prompt") for r in load_records(path, "prompt", split)]  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- a run's data
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where a split's rows came from, for summaries and model cards."""
+
+    spec: str
+    split: str
+    kind: str  # "jsonl file", "Hub dataset", ...
+    rows: int
+    shape: str
+
+
+class RunData:
+    """The data of a run as its config names it: records read once, encoded lazily.
+
+    ``records(role)`` parses (no tokenizer needed: safe before any model download);
+    ``pairs/completions/prompts(role)`` tokenise with the run's tokenizer on first use.
+    ``role`` is ``train`` or ``eval``.
+    """
+
+    def __init__(self, cfg: RunConfig, tokenizer: Any = None) -> None:
+        from engine.config import resolve_path
+
+        self.cfg = cfg
+        d = cfg.data
+        self.train_spec = resolve_path(cfg, d.train)
+        self.eval_spec = resolve_path(cfg, d.eval) if d.eval else ""
+        self.columns = parse_columns(d.columns)
+        self.tokenizer = tokenizer
+        self._records: dict[tuple[str, str], list[Record]] = {}
+        self._encoder: Encoder | None = None
+        self.sources: dict[str, SourceInfo] = {}
+
+    def eval_source(self) -> tuple[str, str]:
+        """(spec, split) of the eval data: ``data.eval``, else ``data.train``'s eval split when it has one."""
+        d = self.cfg.data
+        if self.eval_spec:
+            same = Path(self.eval_spec).expanduser().is_dir() or is_hub_id(self.eval_spec)
+            return self.eval_spec, d.eval_split if same else _plain_split(d.eval_split)
+        if self.train_spec and (Path(self.train_spec).expanduser().is_dir() or is_hub_id(self.train_spec)):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, found {type(obj).__name__}")
-            rows.append((lineno, obj))
-    if not rows:
-        raise DataError(f"{path}: no examples (the file is empty)")
-    return rows
+                splits = available_splits(self.train_spec)
+            except DataError:
+                return "", ""
+            name = d.eval_split.split("[")[0]
+            if splits and (name in splits or (name == "test" and any(s in splits for s in ("valid", "validation")))):
+                return self.train_spec, d.eval_split
+        return "", ""
+
+    def has_eval(self) -> bool:
+        return bool(self.eval_source()[0])
+
+    def records(self, role: str, kind: str) -> list[Record]:
+        key = (role, kind)
+        if key not in self._records:
+            d = self.cfg.data
+            if role == "train":
+                spec, split, limit = self.train_spec, d.train_split, d.max_train_examples
+                key_name, split_key = "data.train", "data.train_split"
+            else:
+                spec, split = self.eval_source()
+                limit, key_name, split_key = d.max_eval_examples, "data.eval", "data.eval_split"
+                if not spec:
+                    self._records[key] = []
+                    return []
+            if Path(spec).expanduser().is_file():
+                split = _plain_split(split)
+            rows = read_split(spec, split, key=key_name, split_key=split_key)
+            if limit:
+                rows = rows[:limit]
+            recs = _parse_all(rows, kind, self.columns)
+            self._records[key] = recs
+            self.sources[role] = SourceInfo(spec, split, describe_source(spec), len(recs), recs[0].shape if recs else "")
+        return self._records[key]
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            if self.tokenizer is None:
+                raise RuntimeError("RunData needs a tokenizer to encode")
+            d = self.cfg.data
+            from engine.config import resolve_path
+
+            self._encoder = Encoder(self.tokenizer, self.cfg.model.max_length, d.chat_template, resolve_path(self.cfg, d.chat_template_file) if d.chat_template_file else "")
+        return self._encoder
+
+    def _encoded(self, role: str, kind: str) -> Any:
+        recs = self.records(role, kind)
+        enc = self.encoder
+        lazy = LazyEncoded(recs, lambda r: encode(enc, r, kind))
+        return lazy if role == "train" else list(lazy)
+
+    def pairs(self, role: str) -> Any:
+        return self._encoded(role, "preference")
+
+    def completions(self, role: str) -> Any:
+        return self._encoded(role, "sft")
+
+    def prompts(self, role: str) -> Any:
+        return self._encoded(role, "prompt")
 
 
-def _looks_like_json_lines(text: str) -> bool:
-    """A ``.json`` file holding one object per line (what ``datasets``' ``to_json`` writes)."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) < 2 or not lines[0].lstrip().startswith("{"):
-        return False
-    try:
-        json.loads(lines[0])
-    except json.JSONDecodeError:
-        return False
-    return True
+def _plain_split(split: str) -> str:
+    """A single file has no split names: only the slice of ``split`` applies to it."""
+    name, bracket, rest = split.partition("[")
+    return f"file[{rest}" if bracket else "file"
 
 
-def _read_table_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of a Parquet or Arrow file (as Hugging Face ``datasets`` saves them), via pyarrow."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(
-            f"{path}: reading {path.suffix} files needs pyarrow (uv add pyarrow), "
-            "or convert it to JSONL: datasets.Dataset.from_parquet(path).to_json('train.jsonl')"
-        ) from None
-    try:
-        if path.suffix == ".parquet":
-            table = pq.read_table(path)
-        else:
-            with pa.memory_map(str(path)) as source:
-                try:
-                    table = pa.ipc.open_stream(source).read_all()
-                except pa.ArrowInvalid:
-                    table = pa.ipc.open_file(source).read_all()
-    except (OSError, pa.ArrowException) as err:
-        raise DataError(f"{path}: cannot read ({err})") from None
-    rows = [(i, obj) for i, obj in enumerate(table.to_pylist(), 1)]
-    if not rows:
-        raise DataError(f"{path}: no examples (the file is empty)")
-    return rows
+def run_data(ctx: Any) -> RunData:
+    """The run's :class:`RunData` (made by the runner before the model loaded), or a new one."""
+    data = getattr(ctx, "data", None)
+    if not isinstance(data, RunData):
+        data = RunData(ctx.cfg, ctx.tokenizer)
+        ctx.data = data
+    elif data.tokenizer is None:
+        data.tokenizer = ctx.tokenizer
+    return data
 
 
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-
-
-def _check_text(value: Any, key: str, where: str) -> str | Messages:
-    if isinstance(value, str):
-        return value
-    if _is_messages(value):
-        return value
-    raise DataError(f"{where}: '{key}' must be a string or a list of {{role, content}} messages, found {type(value).__name__}")
-
-
-def parse_record(obj: dict[str, Any], source: str, line: int, kind: str) -> Record:
-    where = f"{source}:{line}"
-    if kind == "preference":
-        missing = [k for k in ("chosen", "rejected") if k not in obj]
-        if missing:
-            raise DataError(f"{where}: missing field {' and '.join(repr(m) for m in missing)} (preference rows need 'chosen' and 'rejected')")
-        chosen = _check_text(obj["chosen"], "chosen", where)
-        rejected = _check_text(obj["rejected"], "rejected", where)
-        if "prompt" in obj:
-            prompt = _check_text(obj["prompt"], "prompt", where)
-        elif isinstance(chosen, list) and isinstance(rejected, list):
-            prompt, chosen, rejected = _split_shared_prefix(chosen, rejected, where)
-        elif isinstance(chosen, str) and isinstance(rejected, str):
-            prompt, chosen, rejected = _split_shared_text(chosen, rejected, where)
-        else:
-            raise DataError(f"{where}: missing field 'prompt' (needed when one of chosen/rejected is a string and the other messages)")
-        if "system" in obj:
-            prompt = _with_system(obj["system"], prompt, where)
-            chosen, rejected = _as_answer(chosen), _as_answer(rejected)
-        return Record(source, line, prompt, chosen, rejected)
-    if kind == "sft":
-        if "messages" in obj:
-            msgs = _check_text(obj["messages"], "messages", where)
-            if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
-                raise DataError(f"{where}: 'messages' must end with an assistant message")
-            return Record(source, line, msgs[:-1], [msgs[-1]])
-        if "completion" in obj:
-            return Record(source, line, _check_text(obj.get("prompt", ""), "prompt", where), _check_text(obj["completion"], "completion", where))
-        if "chosen" in obj:
-            return parse_record(obj, source, line, "preference")
-        if "text" in obj:
-            return Record(source, line, "", _check_text(obj["text"], "text", where))
-        raise DataError(f"{where}: expected 'prompt'+'completion', 'messages', 'text' or 'chosen' fields, found {sorted(obj)}")
-    if kind == "prompt":
-        if "prompt" not in obj:
-            if "messages" in obj:
-                msgs = _check_text(obj["messages"], "messages", where)
-                return Record(source, line, [m for m in msgs if m["role"] != "assistant"] if isinstance(msgs, list) else msgs, extra=obj)
-            raise DataError(f"{where}: missing field 'prompt'")
-        prompt = _check_text(obj["prompt"], "prompt", where)
-        if "system" in obj:
-            prompt = _with_system(obj["system"], prompt, where)
-        return Record(source, line, prompt, extra={k: v for k, v in obj.items() if k not in ("prompt", "system")})
-    raise ValueError(kind)
-
-
-def _with_system(system: Any, prompt: str | Messages, where: str) -> Messages:
-    """mlx-lm-lora's ``system`` field: the prompt becomes a chat of a system and a user message."""
-    if not isinstance(system, str):
-        raise DataError(f"{where}: 'system' must be a string, found {type(system).__name__}")
-    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-    if messages and messages[0].get("role") == "system":
-        return messages
-    return [{"role": "system", "content": system}, *messages]
-
-
-def _as_answer(answer: str | Messages | None) -> str | Messages | None:
-    return [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
-
-
-def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """How many leading items (messages, or characters) ``a`` and ``b`` share."""
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def _split_shared_prefix(chosen: Messages, rejected: Messages, where: str) -> tuple[Messages, Messages, Messages]:
-    n = _common_prefix(chosen, rejected)
-    if n == 0:
-        raise DataError(f"{where}: conversational 'chosen' and 'rejected' share no prompt messages")
-    if n == len(chosen) or n == len(rejected):
-        raise DataError(f"{where}: 'chosen' and 'rejected' have no differing answer after their shared prompt")
-    return chosen[:n], chosen[n:], rejected[n:]
-
-
-def _split_shared_text(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
-    """TRL's implicit prompt for plain text: the common prefix is the prompt (a space before
-    the first differing character stays with the answers, as TRL's ``extract_prompt`` does)."""
-    n = _common_prefix(chosen, rejected)
-    if n == 0:
-        raise DataError(f"{where}: missing field 'prompt', and 'chosen' and 'rejected' share no prompt text to take it from")
-    if n == len(chosen) or n == len(rejected):
-        raise DataError(f"{where}: 'chosen' and 'rejected' have no differing answer after their shared prompt text")
-    if chosen[n - 1] == " ":
-        n -= 1
-    return chosen[:n], chosen[n:], rejected[n:]
-
-
-def load_records(path: str, kind: str, split: str = "train") -> list[Record]:
-    file = resolve_data_file(path, split)
-    return [parse_record(obj, str(file), line, kind) for line, obj in read_rows(file)]
-
-
-# ---------------------------------------------------------------- tokenisation
-
-
-class Encoder:
-    """Turns records into token ids with the tokenizer's chat template where there is one."""
-
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
-        self.tok = tokenizer
-        self.max_length = max_length
-        self.eos = tokenizer.eos_token_id
-        self.has_template = bool(getattr(tokenizer, "chat_template", None))
-
-    def prompt_text(self, prompt: str | Messages) -> str:
-        if isinstance(prompt, list):
-            if not self.has_template:
-                return "".join(f"{m['role']}: {m['content']}\n" for m in prompt)
-            return self.tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return prompt
-
-    def completion_text(self, prompt: str | Messages, completion: str | Messages) -> tuple[str, bool]:
-        """The completion as text, and whether it already ends with the EOS marker."""
-        if isinstance(completion, list):
-            if isinstance(prompt, list) and self.has_template:
-                head = self.tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-                full = self.tok.apply_chat_template(prompt + completion, tokenize=False)
-                if full.startswith(head):
-                    return full[len(head):], True
-            return "".join(m["content"] for m in completion), False
-        return completion, False
-
-    def encode_prompt(self, prompt: str | Messages) -> list[int]:
-        text = self.prompt_text(prompt)
-        if not text:
-            bos = getattr(self.tok, "bos_token_id", None)
-            return [bos] if bos is not None else []
-        return list(self.tok.encode(text))
-
-    def encode_completion(self, prompt: str | Messages, completion: str | Messages) -> list[int]:
-        text, has_eos = self.completion_text(prompt, completion)
-        ids = list(self.tok.encode(text, add_special_tokens=False))
-        if not has_eos or (ids and ids[-1] != self.eos):
-            if not ids or ids[-1] != self.eos:
-                ids.append(self.eos)
-        return ids
-
-    def fit(self, prompt: list[int], *answers: list[int]) -> tuple[list[int], list[list[int]]]:
-        longest = max(len(a) for a in answers)
-        room = self.max_length - longest
-        if room < 1:
-            keep = max(self.max_length // 2, 1)
-            prompt = prompt[-keep:]
-            answers = tuple(a[: self.max_length - len(prompt)] for a in answers)
-        elif len(prompt) > room:
-            prompt = prompt[-room:]
-        return prompt, list(answers)
-
-    def pair(self, rec: Record) -> PreferencePair:
-        p = self.encode_prompt(rec.prompt)
-        c = self.encode_completion(rec.prompt, rec.chosen)  # type: ignore[arg-type]
-        r = self.encode_completion(rec.prompt, rec.rejected)  # type: ignore[arg-type]
-        p, (c, r) = self.fit(p, c, r)
-        return PreferencePair(
-            tuple(p), tuple(c), tuple(r),
-            prompt=self.prompt_text(rec.prompt),
-            chosen=self.completion_text(rec.prompt, rec.chosen)[0],  # type: ignore[arg-type]
-            rejected=self.completion_text(rec.prompt, rec.rejected)[0],  # type: ignore[arg-type]
-            where=rec.where,
-        )
-
-    def completion(self, rec: Record) -> Completion:
-        p = self.encode_prompt(rec.prompt)
-        c = self.encode_completion(rec.prompt, rec.chosen)  # type: ignore[arg-type]
-        p, (c,) = self.fit(p, c)
-        return Completion(tuple(p), tuple(c), rec.where)
-
-    def prompt(self, rec: Record) -> Prompt:
-        p = self.encode_prompt(rec.prompt)[-self.max_length :]
-        return Prompt(tuple(p), self.prompt_text(rec.prompt), rec.where, rec.extra)
-
-
-def load_pairs(path: str, tokenizer: Any, max_length: int, split: str = "train") -> list[PreferencePair]:
-    enc = Encoder(tokenizer, max_length)
-    return [enc.pair(r) for r in load_records(path, "preference", split)]
-
-
-def load_completions(path: str, tokenizer: Any, max_length: int, split: str = "train") -> list[Completion]:
-    enc = Encoder(tokenizer, max_length)
-    return [enc.completion(r) for r in load_records(path, "sft", split)]
-
-
-def load_prompts(path: str, tokenizer: Any, max_length: int, split: str = "train") -> list[Prompt]:
-    enc = Encoder(tokenizer, max_length)
-    return [enc.prompt(r) for r in load_records(path, "prompt", split)]
+def check_run_data(cfg: RunConfig) -> RunData:
+    """Read and check the run's train and eval rows (files, splits, columns, shapes) — before
+    any model is downloaded, so a typo costs seconds, not a download."""
+    data = RunData(cfg)
+    kind = data_kind(cfg.algorithm)
+    if kind is None:
+        return data
+    data.records("train", kind)
+    data.records("eval", kind)
+    return data

@@ -1,9 +1,12 @@
 """Direct Preference Optimization with TRL's loss variants.
 
 Log-probs are summed over completion tokens only (the prompt is masked). The reference
-policy's log-probs are computed once for every pair before the first update, when the
-policy still *is* the reference, and kept in the run directory: no second model is held
-in memory, whatever ``model.adapter`` is.
+policy's log-probs are computed for a batch when it is first used, under the run's initial
+weights swapped in (LoRA: the adapters as they started, so no second model is held; full
+fine-tuning: one kept copy of the initial weights), and cached on disk by content
+(:mod:`engine.reference_cache`): the first step comes as soon on 60,000 pairs as on 60,
+and a resume or a second epoch reuses them. ``dpo.precompute_ref_log_probs`` computes
+them all before the first step instead (TRL's option; no initial copy is kept).
 
 Panel keys: ``reward`` is the mean implicit reward margin (``rewards/margins``); ``kl`` is
 the k2 estimate ``r**2 / 2`` of the mean per-token log-ratio ``r`` over chosen and
@@ -28,9 +31,11 @@ from engine.batching import (
     collate_shared,
 )
 from engine.compile import compile_pays, enable_grad_checkpoint
-from engine.config import resolve_path
-from engine.data import PreferencePair, load_pairs
+from engine.data import PreferencePair, run_data
 from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
+from engine.reference_cache import FILE_NAME as REFERENCE_FILE
+from engine.reference_cache import ReferenceCache, model_identity, pair_key
+from engine.rollout import ReferencePolicy
 from engine.task_eval import TaskPrompt, TaskScorer
 
 # Run each prompt once for both answers where the model allows it (same log-probs, less
@@ -96,8 +101,9 @@ def data_kl(
 
 
 def pair_batch(pairs: list[PreferencePair], shared: bool, bucket: int = BUCKET) -> TokenBatch | SharedPromptBatch:
-    """The model input for ``pairs``: chosen answers first, then rejected ones."""
-    if shared:
+    """The model input for ``pairs``: chosen answers first, then rejected ones (each prompt
+    run once when ``shared`` and every row has a prompt and answers)."""
+    if shared and all(p.prompt_ids and p.chosen_ids and p.rejected_ids for p in pairs):
         return collate_shared([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs], bucket=bucket)
     return collate(pair_rows(pairs), bucket=bucket)
 
@@ -114,10 +120,10 @@ class Dpo(Algorithm):
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
         ctx.phase("reading data", 0, 0)
-        self.train = load_pairs(resolve_path(cfg, cfg.data.train), ctx.tokenizer, cfg.model.max_length, "train")
+        data = run_data(ctx)
+        self.train = data.pairs("train")
         self.eval: list[PreferencePair] = []
-        if cfg.data.eval:
-            self.eval = load_pairs(resolve_path(cfg, cfg.data.eval), ctx.tokenizer, cfg.model.max_length, "eval")[: cfg.data.max_eval_examples]
+        self.eval = data.pairs("eval")
         per_rank = cfg.train.batch_size // ctx.world.size
         self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
         self.per_rank = per_rank
@@ -127,18 +133,39 @@ class Dpo(Algorithm):
         # length buckets keep a compiled step from recompiling; an eager step pads only to the batch's longest row
         self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
         self.task = TaskScorer.from_config(cfg)
-        everything = self.train + self.eval
-        self.shared = SHARE_PROMPT and supports_shared_prompt(ctx.model) and all(p.prompt_ids and p.chosen_ids and p.rejected_ids for p in everything)
-        if "ref_train" in saved and saved["ref_train"].shape[0] == len(self.train):
-            self.ref_train = saved["ref_train"]
-            self.ref_eval = saved.get("ref_eval", mx.zeros((0, 2)))
-        else:
-            ctx.log(f"computing reference log-probs for {len(self.train) + len(self.eval)} pairs (once; kept in the run directory)")
-            self.ref_train = self.score(self.train, "reference log-probs")
-            self.ref_eval = self.score(self.eval, "reference log-probs (eval)") if self.eval else mx.zeros((0, 2))
+        self.shared = SHARE_PROMPT and supports_shared_prompt(ctx.model)
+        # reference log-probs: computed for a batch when it is first used (under the
+        # initial weights, swapped in), cached on disk by content (engine.reference_cache)
+        run_dir = getattr(ctx, "run_dir", None)
+        path = run_dir / REFERENCE_FILE if run_dir is not None and ctx.world.is_main else None
+        self.ref_cache = ReferenceCache(path)
+        self.ref_model_id = model_identity(cfg, {"average": self.average})
+        self.reference = ReferencePolicy(ctx.model)
+        if self.ref_cache.loaded:
+            ctx.log(f"reference log-probs: {self.ref_cache.loaded:,} pairs cached in {REFERENCE_FILE}")
+        if cfg.dpo.precompute_ref_log_probs:
+            ctx.log(f"computing reference log-probs for {len(self.train) + len(self.eval):,} pairs before the first step (dpo.precompute_ref_log_probs)")
+            self.reference_logps(list(self.train), "reference log-probs")
+            if self.eval:
+                self.reference_logps(self.eval, "reference log-probs (eval)")
+            self.reference = None  # every value is cached: no initial weights to keep
 
     def run_arrays(self) -> dict[str, mx.array]:
-        return {"ref_train": self.ref_train, "ref_eval": self.ref_eval}
+        return {}
+
+    def reference_logps(self, pairs: list[PreferencePair], phase: str = "") -> mx.array:
+        """[N, 2] reference (chosen, rejected) log-probs, computing only what is not cached."""
+        keys = [pair_key(self.ref_model_id, p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs]
+
+        def compute(positions: list[int]) -> list[tuple[float, float]]:
+            if self.reference is None:
+                raise RuntimeError("reference weights were released after precomputing; a pair was not in the cache")
+            todo = [pairs[i] for i in positions]
+            with self.reference.active() as model:
+                values = self._score_rows(todo, phase, model=model)
+            return [(float(c), float(r)) for c, r in values.tolist()]
+
+        return mx.array(self.ref_cache.fill(keys, compute), dtype=mx.float32).reshape(len(pairs), 2)
 
     # -------------------------------------------------------------- log-probs
 
@@ -163,18 +190,20 @@ class Dpo(Algorithm):
         With several ranks each scores a share and every rank gets all N rows."""
         return self.ctx.world.gather_sharded(len(pairs), lambda idx: self._score_rows([pairs[i] for i in idx], phase))
 
-    def _score_rows(self, pairs: list[PreferencePair], phase: str) -> mx.array:
+    def _score_rows(self, pairs: list[PreferencePair], phase: str, model: nn.Module | None = None) -> mx.array:
+        model = self.ctx.model if model is None else model
         out = []
         step = max(self.cfg.train.batch_size, 8)
         for start in range(0, len(pairs), step):
             self.ctx.check()
             chunk = pairs[start : start + step]
-            logps, _ = self._logps(self.ctx.model, *self._inputs(pair_batch(chunk, self.shared, self.bucket)))
+            logps, _ = self._logps(model, *self._inputs(pair_batch(chunk, self.shared, self.bucket)))
             logps = mx.stop_gradient(logps)
             n = len(chunk)
             out.append(mx.stack([logps[:n], logps[n:]], axis=1))
             mx.eval(out[-1])
-            self.ctx.phase(phase, min(start + step, len(pairs)), len(pairs))
+            if phase and len(pairs) > step:
+                self.ctx.phase(phase, min(start + step, len(pairs)), len(pairs))
         return mx.concatenate(out, axis=0) if out else mx.zeros((0, 2))
 
     # -------------------------------------------------------------- training
@@ -230,7 +259,7 @@ class Dpo(Algorithm):
         idx = self.order.next_indices()
         pairs = [self.train[i] for i in idx]
         batch = pair_batch(pairs, self.shared, self.bucket)
-        ref = self.ref_train[mx.array(idx)]
+        ref = self.reference_logps(pairs)
         loss, aux, norm = self.ctx.update(self.loss_fn, ref, *self._inputs(batch))
         return {
             "loss": loss,
@@ -246,7 +275,8 @@ class Dpo(Algorithm):
         d = self.cfg.dpo
         logps = self.score(self.eval, "evaluating")
         pc, pr = logps[:, 0], logps[:, 1]
-        rc, rr = self.ref_eval[:, 0], self.ref_eval[:, 1]
+        ref = self.ctx.world.gather_sharded(len(self.eval), lambda idx: self.reference_logps([self.eval[i] for i in idx], "reference log-probs (eval)"))
+        rc, rr = ref[:, 0], ref[:, 1]
         losses = dpo_losses(pc, pr, rc, rr, d.beta, d.loss_type, d.label_smoothing)
         cr, rj = d.beta * (pc - rc), d.beta * (pr - rr)
         out = {

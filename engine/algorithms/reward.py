@@ -24,8 +24,7 @@ import mlx.nn as nn
 from engine.algorithms.base import Algorithm
 from engine.algorithms.dpo import pair_rows
 from engine.batching import DataOrder, collate
-from engine.config import resolve_path
-from engine.data import PreferencePair, load_pairs
+from engine.data import PreferencePair, run_data
 from engine.reward_model import RewardModel
 
 
@@ -53,10 +52,10 @@ class RewardModelling(Algorithm):
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
         ctx.phase("reading data", 0, 0)
-        self.train = load_pairs(resolve_path(cfg, cfg.data.train), ctx.tokenizer, cfg.model.max_length, "train")
+        data = run_data(ctx)
+        self.train = data.pairs("train")
         self.eval: list[PreferencePair] = []
-        if cfg.data.eval:
-            self.eval = load_pairs(resolve_path(cfg, cfg.data.eval), ctx.tokenizer, cfg.model.max_length, "eval")[: cfg.data.max_eval_examples]
+        self.eval = data.pairs("eval")
         self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
         self.model = RewardModel(ctx.model, seed=cfg.train.seed)
         mx.eval(self.model.head.parameters())

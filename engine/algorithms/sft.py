@@ -13,8 +13,7 @@ import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm
 from engine.batching import DataOrder, collate
-from engine.config import resolve_path
-from engine.data import Completion, load_completions
+from engine.data import Completion, run_data
 from engine.logprobs import shifted_token_logprobs
 from engine.task_eval import TaskScorer, from_ids
 
@@ -25,10 +24,10 @@ class Sft(Algorithm):
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
         ctx.phase("reading data", 0, 0)
-        self.train = load_completions(resolve_path(cfg, cfg.data.train), ctx.tokenizer, cfg.model.max_length, "train")
+        data = run_data(ctx)
+        self.train = data.completions("train")
         self.eval: list[Completion] = []
-        if cfg.data.eval:
-            self.eval = load_completions(resolve_path(cfg, cfg.data.eval), ctx.tokenizer, cfg.model.max_length, "eval")[: cfg.data.max_eval_examples]
+        self.eval = data.completions("eval")
         self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
         self.task = TaskScorer.from_config(cfg)
 
