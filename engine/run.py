@@ -587,6 +587,17 @@ class Run:
                 self.directory.write_summary(record)
             except RunDirError as err:
                 self.summary.setdefault("error", str(err))
+            if status != "failed" and self.summary.get("last_checkpoint") is not None:
+                self._write_model_card()
+
+    def _write_model_card(self) -> None:
+        """RUN_DIR/README.md, a Hugging Face model card (engine.model_card); never fails the run."""
+        from engine.model_card import write_model_card
+
+        try:
+            write_model_card(self)
+        except Exception as err:  # noqa: BLE001
+            self._emit(ev.Alert(self.step, f"could not write the model card README.md: {err}"))
 
     _previous_summary: dict[str, Any] | None = None
 
