@@ -171,6 +171,13 @@ class RlooConfig:
     normalize_advantages: bool = knob(False, "Divide the leave-one-out advantages by their std over the batch.")
 
 
+@dataclass
+class KtoConfig:
+    beta: float = knob(0.1, "Strength of the KL constraint to the reference policy (TRL's beta).", min=0.0, max=100.0)
+    desirable_weight: float = knob(1.0, "Weight of the desirable answers' losses (raise it when they are the rarer kind).", min=0.0, max=100.0)
+    undesirable_weight: float = knob(1.0, "Weight of the undesirable answers' losses.", min=0.0, max=100.0)
+
+
 REPORTERS = ("tensorboard", "wandb", "trackio")
 
 
@@ -197,6 +204,7 @@ class RunConfig:
     orpo: OrpoConfig = field(default_factory=OrpoConfig)
     simpo: SimpoConfig = field(default_factory=SimpoConfig)
     rloo: RlooConfig = field(default_factory=RlooConfig)
+    kto: KtoConfig = field(default_factory=KtoConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     # Where the preset came from; relative data/model paths resolve against it. Not a knob.
     base_dir: str = field(default="", metadata={"internal": True})

@@ -80,6 +80,11 @@ REGISTRY: tuple[AlgorithmSpec, ...] = (
         kl="", reward="mean margin of beta x log-prob (per-token mean for simpo, sum for cpo), chosen - rejected",
     ),
     AlgorithmSpec(
+        "kto", "KTO", "KTO (Kahneman-Tversky optimisation)", "engine.algorithms.kto:Kto", "unpaired", True, False,
+        kl="the batch's KL estimate on mismatched prompt/answer pairs, clamped at 0 (TRL's kl)",
+        reward="mean implicit reward of desirable minus undesirable answers (rewards/margins)",
+    ),
+    AlgorithmSpec(
         "rloo", "RLOO", "RLOO (REINFORCE leave-one-out)", "engine.algorithms.rloo:Rloo", "prompts", True, True,
         kl="mean summed k1 KL of a sampled completion to the reference (null when rloo.beta = 0)",
         reward="mean score of the sampled completions (before the KL penalty)", sections=("generation",),

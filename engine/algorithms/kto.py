@@ -1,0 +1,233 @@
+"""KTO: Kahneman-Tversky optimisation on answers labelled good or bad (TRL's KTOTrainer).
+
+Data: unpaired rows ``{"prompt": ..., "completion": ..., "label": true|false}`` in a local
+JSONL/JSON file (read here: the first row having ``label`` makes the file unpaired), or any
+preference data, which is unpaired here: each pair gives its chosen answer labelled
+desirable and its rejected answer labelled undesirable.
+
+With ``z = log pi(y|x) - log pi_ref(y|x)`` (summed over the answer's tokens) and ``KL`` the
+batch's KL estimate — the mean of ``log pi - log pi_ref`` over *mismatched* pairs (each
+prompt with the answer of the next example in the batch), clamped at 0, no gradient — the
+loss of a desirable answer is ``desirable_weight * (1 - sigmoid(beta * (z - KL)))`` and of an
+undesirable one ``undesirable_weight * (1 - sigmoid(beta * (KL - z)))``, averaged over the
+batch. The reference policy is the starting weights, swapped in (no second model).
+
+Metrics (TRL names): ``kl`` (the estimate, also the panel's ``kl``), ``rewards/chosen`` and
+``rewards/rejected`` (mean ``beta * z`` of desirable / undesirable answers),
+``rewards/margins`` (their difference, the panel's ``reward``), ``logps/chosen``,
+``logps/rejected``, ``count/chosen``, ``count/rejected``. Held out: the same, plus
+``rewards/accuracies`` on eval pairs (preference eval data: the share whose chosen answer
+has the higher implicit reward ``beta * z``) and ``task_score`` when ``data.task_reward``
+is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from engine.algorithms.base import Algorithm
+from engine.batching import BUCKET, DataOrder, collate
+from engine.compile import compile_pays
+from engine.config import resolve_path
+from engine.data import encode, read_rows, resolve_data_file, run_data
+from engine.data_shapes import parse_record
+from engine.errors import DataError
+from engine.logprobs import shifted_token_logprobs
+from engine.rollout import ReferencePolicy
+from engine.task_eval import TaskPrompt, TaskScorer
+
+
+@dataclass(frozen=True)
+class LabelledAnswer:
+    """One prompt and answer, labelled desirable (True) or undesirable (False)."""
+
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+    desirable: bool
+    prompt: str
+    where: str
+
+
+# ---------------------------------------------------------------- data
+
+
+def unpaired_file(spec: str, split: str) -> Path | None:
+    """The local file behind ``spec`` when its first row carries a ``label`` (else None)."""
+    if not spec:
+        return None
+    try:
+        file = resolve_data_file(spec, split)
+    except DataError:
+        return None
+    if file.suffix not in (".jsonl", ".json"):
+        return None
+    rows = read_rows(file)
+    return file if rows and "label" in rows[0][1] else None
+
+
+def read_unpaired(file: Path, encoder: Any) -> list[LabelledAnswer]:
+    """Rows ``prompt``/``completion``/``label`` (prompt+completion or conversational, as SFT reads)."""
+    out = []
+    for line, obj in read_rows(file):
+        where = f"{file}:{line}"
+        if not isinstance(obj, dict) or "label" not in obj:
+            raise DataError(f"{where}: missing field 'label' (unpaired rows need 'prompt', 'completion' and 'label')")
+        label = obj["label"]
+        if not isinstance(label, bool):
+            raise DataError(f"{where}: 'label' must be true or false, found {label!r}")
+        if "completion" not in obj:
+            raise DataError(f"{where}: missing field 'completion' (unpaired rows need 'prompt', 'completion' and 'label')")
+        rec = parse_record({k: v for k, v in obj.items() if k != "label"}, where, "sft")
+        c = encode(encoder, rec, "sft")
+        out.append(LabelledAnswer(c.prompt_ids, c.completion_ids, label, c.prompt, where))  # type: ignore[union-attr]
+    return out
+
+
+def unpair(pairs: Any) -> list[LabelledAnswer]:
+    """Each preference pair as a desirable (chosen) and an undesirable (rejected) answer."""
+    out = []
+    for p in pairs:
+        out.append(LabelledAnswer(p.prompt_ids, p.chosen_ids, True, p.prompt, p.where))
+        out.append(LabelledAnswer(p.prompt_ids, p.rejected_ids, False, p.prompt, p.where))
+    return out
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def kto_terms(
+    logps: mx.array, ref_logps: mx.array, desirable: mx.array, kl: mx.array, beta: float, desirable_weight: float, undesirable_weight: float
+) -> tuple[mx.array, dict[str, mx.array]]:
+    """Loss and metrics from summed answer log-probs; ``desirable`` is 1.0 / 0.0 per row."""
+    z = logps - ref_logps
+    good_loss = 1 - mx.sigmoid(beta * (z - kl))
+    bad_loss = 1 - mx.sigmoid(beta * (kl - z))
+    losses = desirable * desirable_weight * good_loss + (1 - desirable) * undesirable_weight * bad_loss
+    rewards = mx.stop_gradient(beta * z)
+    n_good, n_bad = desirable.sum(), (1 - desirable).sum()
+
+    def mean_of(x: mx.array, w: mx.array, n: mx.array) -> mx.array:
+        return (x * w).sum() / mx.maximum(n, 1.0)
+
+    good_reward, bad_reward = mean_of(rewards, desirable, n_good), mean_of(rewards, 1 - desirable, n_bad)
+    return losses.mean(), {
+        "kl": kl,
+        "rewards/chosen": good_reward,
+        "rewards/rejected": bad_reward,
+        "rewards/margins": good_reward - bad_reward,
+        "logps/chosen": mean_of(mx.stop_gradient(logps), desirable, n_good),
+        "logps/rejected": mean_of(mx.stop_gradient(logps), 1 - desirable, n_bad),
+        "count/chosen": n_good,
+        "count/rejected": n_bad,
+    }
+
+
+def kl_estimate(logps: mx.array, ref_logps: mx.array) -> mx.array:
+    """TRL's batch KL: mean log-ratio on mismatched answers, clamped at 0, no gradient."""
+    return mx.stop_gradient(mx.maximum((logps - ref_logps).mean(), 0.0))
+
+
+def mismatched(rows: list[LabelledAnswer]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Each prompt with the answer of the previous example (rolled by one), as TRL's KL batch."""
+    answers = [r.answer_ids for r in rows]
+    answers = answers[-1:] + answers[:-1]
+    return [(r.prompt_ids, a) for r, a in zip(rows, answers, strict=True)]
+
+
+class Kto(Algorithm):
+    name = "kto"
+
+    def setup(self, saved: dict[str, mx.array]) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        ctx.phase("reading data", 0, 0)
+        data = run_data(ctx)
+        self.train = self._read(data, "train", resolve_path(cfg, cfg.data.train))
+        self.eval: list[LabelledAnswer] = []
+        self.eval_pairs: list[Any] = []
+        if cfg.data.eval:
+            file = unpaired_file(resolve_path(cfg, cfg.data.eval), "eval")
+            if file is not None:
+                self.eval = read_unpaired(file, data.encoder)[: cfg.data.max_eval_examples]
+            else:
+                self.eval_pairs = list(data.pairs("eval"))[: cfg.data.max_eval_examples]
+                self.eval = unpair(self.eval_pairs)
+        if not self.train:
+            raise DataError(f"{cfg.data.train}: no training rows")
+        self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
+        self.reference = ReferencePolicy(ctx.model)
+        self.task = TaskScorer.from_config(cfg)
+
+    def _read(self, data: Any, role: str, spec: str) -> list[LabelledAnswer]:
+        file = unpaired_file(spec, role)
+        return read_unpaired(file, data.encoder) if file is not None else unpair(data.pairs(role))
+
+    # -------------------------------------------------------------- log-probs
+
+    def _sums(self, model: nn.Module, tokens: mx.array, mask: mx.array) -> mx.array:
+        lp, _ = shifted_token_logprobs(model, tokens)
+        return (lp * mask).sum(axis=-1)
+
+    def _no_grad_sums(self, model: nn.Module, rows: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> mx.array:
+        out = []
+        step = max(self.cfg.train.batch_size, 8)
+        for start in range(0, len(rows), step):
+            batch = collate(rows[start : start + step], bucket=self.bucket)
+            out.append(mx.stop_gradient(self._sums(model, batch.tokens, batch.mask)))
+            mx.eval(out[-1])
+        return mx.concatenate(out) if out else mx.zeros((0,))
+
+    def loss_fn(self, model: nn.Module, tokens: mx.array, mask: mx.array, ref: mx.array, desirable: mx.array, kl: mx.array) -> tuple[mx.array, dict[str, mx.array]]:
+        k = self.cfg.kto
+        return kto_terms(self._sums(model, tokens, mask), ref, desirable, kl, k.beta, k.desirable_weight, k.undesirable_weight)
+
+    def _batch_inputs(self, rows: list[LabelledAnswer]) -> tuple[Any, mx.array, mx.array, mx.array]:
+        """(batch, reference log-probs, labels, KL estimate) for ``rows`` under the current weights."""
+        pairs = [(r.prompt_ids, r.answer_ids) for r in rows]
+        with self.reference.active() as ref_model:
+            ref = self._no_grad_sums(ref_model, pairs)
+            ref_kl = self._no_grad_sums(ref_model, mismatched(rows))
+        kl = kl_estimate(self._no_grad_sums(self.ctx.model, mismatched(rows)), ref_kl)
+        kl = self.ctx.world.mean({"kl": float(kl.item())})["kl"]  # TRL gathers the estimate across processes
+        desirable = mx.array([1.0 if r.desirable else 0.0 for r in rows])
+        return collate(pairs, bucket=self.bucket), ref, desirable, mx.array(kl, dtype=mx.float32)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        rows = [self.train[i] for i in self.order.next_indices()]
+        batch, ref, desirable, kl = self._batch_inputs(rows)
+        loss, aux, norm = self.ctx.update(self.loss_fn, batch.tokens, batch.mask, ref, desirable, kl)
+        return {"loss": loss, "grad_norm": norm, "reward": aux["rewards/margins"], "num_tokens": float(batch.num_tokens), **aux}
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval:
+            return {}
+        k = self.cfg.kto
+        self.ctx.phase("evaluating", 0, 0)
+        pairs = [(r.prompt_ids, r.answer_ids) for r in self.eval]
+        logps = self._no_grad_sums(self.ctx.model, pairs)
+        kl_pol = self._no_grad_sums(self.ctx.model, mismatched(self.eval))
+        with self.reference.active() as ref_model:
+            ref = self._no_grad_sums(ref_model, pairs)
+            ref_kl = self._no_grad_sums(ref_model, mismatched(self.eval))
+        desirable = mx.array([1.0 if r.desirable else 0.0 for r in self.eval])
+        loss, aux = kto_terms(logps, ref, desirable, kl_estimate(kl_pol, ref_kl), k.beta, k.desirable_weight, k.undesirable_weight)
+        out = {"loss": loss, **aux}
+        if self.eval_pairs:  # unpair() laid each pair out as chosen, rejected
+            rewards = (logps - ref).reshape(-1, 2)
+            out["rewards/accuracies"] = (rewards[:, 0] > rewards[:, 1]).astype(mx.float32).mean()
+        metrics = {key: float(v.item()) for key, v in out.items()}
+        metrics["reward"] = metrics["rewards/margins"]
+        if self.task is not None:
+            metrics.update(self.task.evaluate(self.ctx, [TaskPrompt(r.prompt_ids, r.prompt) for r in self.eval]))
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])
