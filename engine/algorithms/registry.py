@@ -62,16 +62,6 @@ REGISTRY: tuple[AlgorithmSpec, ...] = (
         reward="mean implicit reward margin (rewards/margins)",
     ),
     AlgorithmSpec(
-        "ppo", "PPO", "PPO", "engine.algorithms.ppo:Ppo", "prompts", True, True,
-        kl="mean summed per-token KL of a sampled completion to the reference (objective/kl)",
-        reward="mean score of the sampled completions (objective/scores)", sections=("generation",),
-    ),
-    AlgorithmSpec(
-        "grpo", "GRPO", "GRPO", "engine.algorithms.grpo:Grpo", "prompts", True, True,
-        kl="mean per-token k3 KL of the samples to the reference (null when grpo.beta = 0)",
-        reward="mean summed reward of the sampled completions", sections=("generation",),
-    ),
-    AlgorithmSpec(
         "orpo", "ORPO", "ORPO (odds-ratio preference optimisation)", "engine.algorithms.orpo:Orpo", "pairs", False, False,
         kl="", reward="mean margin of beta x mean per-token log-prob, chosen - rejected (rewards/margins)",
     ),
@@ -83,6 +73,16 @@ REGISTRY: tuple[AlgorithmSpec, ...] = (
         "kto", "KTO", "KTO (Kahneman-Tversky optimisation)", "engine.algorithms.kto:Kto", "unpaired", True, False,
         kl="the batch's KL estimate on mismatched prompt/answer pairs, clamped at 0 (TRL's kl)",
         reward="mean implicit reward of desirable minus undesirable answers (rewards/margins)",
+    ),
+    AlgorithmSpec(
+        "ppo", "PPO", "PPO", "engine.algorithms.ppo:Ppo", "prompts", True, True,
+        kl="mean summed per-token KL of a sampled completion to the reference (objective/kl)",
+        reward="mean score of the sampled completions (objective/scores)", sections=("generation",),
+    ),
+    AlgorithmSpec(
+        "grpo", "GRPO", "GRPO", "engine.algorithms.grpo:Grpo", "prompts", True, True,
+        kl="mean per-token k3 KL of the samples to the reference (null when grpo.beta = 0)",
+        reward="mean summed reward of the sampled completions", sections=("generation",),
     ),
     AlgorithmSpec(
         "rloo", "RLOO", "RLOO (REINFORCE leave-one-out)", "engine.algorithms.rloo:Rloo", "prompts", True, True,
