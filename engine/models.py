@@ -181,3 +181,28 @@ def apply_trained_weights(model: nn.Module, folder: Path) -> None:
         fused = [(name, m.fuse()) for name, m in model.named_modules() if hasattr(m, "fuse")]
         model.update_modules(tree_unflatten(fused))
     mx.eval(model.parameters())
+
+
+def load_tokenizer_for(cfg: RunConfig) -> Any:
+    """The run's tokenizer alone (no weights): a Hub model downloads only its tokenizer files."""
+    from mlx_lm.utils import load_tokenizer
+
+    where = resolve_model_path(resolve_path(cfg, cfg.model.path))
+    if isinstance(where, str):
+        try:
+            from huggingface_hub import snapshot_download
+
+            where = Path(snapshot_download(where, allow_patterns=["tokenizer*", "*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt"]))
+        except Exception as err:  # noqa: BLE001 - offline, unknown repo, ...
+            raise ModelError(f"{cfg.model.path}: cannot get the tokenizer ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    eos = None
+    config_file = Path(where) / "config.json"
+    if config_file.exists():
+        try:
+            eos = json.loads(config_file.read_text()).get("eos_token_id")
+        except (OSError, ValueError):
+            eos = None
+    try:
+        return load_tokenizer(Path(where), {"trust_remote_code": cfg.model.trust_remote_code}, eos_token_ids=[eos] if isinstance(eos, int) else eos)
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(f"{where}: cannot load the tokenizer ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None

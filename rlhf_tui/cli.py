@@ -7,6 +7,8 @@
     rlhf-tui presets
     rlhf-tui export RUN_DIR [--format csv|jsonl|tensorboard] [--kind all|train|eval] [--output FILE]
     rlhf-tui fuse RUN_DIR [--step N] --out DIR [--dequantize]
+    rlhf-tui chat RUN_DIR [--step N] [--max-tokens N] [--temp T]
+    rlhf-tui data PRESET [--set k=v ...] [--split train|eval] [--show N] [--json]
 
 Bad input gives one line on stderr and exit code 2 (no traceback unless ``--debug``);
 Ctrl-C during a headless run checkpoints and exits 130.
@@ -22,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-SUBCOMMANDS = ("run", "resume", "monitor", "presets", "export", "fuse")
+SUBCOMMANDS = ("run", "resume", "monitor", "presets", "export", "fuse", "data", "chat")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
@@ -33,7 +35,7 @@ def _app_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlhf-tui",
         description="A terminal console for preference tuning on MLX. "
-        "Subcommands: run PRESET | resume RUN_DIR | monitor RUN_DIR | presets | export RUN_DIR | fuse RUN_DIR --out DIR (see 'rlhf-tui run --help').",
+        "Subcommands: run PRESET | resume RUN_DIR | monitor RUN_DIR | presets | export RUN_DIR | fuse RUN_DIR --out DIR | chat RUN_DIR (see 'rlhf-tui run --help').",
     )
     p.add_argument("preset", nargs="?", default=None, help="preset name or .toml path (default: tiny-dpo)")
     p.add_argument("--start", action="store_true", help="start training at once, in the run monitor")
@@ -57,6 +59,11 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--format", choices=("csv", "jsonl", "tensorboard"), default=None, help="default: from --output's suffix, else csv; tensorboard: event files in RUN_DIR/tensorboard/ (or --output DIR)")
         p.add_argument("--kind", choices=("all", "train", "eval"), default="all", help="which rows (default: all)")
         p.add_argument("--output", "-o", default=None, help="file to write (default: standard output)")
+    elif cmd == "chat":
+        p.add_argument("run_dir", help="a run directory: its trained model answers beside its base model")
+        p.add_argument("--step", type=int, default=None, help="chat with checkpoint N instead of the latest weights")
+        p.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
+        p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     elif cmd == "fuse":
         p.add_argument("run_dir", help="a run directory (its latest weights, or --step N)")
         p.add_argument("--out", required=True, help="folder for the standalone mlx-lm model (must not exist or be empty)")
@@ -64,6 +71,10 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--dequantize", action="store_true", help="write a dequantized model (for a quantized base)")
     elif cmd == "monitor":
         p.add_argument("run_dir", help="a run directory another process is writing")
+    elif cmd == "data":
+        from rlhf_tui.data_command import add_arguments
+
+        add_arguments(p)
     if cmd in ("run", "resume"):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
         p.add_argument("--quiet", action="store_true", help="print only the final summary line")
@@ -94,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_monitor(args)
         if cmd == "fuse":
             return _cmd_fuse(args)
+        if cmd == "chat":
+            return _cmd_chat(args)
+        if cmd == "data":
+            from rlhf_tui import data_command
+
+            return data_command.run(args)
         if cmd == "export":
             from rlhf_tui.export import run_export_command
 
@@ -318,6 +335,21 @@ def _cmd_app(args: argparse.Namespace) -> int:
     from rlhf_tui.app import run_app
 
     return run_app(preset=preset, start=args.start, overrides=args.overrides, runs_root=args.runs_root)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from engine.api import adapter_path, run_config
+    from engine.errors import ConfigError
+
+    run_config(args.run_dir)  # bad input fails here with one line, before the UI
+    adapter_path(args.run_dir, args.step)
+    if args.max_tokens < 1 or not 0 <= args.temp <= 10:
+        raise ConfigError(f"--max-tokens {args.max_tokens} / --temp {args.temp}: expected max-tokens >= 1 and 0 <= temp <= 10")
+    from rlhf_tui.app import make_app
+    from rlhf_tui.screens.chat import ChatScreen
+
+    app = make_app(initial_screen=ChatScreen(args.run_dir, args.step, max_tokens=args.max_tokens, temperature=args.temp))
+    return int(app.run() or 0)
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
