@@ -54,6 +54,8 @@ possibly mislabelled.
 
 **f** flags the pair under the cursor; **w** saves a copy of the data file without the
 flagged pairs, next to the original (`<name>.cleaned.jsonl`; the original is never changed).
+**t** shows the pair under the cursor exactly as the model sees it: decoded from its token
+ids, chat template and special tokens included (what `rlhf-tui data` prints).
 **e** switches between the training and the eval data, **o** opens any other file.
 """
 
@@ -247,6 +249,7 @@ class InspectorScreen(Screen):
         Binding("v", "only_wrong", "Wrong only", id="inspector.only_wrong", tooltip="Show only the pairs the model gets wrong (again: all)"),
         Binding("f", "flag", "Flag", id="inspector.flag", tooltip="Flag or unflag this pair"),
         Binding("w", "save_cleaned", "Save cleaned", id="inspector.save", tooltip="Save the file without the flagged pairs"),
+        Binding("t", "model_view", "As the model sees it", id="inspector.model_view", tooltip="The pair decoded from its token ids: chat template and special tokens shown"),
         Binding("e", "toggle_split", "Train/eval", id="inspector.split", show=False, tooltip="Switch between training and eval data"),
         Binding("o", "open_file", "Open file", id="inspector.open", show=False, tooltip="Open another preference file"),
         Binding("escape", "back", "Back", id="inspector.back", tooltip="Close the search, or go back"),
@@ -275,6 +278,8 @@ class InspectorScreen(Screen):
         self.split = split
         self.explicit_data = data
         self.count_tokens = count_tokens
+        self.records: list[Any] = []
+        self._tokenizer_cache: Any = None
         self.table_model = PairTable()
         self.data_path: str = ""
         self.load_error = ""
@@ -330,6 +335,20 @@ class InspectorScreen(Screen):
 
     # ------------------------------------------------------------------ loading
 
+    def _split_spec(self) -> str:
+        """The preset's split (with its slice) for the side shown: data.train_split / data.eval_split."""
+        if self.cfg is None:
+            return self.split
+        return self.cfg.data.train_split if self.split == "train" else self.cfg.data.eval_split
+
+    def _encoder(self, tokenizer: Any) -> Any:
+        from engine.chat_format import Encoder
+        from engine.config import resolve_path
+
+        assert self.cfg is not None
+        d = self.cfg.data
+        return Encoder(tokenizer, self.cfg.model.max_length, d.chat_template, resolve_path(self.cfg, d.chat_template_file) if d.chat_template_file else "")
+
     def load(self, path: str) -> None:
         """Read the pairs of ``path`` (a file or a folder with train/valid.jsonl)."""
         from engine.data import load_records, resolve_data_file
@@ -343,12 +362,14 @@ class InspectorScreen(Screen):
             self.load_error = f"this preset has no {'eval' if self.split == 'eval' else 'training'} data (press o to open a file)"
         else:
             try:
-                file = resolve_data_file(path, self.split)
-                records = load_records(str(file), "preference", self.split)
+                local = Path(path).expanduser()
+                file = resolve_data_file(path, self.split) if local.is_dir() and any(local.glob("*.jsonl")) else path
+                records = load_records(str(file), "preference", self._split_spec(), columns=self.cfg.data.columns if self.cfg else "")
             except EngineError as err:
                 self.data_path = path
                 self.load_error = str(err)
             else:
+                self.records = records
                 self.data_path = str(file)
                 self.table_model = PairTable([
                     PairRow(i, r.line, r.where, _as_text(r.prompt), _as_text(r.chosen), _as_text(r.rejected))
@@ -362,17 +383,17 @@ class InspectorScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="inspector-tokens")
     def count_tokens_in_background(self, path: str) -> None:
-        from engine.data import Encoder, load_records
+        from engine.data import encode
 
         assert self.cfg is not None
         try:
-            tokenizer = _load_tokenizer(self.cfg)
-            enc = Encoder(tokenizer, self.cfg.model.max_length)
+            tokenizer = self._tokenizer()
+            enc = self._encoder(tokenizer)
             lengths = []
-            for rec in load_records(path, "preference", self.split):
+            for rec in list(self.records):
                 if get_current_worker().is_cancelled:
                     return
-                pair = enc.pair(rec)
+                pair = encode(enc, rec, "preference")
                 lengths.append((len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)))
         except Exception as err:  # noqa: BLE001 - lengths are a nicety: say why they are missing
             self.post_message(ScoringEnded(f"token lengths unavailable: {err}"))
@@ -751,6 +772,31 @@ class InspectorScreen(Screen):
         self.query_one("#inspector-progress-row").display = False
         self.update_summary()
 
+    def _tokenizer(self) -> Any:
+        assert self.cfg is not None
+        if self._tokenizer_cache is None:
+            self._tokenizer_cache = _load_tokenizer(self.cfg)
+        return self._tokenizer_cache
+
+    def action_model_view(self) -> None:
+        row = self.current_row()
+        if row is None or self.cfg is None or row.index >= len(self.records):
+            self.notify("no pair under the cursor", severity="warning")
+            return
+        self.render_model_view(self.records[row.index])
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="inspector-view")
+    def render_model_view(self, record: Any) -> None:
+        from engine.data_view import special_ids, view_record
+
+        try:
+            tokenizer = self._tokenizer()
+            view = view_record(self._encoder(tokenizer), record, "preference", special_ids(tokenizer))
+        except EngineError as err:
+            self.app.call_from_thread(self.notify, str(err), severity="error")
+            return
+        self.app.call_from_thread(self.app.push_screen, ModelViewScreen(view))
+
     def action_stop_scoring(self) -> None:
         if not self.scoring:
             return
@@ -802,11 +848,40 @@ def _run_config(run_dir: str) -> RunConfig | None:
 
 def _load_tokenizer(cfg: RunConfig) -> Any:
     """Only the tokenizer of the config's model (the built-in model is built if missing)."""
-    from mlx_lm.utils import hf_repo_to_path, load_tokenizer
+    from engine.models import load_tokenizer_for
 
-    from engine.config import resolve_path
-    from engine.models import resolve_model_path
+    return load_tokenizer_for(cfg)
 
-    where = resolve_model_path(resolve_path(cfg, cfg.model.path))
-    path = Path(hf_repo_to_path(where)) if isinstance(where, str) else Path(where)
-    return load_tokenizer(path)
+
+class ModelViewScreen(ModalScreen[None]):
+    """One pair decoded from its token ids: prompt, chosen and rejected, special tokens marked."""
+
+    BINDINGS = [Binding("escape,t,q", "close", "Close", id="model_view.close")]
+    DEFAULT_CSS = """
+    ModelViewScreen { align: center middle; }
+    ModelViewScreen #model-view { width: 90%; height: 85%; border: round $accent; padding: 0 1; background: $panel; }
+    """
+    STYLES = {"prompt": "cyan", "answer": "green", "special": "bold magenta"}
+
+    def __init__(self, view: Any) -> None:
+        super().__init__()
+        self.view = view
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import VerticalScroll
+
+        v = self.view
+        body = Text()
+        for key, spans in v.spans.items():
+            body.append(f"{key} ({v.tokens[key]} tokens)\n", style="bold dim")
+            for span in spans:
+                body.append(span.text, style=self.STYLES[span.kind])
+            body.append("\n\n")
+        body.append("template " + ("applied" if v.templated else "not applied") + f" · shape {v.shape}" + (" · truncated" if v.truncated else ""), style="dim")
+        scroll = VerticalScroll(Static(body), id="model-view")
+        scroll.border_title = f"{v.where} as the model sees it"
+        scroll.border_subtitle = "prompt · answer · special tokens  (esc closes)"
+        yield scroll
+
+    def action_close(self) -> None:
+        self.dismiss(None)
