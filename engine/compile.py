@@ -45,6 +45,19 @@ def value_and_grad_fn(module: nn.Module, loss_fn: Callable[..., Any], compiled: 
     return fn
 
 
+def release_compiled(module: nn.Module) -> int:
+    """Forget the compiled steps of ``module`` (a run calls this when it ends); returns how many.
+
+    Each compiled step closes over its module, so a cache entry alone keeps a finished run's
+    model, optimizer inputs and MLX buffers alive in a long-lived console; and a later module
+    that happened to get the same ``id`` would be handed a step traced for the old one.
+    """
+    keys = [k for k in _COMPILED if k[0] == id(module)]
+    for k in keys:
+        del _COMPILED[k]
+    return len(keys)
+
+
 def enable_grad_checkpoint(model: nn.Module) -> bool:
     """Recompute each transformer block's activations in the backward pass (less memory).
 
@@ -54,7 +67,11 @@ def enable_grad_checkpoint(model: nn.Module) -> bool:
     layers = getattr(model, "layers", None) or getattr(getattr(model, "model", None), "layers", None)
     if not layers:
         return False
+    cls = type(layers[0])
+    if getattr(cls, "_rlhf_tui_checkpointed", False):  # mlx-lm patches the class: once is enough
+        return True
     from mlx_lm.tuner.trainer import grad_checkpoint
 
     grad_checkpoint(layers[0])
+    cls._rlhf_tui_checkpointed = True
     return True

@@ -220,6 +220,10 @@ class Run:
                 self._reporters.close()  # the trackers flush before the run counts as over
         finally:
             self._release_dir()  # the last write is done: another process may take the directory
+            if self.ctx is not None:
+                from engine.compile import release_compiled
+
+                release_compiled(self.ctx.trainable)  # the compile cache must not keep the model alive
         return self.summary
 
     _dir_lock: DirLock | None = None
