@@ -44,7 +44,8 @@ class ModelConfig:
     lora_scale: float = knob(20.0, "Scale applied to the LoRA update (mlx-lm's 'scale').", min=0.0, max=1000.0)
     lora_dropout: float = knob(0.0, "Dropout on the LoRA input.", min=0.0, max=0.9)
     lora_layers: int = knob(-1, "How many of the last transformer blocks get adapters (-1 = all).", min=-1, max=10000)
-    dtype: str = knob("float32", "Weights and activations dtype; log-softmax and losses always run in float32.", choices=("float32", "bfloat16", "float16"))
+    dtype: str = knob("auto", "Weights and activations dtype ('auto': as the checkpoint stores them, so bf16 stays bf16); log-softmax and losses always run in float32.", choices=("auto", "float32", "bfloat16", "float16"))
+    quantize: str = knob("none", "Quantize the base weights at load (QLoRA-style, through mlx-lm; LoRA/DoRA only): 4bit or 8bit, group size 64. An already quantized model is used as published.", choices=("none", "4bit", "8bit"))
     trust_remote_code: bool = knob(False, "Allow tokenizer code from the model repo to run (off unless you opt in).")
     max_length: int = knob(512, "Longest prompt+completion in tokens; longer pairs are truncated from the prompt's left.", min=8, max=131072)
     init_from: str = knob("", "Start from trained weights: a run directory or checkpoint folder (adapters.safetensors + adapter_config.json); empty: the base as is.")
@@ -67,7 +68,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = knob(100, "Number of optimizer steps.", min=1, max=10_000_000)
+    max_steps: int = knob(100, "Number of optimizer steps (train.epochs, when set, decides instead).", min=1, max=10_000_000)
+    epochs: float = knob(0.0, "Train for this many passes over the training data instead of max_steps (0 = use max_steps; 1.5 = one and a half).", min=0.0, max=100_000.0)
+    grad_accumulation_steps: int = knob(1, "Split each step's batch into this many micro-batches and sum their gradients before one update (same result, less memory; pairs, completions and prompts alike).", min=1, max=4096)
     batch_size: int = knob(8, "Examples (pairs for preference losses) per optimizer step, across all ranks.", min=1, max=65536)
     learning_rate: float = knob(1e-4, "Peak learning rate.", min=0.0, max=1.0)
     lr_schedule: str = knob("constant", "Learning-rate schedule after warm-up.", choices=("constant", "cosine", "linear"))

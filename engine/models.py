@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,8 @@ from engine.config import RunConfig, resolve_path
 from engine.errors import ModelError
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+QUANT_GROUP_SIZE = 64
+Progress = Callable[[str, int, int], None]  # (phase name, done, total)
 REQUIRED_FILES = ("config.json",)
 
 
@@ -115,12 +120,24 @@ def attach_trainable(model: nn.Module, adapter_config: dict[str, Any]) -> None:
     )
 
 
-def load_policy(cfg: RunConfig) -> LoadedModel:
+def set_model_dtype(model: nn.Module, name: str) -> None:
+    """``model.dtype``: 'auto' keeps the checkpoint's floating dtype (bf16 stays bf16)."""
+    if name != "auto" and not _is_quantized(model):
+        model.set_dtype(DTYPES[name])
+
+
+def load_policy(cfg: RunConfig, progress: Progress | None = None) -> LoadedModel:
     """The model to train, with adapters attached as the config says."""
-    model, tokenizer, path = load_base(resolve_path(cfg, cfg.model.path), trust_remote_code=cfg.model.trust_remote_code)
-    dtype = DTYPES[cfg.model.dtype]
+    spec = resolve_path(cfg, cfg.model.path)
+    if progress is not None and isinstance(resolve_model_path(spec), str):
+        download_model(spec, progress)
+    model, tokenizer, path = load_base(spec, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.model.quantize != "none" and cfg.model.adapter == "full":
+        raise ModelError(f"model.quantize = {cfg.model.quantize!r} needs model.adapter = 'lora' or 'dora' (quantized weights cannot be trained directly)")
     if not _is_quantized(model):
-        model.set_dtype(dtype)
+        set_model_dtype(model, cfg.model.dtype)
+        if cfg.model.quantize != "none":
+            quantize_base(model, int(cfg.model.quantize.removesuffix("bit")))
     elif cfg.model.adapter == "full":
         raise ModelError(f"{path}: a quantized model can only be trained with model.adapter = 'lora' or 'dora'")
     acfg = adapter_config_for(cfg, len(model.layers))
@@ -206,3 +223,80 @@ def load_tokenizer_for(cfg: RunConfig) -> Any:
         return load_tokenizer(Path(where), {"trust_remote_code": cfg.model.trust_remote_code}, eos_token_ids=[eos] if isinstance(eos, int) else eos)
     except Exception as err:  # noqa: BLE001
         raise ModelError(f"{where}: cannot load the tokenizer ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def quantize_base(model: nn.Module, bits: int) -> None:
+    """Quantize the base weights in place, as ``mlx_lm convert -q`` would (QLoRA's base)."""
+    from mlx_lm.utils import quantize_model
+
+    quantize_model(model, {}, group_size=QUANT_GROUP_SIZE, bits=bits)
+
+
+def download_model(repo: str, progress: Progress, poll_s: float = 0.5) -> Path:
+    """Download a Hub model as mlx-lm would, reporting bytes and rate while it comes.
+
+    The files' sizes come from the Hub's metadata; progress is the size of the repo's cache
+    folder (finished and partial blobs), polled while ``snapshot_download`` runs. Offline or
+    already cached: whatever ``snapshot_download`` finds, with no progress."""
+    from huggingface_hub import HfApi, snapshot_download
+    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+    total = 0
+    try:
+        info = HfApi().model_info(repo, files_metadata=True)
+        total = sum(s.size or 0 for s in info.siblings or [] if _matches(s.rfilename, DEFAULT_ALLOW_PATTERNS))
+    except Exception:  # noqa: BLE001 - offline or unknown: snapshot_download says what is wrong
+        total = 0
+    folder = _hub_cache_folder(repo)
+    before = _folder_bytes(folder)
+    result: dict[str, Any] = {}
+
+    def fetch() -> None:
+        try:
+            result["path"] = Path(snapshot_download(repo, allow_patterns=DEFAULT_ALLOW_PATTERNS))
+        except Exception as err:  # noqa: BLE001
+            result["error"] = err
+
+    watch_download(fetch, lambda: _folder_bytes(folder) - before, total, f"downloading {repo}", progress, poll_s)
+    if "error" in result:
+        err = result["error"]
+        raise ModelError(f"{repo}: cannot download ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+    return result["path"]
+
+
+def watch_download(fetch: Callable[[], None], done_bytes: Callable[[], int], total: int, name: str, progress: Progress, poll_s: float = 0.5) -> None:
+    """Run ``fetch`` in a thread; every ``poll_s`` report (name with MB and MB/s, done MB, total MB)."""
+    thread = threading.Thread(target=fetch, name="rlhf-tui-download", daemon=True)
+    t0 = time.monotonic()
+    thread.start()
+    while thread.is_alive():
+        thread.join(poll_s)
+        done = max(done_bytes(), 0)
+        rate = done / max(time.monotonic() - t0, 1e-6) / 2**20
+        of = f" of {total / 2**20:,.0f}" if total else ""
+        progress(f"{name}: {done / 2**20:,.1f}{of} MB at {rate:,.1f} MB/s", done // 2**20, max(total // 2**20, done // 2**20))
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _hub_cache_folder(repo: str) -> Path:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+
+
+def _folder_bytes(folder: Path) -> int:
+    if not folder.exists():
+        return 0
+    total = 0
+    for f in folder.rglob("*"):
+        try:
+            if f.is_file() and not f.is_symlink():
+                total += f.stat().st_size
+        except OSError:
+            continue
+    return total

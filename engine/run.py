@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import queue
 import threading
 import time
@@ -26,9 +27,10 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from engine import events as ev
 from engine.algorithms import Algorithm, TrainContext, algorithm_class
+from engine.compile import enable_grad_checkpoint
 from engine.config import RunConfig, config_from_dict, load_toml, resolved, to_dict
 from engine.config import diff as config_diff
-from engine.data import check_run_data
+from engine.data import check_run_data, data_kind
 from engine.dir_lock import DirLock
 from engine.distributed import World, init_world
 from engine.errors import Cancelled, ConfigError, EngineError, RunDirError
@@ -286,6 +288,7 @@ class Run:
             if self._is_main:
                 self._lock_dir(directory)
                 self._previous_summary = directory.read_summary()
+                directory.remove_temp_files()
             return directory
         if not self._is_main:
             return RunDirectory(self._out_dir) if self._out_dir else None
@@ -315,10 +318,15 @@ class Run:
             check_reporters(cfg.report.to)  # a missing extra is a one-line error before anything loads
         self._prepare_dir()
         self._start_reporters()
+        if cfg.train.grad_accumulation_steps > 1 and not algorithm_class(cfg.algorithm).supports_grad_accumulation:
+            raise ConfigError(
+                f"train.grad_accumulation_steps = {cfg.train.grad_accumulation_steps}: {cfg.algorithm} does not accumulate gradients yet; "
+                "lower train.batch_size instead (PPO: ppo.num_minibatches splits each update)"
+            )
         self._emit(ev.PhaseChanged("reading data", 0, 0))
         data = check_run_data(cfg)  # files, splits, columns and row shapes: before any model download
         self._emit(ev.PhaseChanged("loading model", 0, 0))
-        policy = load_policy(cfg)
+        policy = load_policy(cfg, progress=lambda name, done, total: self._emit(ev.PhaseChanged(name, done, total)))
         data.tokenizer = policy.tokenizer
         if world.sync_parameters(policy.model):
             self._emit(ev.LogLine("the ranks loaded different weights (the model built or downloaded separately on each machine?); every rank now starts from rank 0's"))
@@ -339,6 +347,12 @@ class Run:
         self.algorithm = algo
         saved = self.directory.load_run_arrays() if self._resume_dir and self.directory else {}
         algo.setup(saved)
+        if cfg.train.grad_checkpoint and not enable_grad_checkpoint(policy.model):
+            raise ConfigError(f"train.grad_checkpoint = true, but {policy.path.name} has no transformer layers to checkpoint; set it to false")
+        if cfg.train.epochs > 0:
+            n = len(data.records("train", data_kind(cfg.algorithm) or "preference")) if data_kind(cfg.algorithm) else algo.train_size()
+            cfg.train.max_steps = max(1, math.ceil(cfg.train.epochs * n / cfg.train.batch_size))
+            self._emit(ev.LogLine(f"train.epochs = {cfg.train.epochs:g} over {n:,} examples at batch size {cfg.train.batch_size}: {cfg.train.max_steps:,} steps"))
         if self.directory is not None and self._is_main and not saved:
             self.directory.save_run_arrays(algo.run_arrays())
         ctx.trainable = algo.trainable_module()
@@ -494,11 +508,13 @@ class Run:
         self._resumed_state = state
         self._last_checkpoint = step
         self._resumed_from = step
+        self._resumed_path = path
         self._trim_at = step  # rows after the checkpoint go once this run writes its first row
         self._emit(ev.LogLine(f"resumed from {path} (step {step})"))
         return step
 
     _resumed_from: int | None = None
+    _resumed_path: Path | None = None
     _trim_at: int | None = None
 
     def _choose_checkpoint(self) -> tuple[int, Path]:
@@ -556,6 +572,11 @@ class Run:
         if self._trim_at is not None and self.directory is not None and self._is_main:
             self.directory.trim_metrics_after(self._trim_at)
             self.directory.trim_samples_after(self._trim_at)
+            if self._resumed_path is not None:  # (the root may hold a newer, damaged checkpoint's weights)
+                try:
+                    self.directory.mirror_checkpoint(self._resumed_path)
+                except OSError as err:
+                    raise RunDirError(f"{self.directory.path}: cannot write adapters.safetensors ({err.strerror or err})") from None
         self._trim_at = None
 
     def _write_metrics(self, row: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+from mlx.utils import tree_map
 
 from engine.compile import compile_pays, value_and_grad_fn
 from engine.errors import NonFiniteError
@@ -127,6 +128,17 @@ class TrainContext:
         assert self.optimizer is not None
         return float(self.optimizer.learning_rate.item())
 
+    def micro_batches(self, items: list[Any]) -> list[list[Any]]:
+        """``items`` split into ``train.grad_accumulation_steps`` near-equal, non-empty chunks."""
+        k = max(1, min(self.cfg.train.grad_accumulation_steps, len(items)))
+        size, extra = divmod(len(items), k)
+        out, start = [], 0
+        for i in range(k):
+            end = start + size + (1 if i < extra else 0)
+            out.append(items[start:end])
+            start = end
+        return out
+
     def update(self, loss_fn: LossFn, *args: Any) -> tuple[float, dict[str, float], float]:
         """One optimizer update of ``self.trainable`` on ``loss_fn(module, *args)``.
 
@@ -135,9 +147,39 @@ class TrainContext:
         changes. Returns (loss, aux metrics, gradient norm) as Python floats.
         """
         assert self.optimizer is not None, "build_optimizer() first"
-        module = self.trainable
-        step_fn = value_and_grad_fn(module, loss_fn, compile_pays(self.cfg.train.compile))  # compiled on GPU only
+        step_fn = value_and_grad_fn(self.trainable, loss_fn, compile_pays(self.cfg.train.compile))  # compiled on GPU only
         (loss, aux), grads = step_fn(*args)
+        return self._apply(loss, aux, grads)
+
+    def update_accumulated(self, loss_fn: LossFn, micro: list[tuple[float, tuple[Any, ...]]]) -> tuple[float, dict[str, float], float]:
+        """One optimizer update from several micro-batches (``train.grad_accumulation_steps``).
+
+        ``micro`` holds (weight, args) per micro-batch, weights summing to 1 (each chunk's
+        share of the batch's pairs, or of its target tokens for a per-token loss), so the
+        summed gradient and loss equal the whole batch's. Only one micro-batch's activations
+        are alive at a time."""
+        if len(micro) == 1:
+            return self.update(loss_fn, *micro[0][1])
+        assert self.optimizer is not None, "build_optimizer() first"
+        step_fn = value_and_grad_fn(self.trainable, loss_fn, compile_pays(self.cfg.train.compile))
+        total_loss: mx.array | None = None
+        total_aux: dict[str, mx.array] = {}
+        total_grads: Any = None
+        for weight, args in micro:
+            self.check()
+            (loss, aux), grads = step_fn(*args)
+            grads = tree_map(lambda g, w=weight: g * w, grads)
+            total_grads = grads if total_grads is None else tree_map(mx.add, total_grads, grads)
+            total_loss = loss * weight if total_loss is None else total_loss + loss * weight
+            for k, v in aux.items():
+                total_aux[k] = total_aux[k] + v * weight if k in total_aux else v * weight
+            mx.eval(total_grads, total_loss, total_aux)
+        assert total_loss is not None
+        return self._apply(total_loss, total_aux, total_grads)
+
+    def _apply(self, loss: mx.array, aux: dict[str, mx.array], grads: Any) -> tuple[float, dict[str, float], float]:
+        module = self.trainable
+        assert self.optimizer is not None
         grads = self.world.average_gradients(grads)
         max_norm = self.cfg.train.max_grad_norm
         if max_norm > 0:
@@ -164,6 +206,8 @@ class Algorithm(ABC):
     """batch -> loss + metrics. Subclasses set ``name`` and implement ``train_step``."""
 
     name: ClassVar[str]
+    # train_step splits its batch with ctx.micro_batches + ctx.update_accumulated
+    supports_grad_accumulation: ClassVar[bool] = False
 
     def __init__(self, ctx: TrainContext) -> None:
         self.ctx = ctx
@@ -179,6 +223,14 @@ class Algorithm(ABC):
     def trainable_module(self) -> nn.Module:
         """The module whose trainable parameters the optimizer updates."""
         return self.ctx.model
+
+    def train_size(self) -> int:
+        """How many training examples one epoch covers (for ``train.epochs``)."""
+        for name in ("train", "prompts", "examples"):
+            items = getattr(self, name, None)
+            if items is not None:
+                return len(items)
+        raise NotImplementedError(f"{type(self).__name__} does not say how many training examples it has")
 
     @abstractmethod
     def train_step(self, step: int) -> dict[str, float]:

@@ -30,7 +30,7 @@ from engine.batching import (
     collate,
     collate_shared,
 )
-from engine.compile import compile_pays, enable_grad_checkpoint
+from engine.compile import compile_pays
 from engine.data import PreferencePair, run_data
 from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
 from engine.reference_cache import FILE_NAME as REFERENCE_FILE
@@ -114,6 +114,7 @@ def pair_rows(pairs: list[PreferencePair]) -> list[tuple[tuple[int, ...], tuple[
 
 
 class Dpo(Algorithm):
+    supports_grad_accumulation = True
     name = "dpo"
     compilable = True  # loss_fn reads nothing back to the host and its shapes are bucketed
 
@@ -128,8 +129,6 @@ class Dpo(Algorithm):
         self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
         self.per_rank = per_rank
         self.average = cfg.dpo.loss_type == "ipo"
-        if cfg.train.grad_checkpoint:
-            enable_grad_checkpoint(ctx.model)
         # length buckets keep a compiled step from recompiling; an eager step pads only to the batch's longest row
         self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
         self.task = TaskScorer.from_config(cfg)
@@ -256,16 +255,18 @@ class Dpo(Algorithm):
         return (mx.array([float(len(p.chosen_ids)) for p in self.eval]), mx.array([float(len(p.rejected_ids)) for p in self.eval]))
 
     def train_step(self, step: int) -> dict[str, float]:
-        idx = self.order.next_indices()
-        pairs = [self.train[i] for i in idx]
-        batch = pair_batch(pairs, self.shared, self.bucket)
-        ref = self.reference_logps(pairs)
-        loss, aux, norm = self.ctx.update(self.loss_fn, ref, *self._inputs(batch))
+        pairs = [self.train[i] for i in self.order.next_indices()]
+        micro, num_tokens = [], 0
+        for chunk in self.ctx.micro_batches(pairs):  # train.grad_accumulation_steps
+            batch = pair_batch(chunk, self.shared, self.bucket)
+            micro.append((len(chunk) / len(pairs), (self.reference_logps(chunk), *self._inputs(batch))))
+            num_tokens += batch.num_tokens
+        loss, aux, norm = self.ctx.update_accumulated(self.loss_fn, micro)
         return {
             "loss": loss,
             "grad_norm": norm,
             "reward": aux["rewards/margins"],
-            "num_tokens": float(batch.num_tokens),
+            "num_tokens": float(num_tokens),
             **aux,
         }
 

@@ -23,7 +23,7 @@ import mlx.nn as nn
 from engine.algorithms.base import Algorithm
 from engine.algorithms.dpo import SHARE_PROMPT, pair_batch
 from engine.batching import BUCKET, DataOrder, SharedPromptBatch, TokenBatch
-from engine.compile import compile_pays, enable_grad_checkpoint
+from engine.compile import compile_pays
 from engine.data import PreferencePair, run_data
 from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
 from engine.task_eval import TaskPrompt, TaskScorer
@@ -52,6 +52,8 @@ def normalised_accuracy(chosen_sum: mx.array, rejected_sum: mx.array, chosen_n: 
 class PairLoss(Algorithm):
     """A preference loss on the policy's own log-probs of chosen and rejected answers."""
 
+    supports_grad_accumulation = True
+
     @abstractmethod
     def pair_loss(self, chosen_sum: mx.array, rejected_sum: mx.array, chosen_n: mx.array, rejected_n: mx.array) -> tuple[mx.array, dict[str, mx.array]]:
         """(scalar loss, metrics as scalars) from per-pair sums; metrics include ``rewards/margins``."""
@@ -64,8 +66,6 @@ class PairLoss(Algorithm):
         self.eval: list[PreferencePair] = []
         self.eval = data.pairs("eval")
         self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
-        if cfg.train.grad_checkpoint:
-            enable_grad_checkpoint(ctx.model)
         self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
         self.task = TaskScorer.from_config(cfg)
         self.shared = SHARE_PROMPT and supports_shared_prompt(ctx.model)
@@ -77,9 +77,13 @@ class PairLoss(Algorithm):
 
     def train_step(self, step: int) -> dict[str, float]:
         pairs = [self.train[i] for i in self.order.next_indices()]
-        batch = pair_batch(pairs, self.shared, self.bucket)
-        loss, aux, norm = self.ctx.update(self.loss_fn, len(pairs), *batch_inputs(batch))
-        return {"loss": loss, "grad_norm": norm, "kl": None, "reward": aux["rewards/margins"], "num_tokens": float(batch.num_tokens), **aux}  # type: ignore[dict-item]
+        micro, num_tokens = [], 0
+        for chunk in self.ctx.micro_batches(pairs):  # train.grad_accumulation_steps
+            batch = pair_batch(chunk, self.shared, self.bucket)
+            micro.append((len(chunk) / len(pairs), (len(chunk), *batch_inputs(batch))))
+            num_tokens += batch.num_tokens
+        loss, aux, norm = self.ctx.update_accumulated(self.loss_fn, micro)
+        return {"loss": loss, "grad_norm": norm, "kl": None, "reward": aux["rewards/margins"], "num_tokens": float(num_tokens), **aux}  # type: ignore[dict-item]
 
     def score(self, pairs: list[PreferencePair]) -> tuple[mx.array, mx.array]:
         """[N, 2] summed log-probs and [N, 2] token counts (chosen, rejected), no gradients."""

@@ -243,13 +243,18 @@ class Ppo(Algorithm):
         ctx.log(f"ppo: scores from the {self.source.name}; value head on {'a separate copy of the base' if value_lm is not None else 'the policy trunk'}")
 
     def _separate_value_model(self) -> nn.Module:
-        from engine.models import DTYPES, apply_trained_weights, attach_trainable, load_base
+        from engine.models import (
+            apply_trained_weights,
+            attach_trainable,
+            load_base,
+            set_model_dtype,
+        )
 
         ctx = self.ctx
         ctx.phase("loading value model", 0, 0)
         lm, _, _ = load_base(str(ctx.policy.path), trust_remote_code=self.cfg.model.trust_remote_code)
         if not any(isinstance(m, nn.QuantizedLinear) for _, m in lm.named_modules()):
-            lm.set_dtype(DTYPES[self.cfg.model.dtype])
+            set_model_dtype(lm, self.cfg.model.dtype)
         acfg = dict(ctx.policy.adapter_config)
         if acfg.get("init_from"):  # start where the policy starts (model.init_from)
             apply_trained_weights(lm, Path(acfg["init_from"]))

@@ -48,6 +48,7 @@ def pair_metrics(chosen: mx.array, rejected: mx.array) -> dict[str, mx.array]:
 
 class RewardModelling(Algorithm):
     name = "reward"
+    supports_grad_accumulation = True
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -81,8 +82,12 @@ class RewardModelling(Algorithm):
 
     def train_step(self, step: int) -> dict[str, float]:
         pairs = [self.train[i] for i in self.order.next_indices()]
-        tokens, lengths, num_tokens = self._batch(pairs)
-        loss, aux, norm = self.ctx.update(self.loss_fn, tokens, lengths)
+        micro, num_tokens = [], 0
+        for chunk in self.ctx.micro_batches(pairs):  # train.grad_accumulation_steps
+            tokens, lengths, n = self._batch(chunk)
+            micro.append((len(chunk) / len(pairs), (tokens, lengths)))
+            num_tokens += n
+        loss, aux, norm = self.ctx.update_accumulated(self.loss_fn, micro)
         return {"loss": loss, "grad_norm": norm, "kl": None, "reward": aux["margin"], "num_tokens": float(num_tokens), **aux}  # type: ignore[dict-item]
 
     def evaluate(self) -> dict[str, float]:

@@ -20,6 +20,7 @@ from engine.task_eval import TaskScorer, from_ids
 
 class Sft(Algorithm):
     name = "sft"
+    supports_grad_accumulation = True
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -48,16 +49,25 @@ class Sft(Algorithm):
 
     def train_step(self, step: int) -> dict[str, float]:
         items = [self.train[i] for i in self.order.next_indices()]
-        batch = collate(self._rows(items))
+        chunks = self.ctx.micro_batches(items)  # train.grad_accumulation_steps
         world = self.ctx.world
-        share = mx.array(world.sum(float(batch.completion_tokens)) / world.size) if world.size > 1 else None
-        loss, aux, norm = self.ctx.update(self.loss_fn, batch.tokens, batch.mask, share)
+        if len(chunks) == 1:
+            batch = collate(self._rows(items))
+            share = mx.array(world.sum(float(batch.completion_tokens)) / world.size) if world.size > 1 else None
+            micro = [(1.0, (batch.tokens, batch.mask, share))]
+            num_tokens = batch.num_tokens
+        else:  # each micro-batch's token sum over the whole batch's (global) token count
+            batches = [collate(self._rows(c)) for c in chunks]
+            share = mx.array(world.sum(float(sum(b.completion_tokens for b in batches))) / world.size)
+            micro = [(1.0, (b.tokens, b.mask, share)) for b in batches]
+            num_tokens = sum(b.num_tokens for b in batches)
+        loss, aux, norm = self.ctx.update_accumulated(self.loss_fn, micro)
         return {
             "loss": loss,
             "grad_norm": norm,
             "kl": None,  # type: ignore[dict-item]
             "reward": aux["mean_token_accuracy"],
-            "num_tokens": float(batch.num_tokens),
+            "num_tokens": float(num_tokens),
             **aux,
         }
 
