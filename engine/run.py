@@ -42,6 +42,21 @@ Subscriber = Callable[[ev.Event], None]
 PANEL_KEYS = ("loss", "kl", "reward", "tokens_per_sec")
 
 
+def wire_model_memory() -> int:
+    """On Metal, keep up to the GPU's recommended working set wired (resident), as mlx-lm's
+    generate and train do, so big weights are not paged out between steps. Returns the limit
+    set in bytes (0 where there is nothing to wire: CPU, CUDA, or a Metal without the key)."""
+    try:
+        if not mx.metal.is_available():
+            return 0
+        limit = int(mx.device_info().get("max_recommended_working_set_size", 0))
+    except Exception:  # noqa: BLE001 - an older MLX without device_info
+        return 0
+    if limit > 0:
+        mx.set_wired_limit(limit)
+    return limit
+
+
 class Run:
     """One training run. Create it, then ``start()`` (thread) or ``run()`` (blocking)."""
 
@@ -311,6 +326,7 @@ class Run:
             raise ConfigError(f"train.batch_size = {cfg.train.batch_size} must be a multiple of the number of ranks ({world.size})")
         if cfg.train.memory_limit_gb > 0:
             mx.set_memory_limit(int(cfg.train.memory_limit_gb * 2**30))
+        wire_model_memory()
         mx.random.seed(cfg.train.seed)
         if self._is_main and cfg.report.to:
             from engine.reporting import check_reporters
