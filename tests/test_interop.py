@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 import engine
@@ -45,6 +46,33 @@ def seq_logps(model, rows) -> list[float]:
     logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     picked = mx.take_along_axis(logp, batch.tokens[:, 1:, None], axis=-1)[..., 0]
     return ((picked * batch.mask).sum(axis=-1)).tolist()
+
+
+def log_softmax(logits: mx.array) -> mx.array:
+    logits = logits.astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def max_abs(x: mx.array) -> float:
+    return float(mx.abs(x).max().item())
+
+
+def roundoff_floor(model, tokens: mx.array) -> float:
+    """How far ``model``'s log-softmax moves when every weight changes by one float32 epsilon
+    (2**-23, relative, random sign): the float32 noise of this network on this input. Storing
+    a weight in float32 moves it by at most half that."""
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    weights = tree_flatten(model.parameters())
+    rng = np.random.default_rng(0)
+    eps = float(np.finfo(np.float32).eps)
+    nudged = [(k, v * mx.array(1 + eps * rng.choice([-1.0, 1.0], size=v.shape), dtype=v.dtype)) for k, v in weights]
+    before = log_softmax(model(tokens))
+    model.update(tree_unflatten(nudged))
+    try:
+        return max_abs(log_softmax(model(tokens)) - before)
+    finally:
+        model.update(tree_unflatten(weights))
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +144,17 @@ def test_mlx_lm_generate_and_fuse_take_the_run_directory(sft_lora_run, tmp_path)
     adapted, _ = engine.load_trained(sft_lora_run)
     base_model, _ = load(base)
     tokens = mx.array([tok.encode("sort: q c m f\nc f m q")])
-    a, f, b = adapted(tokens), fused(tokens), base_model(tokens)
-    assert mx.allclose(a, f, atol=1e-4).item()
-    assert not mx.allclose(a, b, atol=1e-4).item()  # the fused model is the trained one
+    a, f, b = (log_softmax(m(tokens)) for m in (adapted, fused, base_model))
+    # Fused (W + s*B*A, rounded once per weight) and adapted (W*x + s*B*(A*x)) are equal in
+    # exact arithmetic; in float32 they differ by about what rounding every weight does to this
+    # network. That amount is measured here (it is ~1e-5 on some BLAS kernels and ~5e-4 on
+    # AVX-512 OpenBLAS, where the trained model is more sensitive), and 16x it is allowed.
+    tol = 16 * roundoff_floor(fused, tokens)
+    assert max_abs(a - f) <= tol, (max_abs(a - f), tol)
+    top = mx.sort(a, axis=-1)
+    clear = (top[..., -1] - top[..., -2]) > 2 * tol  # where greedy decoding picks the same token
+    assert mx.all(mx.where(clear, a.argmax(-1) == f.argmax(-1), True)).item()
+    assert max_abs(a - b) > 100 * tol, (max_abs(a - b), tol)  # the fused model is the trained one
 
 
 def test_a_checkpoint_folder_is_an_adapter_path_too(dpo_full_run):
