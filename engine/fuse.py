@@ -37,6 +37,19 @@ def base_model_id(model_path: str, loaded_path: Path | str) -> str:
     return str(loaded_path)
 
 
+def weights_step(run_dir: str | Path, folder: Path) -> int | None:
+    """The step of the weights in ``folder``: a checkpoint's trainer_state.json, or for the
+    run's own latest weights the steps in its summary.json (None when neither says)."""
+    for path, key in ((folder / "trainer_state.json", "step"), (Path(run_dir) / "summary.json", "steps")):
+        try:
+            step = json.loads(path.read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(step, int):
+            return step
+    return None
+
+
 def _nothing(phase: str, done: int, total: int) -> None:
     pass
 
@@ -99,10 +112,7 @@ def fuse_run(
 
 def _write_provenance(out: Path, run_dir: str | Path, folder: Path, acfg: dict[str, Any], spec: str, base: str) -> None:
     """``fused_from.json``: which run, checkpoint and base the fused weights came from."""
-    state = folder / "trainer_state.json"
-    step = json.loads(state.read_text()).get("step") if state.exists() else None
-    if step is None and (Path(run_dir) / "summary.json").exists():  # the run's latest weights
-        step = json.loads((Path(run_dir) / "summary.json").read_text()).get("steps")
+    step = weights_step(run_dir, folder)
     info = {
         "run_dir": str(Path(run_dir).expanduser().resolve()),
         "adapters": str(folder.resolve()),
@@ -113,4 +123,4 @@ def _write_provenance(out: Path, run_dir: str | Path, folder: Path, acfg: dict[s
     (out / "fused_from.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-__all__ = ["base_model_id", "fuse_run"]
+__all__ = ["base_model_id", "fuse_run", "weights_step"]

@@ -50,7 +50,8 @@ hyperparameters that differ between them (from each run's `config.toml`).
 this app. **x** exports the run's metrics to `<run id>-metrics.csv` and `.jsonl` in its folder.
 **i** opens the pair inspector on the run's data (score it with the run's checkpoints);
 **p** shows its samples (PPO/GRPO). **f** fuses the run's weights into its base: a
-standalone mlx-lm model folder (`rlhf-tui fuse`). **F5** refreshes the list.
+standalone mlx-lm model folder (`rlhf-tui fuse`); **c** chats with it beside its base model
+(`rlhf-tui chat`). **F5** refreshes the list.
 """
 
 
@@ -77,6 +78,7 @@ class HistoryScreen(Screen):
         Binding("i", "inspect", "Pairs", id="history.inspect", tooltip="Inspect the run's pairs, scored by its checkpoints"),
         Binding("p", "samples", "Samples", id="history.samples", tooltip="Samples of a PPO/GRPO run"),
         Binding("f", "fuse", "Fuse", id="history.fuse", tooltip="Fuse the run's weights into a standalone mlx-lm model"),
+        Binding("c", "chat", "Chat", id="history.chat", tooltip="Chat with the run's model beside its base model"),
         Binding("f5", "refresh", "Refresh", id="history.refresh", show=False),
         Binding("escape", "back", "Back", id="history.back"),
     ]
@@ -288,6 +290,17 @@ class HistoryScreen(Screen):
 
         self.app.push_screen(PromptScreen("Fuse into (a new folder):", value=str(default_fuse_dir(r.path))), chosen)
 
+    def action_chat(self) -> None:
+        from rlhf_tui.screens.chat import ChatScreen
+
+        r = self._need()
+        if r is None:
+            return
+        if not r.checkpoints and not (Path(r.path) / "adapters.safetensors").exists():
+            self.notify(f"{r.id} has no trained weights yet (no checkpoint).", severity="warning")
+            return
+        self.app.push_screen(ChatScreen(str(r.path)))
+
     def action_refresh(self) -> None:
         self.reload()
 
@@ -301,6 +314,7 @@ class HistoryScreen(Screen):
             ("History: export metrics", "CSV and JSONL next to the run", self.action_export),
             ("History: resume run", "Continue from its last checkpoint", self.action_resume),
             ("History: fuse run", "A standalone mlx-lm model folder", self.action_fuse),
+            ("History: chat with run", "Its model beside its base model, same prompts", self.action_chat),
         ]
 
 
