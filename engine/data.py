@@ -329,6 +329,14 @@ class RunData:
         lazy = LazyEncoded(recs, lambda r: encode(enc, r, kind))
         return lazy if role == "train" else list(lazy)
 
+    def truncation(self, kind: str, sample: int = 256) -> tuple[int, int]:
+        """(truncated, looked at) over the first ``sample`` training rows: how often
+        ``model.max_length`` cuts a row (tokenises only those rows)."""
+        recs = self.records("train", kind)[:sample]
+        enc = self.encoder
+        cut = sum(1 for r in recs if render(enc, r, kind).truncated)
+        return cut, len(recs)
+
     def pairs(self, role: str) -> Any:
         return self._encoded(role, "preference")
 

@@ -315,6 +315,8 @@ class Run:
                 directory.refuse_if_used()
             removed = directory.clear_run()
             self._dir_notes.append(f"--overwrite: removed the earlier run in {directory.path} ({what}): {', '.join(removed)}")
+        elif removed := directory.clear_run():
+            self._dir_notes.append(f"removed what an earlier run that trained nothing left in {directory.path}: {', '.join(removed)}")
         return directory
 
     def _run(self) -> None:
@@ -363,6 +365,12 @@ class Run:
         self.algorithm = algo
         saved = self.directory.load_run_arrays() if self._resume_dir and self.directory else {}
         algo.setup(saved)
+        kind = data_kind(cfg.algorithm)
+        if kind is not None and self._is_main and self._resume_dir is None:
+            cut, seen = data.truncation(kind)
+            if cut:
+                msg = f"{cut} of the first {seen} training rows are longer than model.max_length = {cfg.model.max_length} tokens and get truncated (see them with: rlhf-tui data {cfg.name})"
+                self._emit(ev.Alert(0, msg) if cut * 10 >= seen else ev.LogLine(msg))
         if cfg.train.grad_checkpoint and not enable_grad_checkpoint(policy.model):
             raise ConfigError(f"train.grad_checkpoint = true, but {policy.path.name} has no transformer layers to checkpoint; set it to false")
         if cfg.train.epochs > 0:
@@ -374,9 +382,6 @@ class Run:
         ctx.trainable = algo.trainable_module()
         ctx.build_optimizer()
         start_step = self._restore() if self._resume_dir else 0
-        if self._resume_dir is not None and self.directory is not None and self._is_main:
-            # only now that a checkpoint loaded: a failed resume leaves the run's config as it was
-            self.directory.write_config(to_dict(resolved(self.config)))
         self.step = start_step
         ctx.step = start_step
         self._emit(
@@ -586,6 +591,7 @@ class Run:
         """Before a resumed run's first step: drop metrics and samples rows logged after its
         checkpoint (and a torn last line), so they read as one uninterrupted run."""
         if self._trim_at is not None and self.directory is not None and self._is_main:
+            # only now, at its first step: a resume that fails before leaves the record as it was
             self.directory.trim_metrics_after(self._trim_at)
             self.directory.trim_samples_after(self._trim_at)
             if self._resumed_path is not None:  # (the root may hold a newer, damaged checkpoint's weights)
@@ -593,6 +599,7 @@ class Run:
                     self.directory.mirror_checkpoint(self._resumed_path)
                 except OSError as err:
                     raise RunDirError(f"{self.directory.path}: cannot write adapters.safetensors ({err.strerror or err})") from None
+            self.directory.write_config(to_dict(resolved(self.config)))
         self._trim_at = None
 
     def _write_metrics(self, row: dict[str, Any]) -> None:

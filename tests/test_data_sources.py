@@ -136,3 +136,20 @@ def test_dpo_trains_on_a_sliced_parquet_folder_offline(hub_folder, chatml_model,
     # although eval ran twice (the starting model at step 0, and the end)
     assert len(cached) == 12 and len({json.loads(x)["key"] for x in cached}) == 12
     assert [r["step"] for r in rows if "eval/rewards/accuracies" in r] == [0, 2]
+
+
+def test_a_run_says_when_max_length_cuts_its_rows(tmp_path):
+    from engine import events as ev
+    from engine.presets import load_preset
+    from engine.run import Run
+    from tests.helpers import quick_overrides
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    cfg = load_preset("tiny-dpo", [*quick_overrides(folder, steps=1), "model.max_length=16", "data.task_reward=", "train.eval_on_start=false", "data.eval="])
+    run = Run(cfg, out_dir=tmp_path / "r")
+    alerts: list[str] = []
+    run.subscribe(lambda e: alerts.append(e.text) if isinstance(e, ev.Alert) else None)
+    assert run.run()["status"] == "completed"
+    # the bundled pairs are 14-18 prompt tokens and 8-12 answer tokens: every one is over 16
+    assert any(a.startswith("64 of the first 64 training rows are longer than model.max_length = 16") for a in alerts), alerts
