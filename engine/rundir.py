@@ -48,8 +48,8 @@ RUN_ENTRIES = (
     "checkpoints",
     "tensorboard",
 )
-# any of these means "a run was here" (samples and events alone come with one of them)
-RUN_MARKERS = ("config.toml", "metrics.jsonl", "summary.json", "checkpoints", "adapters.safetensors")
+# a run that left any of these trained something (a config and a summary alone: it failed first)
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "adapters.safetensors")
 SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -182,7 +182,7 @@ class RunDirectory:
     # -------------------------------------------------------------- an earlier run here
 
     def holds_run(self) -> bool:
-        """True when an earlier run wrote here (its config, metrics, summary, checkpoints or weights)."""
+        """True when an earlier run trained here (it left metrics, checkpoints or weights)."""
         return any((self.path / name).exists() for name in RUN_MARKERS)
 
     def run_description(self) -> str | None:
@@ -233,10 +233,15 @@ class RunDirectory:
             except OSError as err:
                 raise RunDirError(f"{p}: cannot remove the earlier run's file ({err.strerror or err})") from None
             removed.append(name)
-        leftovers = [p for name in RUN_ENTRIES for p in self.path.glob(f".{name}.tmp-*")]
-        for p in [*leftovers, self.path / ".reference.tmp.safetensors"]:  # a killed run's temp files
-            p.unlink(missing_ok=True)
+        self.remove_temp_files()
         return removed
+
+    def remove_temp_files(self) -> None:
+        """Temp files a killed writer left at the top of the folder (call only while holding the lock)."""
+        leftovers = [p for name in RUN_ENTRIES for p in self.path.glob(f".{name}.tmp-*")]
+        for p in [*leftovers, self.path / ".reference.tmp.safetensors"]:
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
 
     # -------------------------------------------------------------- files
 
@@ -394,9 +399,7 @@ class RunDirectory:
             os.replace(tmp, final)
             _fsync_dir(self.checkpoints)
             shutil.rmtree(replaced, ignore_errors=True)
-            # the run root mirrors the latest adapters for mlx_lm --adapter-path
-            for name in ("adapters.safetensors", "adapter_config.json"):
-                atomic_write_bytes(self.path / name, (final / name).read_bytes())
+            self.mirror_checkpoint(final)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise RunDirError(f"{final}: cannot write checkpoint ({err.strerror or err}); earlier checkpoints are intact") from None
@@ -404,6 +407,18 @@ class RunDirectory:
             for _, old in self.checkpoint_dirs()[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def mirror_checkpoint(self, checkpoint: Path) -> None:
+        """Make the run root's adapters (what ``mlx_lm --adapter-path RUN_DIR`` loads) those of ``checkpoint``."""
+        for name in ("adapters.safetensors", "adapter_config.json"):
+            data = (checkpoint / name).read_bytes()
+            root = self.path / name
+            try:
+                if root.stat().st_size == len(data) and root.read_bytes() == data:
+                    continue
+            except OSError:
+                pass
+            atomic_write_bytes(root, data)
 
     def save_run_arrays(self, arrays: dict[str, Any]) -> None:
         import mlx.core as mx
