@@ -859,7 +859,7 @@ class ModelViewScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,t,q", "close", "Close", id="model_view.close")]
     DEFAULT_CSS = """
     ModelViewScreen { align: center middle; }
-    ModelViewScreen #model-view { width: 90%; height: 85%; border: round $accent; padding: 0 1; background: $panel; }
+    ModelViewScreen #model-view { width: 90%; height: auto; max-height: 85%; border: round $accent; padding: 0 1; background: $panel; }
     """
     STYLES = {"prompt": "cyan", "answer": "green", "special": "bold magenta"}
 
