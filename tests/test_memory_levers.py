@@ -106,3 +106,24 @@ def test_dtype_auto_keeps_a_bf16_checkpoint_bf16(tmp_path):
     model = load_policy(cfg).model
     base = [v for k, v in tree_flatten(model.parameters()) if "lora" not in k and v.dtype in (mx.float32, mx.bfloat16)]
     assert base and all(v.dtype == mx.bfloat16 for v in base)
+
+
+def test_a_download_reports_megabytes_and_rate_while_it_runs(tmp_path):
+    import time
+
+    from engine.models import watch_download
+
+    target = tmp_path / "blob.incomplete"
+
+    def fetch():
+        with target.open("wb") as fh:
+            for _ in range(4):
+                fh.write(b"x" * 2**20)
+                fh.flush()
+                time.sleep(0.05)
+
+    seen: list[tuple[str, int, int]] = []
+    watch_download(fetch, lambda: target.stat().st_size if target.exists() else 0, 4 * 2**20, "downloading org/model", lambda *a: seen.append(a), poll_s=0.02)
+    name, done, total = seen[-1]
+    assert (done, total) == (4, 4) and name.startswith("downloading org/model: 4.0 of 4 MB at ") and name.endswith(" MB/s")
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)  # never goes backwards
