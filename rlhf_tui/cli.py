@@ -276,7 +276,7 @@ class ProgressPrinter:
         elif isinstance(e, ev.CheckpointSaved):
             self._line(f"checkpoint: {e.path}")
         elif isinstance(e, ev.PhaseChanged) and self.tty and e.total:
-            self._live(f"{e.phase}: {e.done}/{e.total}")
+            self._live(e.phase if " MB at " in e.phase else f"{e.phase}: {e.done}/{e.total}")  # downloads say MB and rate
         elif isinstance(e, ev.RunFinished | ev.RunCancelled):
             self._line(_summary_line(e.summary))
 
