@@ -153,3 +153,15 @@ def test_a_run_says_when_max_length_cuts_its_rows(tmp_path):
     assert run.run()["status"] == "completed"
     # the bundled pairs are 14-18 prompt tokens and 8-12 answer tokens: every one is over 16
     assert any(a.startswith("64 of the first 64 training rows are longer than model.max_length = 16") for a in alerts), alerts
+
+
+def test_sft_on_a_llama3_model_with_conversational_rows(tmp_path):
+    model = write_model(tmp_path / "llama3", "llama3", "llama")
+    rows = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i}"}]} for i in range(8)]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = cli("run", "tiny-sft", "--out", str(tmp_path / "run"), "--set", f"model.path={model}", "--set", f"data.train={data}",
+              "--set", "data.eval=", "--set", "data.task_reward=", "--set", "train.max_steps=2", "--set", "train.batch_size=4",
+              "--set", "train.save_every=0", "--set", "model.max_length=128")
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert [r["step"] for r in (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())] == [1, 2]
