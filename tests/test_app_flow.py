@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import tomllib
 
+import pytest
+
 from engine import events as ev
 from engine.config import field_spec, parse_text_value
 from engine.errors import ConfigError
@@ -33,6 +35,7 @@ async def type_into(pilot, app, key: str, text: str) -> None:
     await pilot.pause()
 
 
+@pytest.mark.slow
 def test_edit_save_start_pause_cancel(tmp_path):
     pairs = small_pairs(tmp_path / "pairs.jsonl", 48)
     seen: list = []
@@ -142,6 +145,7 @@ def test_edit_save_start_pause_cancel(tmp_path):
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_quit_while_training_asks_then_cancels_cleanly(tmp_path):
     pairs = small_pairs(tmp_path / "pairs.jsonl", 48)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import tomllib
 
+import pytest
+
 from engine.presets import user_dir
 from rlhf_tui.app import make_app
 from rlhf_tui.screens.presets import PresetsScreen
@@ -116,6 +118,7 @@ def test_f1_opens_help_while_typing_in_an_editor_field():
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_a_run_started_right_after_saving_carries_the_saved_name(tmp_path):
     from textual.widgets import Input
 

@@ -134,6 +134,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("tiny-sft", ("loss", "grad_norm", "mean_token_accuracy")),
     ],
 )
+@pytest.mark.slow
 def test_two_ranks_make_the_same_update_as_one_process(preset: str, keys: tuple[str, ...], pairs: Path, tmp_path: Path) -> None:
     one, two, half = tmp_path / "one", tmp_path / "two", tmp_path / "half"
     # the SFT case also lets rank 0 name the run directory (no --out)

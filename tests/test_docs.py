@@ -141,6 +141,7 @@ def test_ci_runs_the_readme_test_command_on_macos_and_linux_for_each_python():
     assert requires == "3.11"
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs_as_written(tmp_path):
     import os
     import subprocess

@@ -52,6 +52,7 @@ def test_every_example_is_tested():
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
+@pytest.mark.slow
 def test_train_dpo_then_score_pairs(tmp_path):
     out = run_example("train_dpo.py", "--steps", "4", "--out", str(tmp_path / "dpo"))
     assert "training dpo for 4 steps" in out.stdout
@@ -82,6 +83,7 @@ def test_train_grpo(tmp_path):
     assert not missing, f"docs/algorithms.md lists GRPO metrics a run does not write: {missing}"
 
 
+@pytest.mark.slow
 @needs_preset("tiny-reward")
 @needs_preset("tiny-ppo")
 def test_train_reward_then_ppo(tmp_path):

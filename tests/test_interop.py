@@ -129,6 +129,7 @@ def test_lora_run_loads_in_mlx_lm_and_matches_the_eval_loss(sft_lora_run):
     assert nll == pytest.approx(final["eval/loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_mlx_lm_generate_and_fuse_take_the_run_directory(sft_lora_run, tmp_path):
     base = engine.base_model_path(sft_lora_run)
     gen = mlx_lm_cli("generate", "--model", base, "--adapter-path", str(sft_lora_run), "--prompt", "sort: q c m f", "--max-tokens", "8", "--temp", "0")

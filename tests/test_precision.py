@@ -46,6 +46,7 @@ def test_log_probs_are_float32_for_half_precision_weights(builtin_model, dtype):
     assert float(mx.exp(lp).max().item()) <= 1.0
 
 
+@pytest.mark.slow
 def test_a_bfloat16_dpo_run_learns_the_builtin_task(tmp_path):
     train = slice_jsonl(DATA / "sort_train.jsonl", tmp_path / "train.jsonl", 160)
     evl = slice_jsonl(DATA / "sort_eval.jsonl", tmp_path / "eval.jsonl", 64)

@@ -85,6 +85,7 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
     assert json.loads((d.path / "summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_resume_ends_where_a_straight_run_ends(tmp_path):
     common = quick_overrides(tmp_path, steps=40, train__save_every=20, model__adapter="lora", train__learning_rate=1e-3)
     straight = Run(load_preset("tiny-dpo", common), out_dir=tmp_path / "straight")
@@ -106,6 +107,7 @@ def test_resume_ends_where_a_straight_run_ends(tmp_path):
         assert mx.allclose(wa[k], wb[k], rtol=1e-3, atol=1e-5).item(), k
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume(tmp_path):
     run_dir = tmp_path / "r"
     sets = []

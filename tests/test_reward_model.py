@@ -50,6 +50,7 @@ def test_loading_something_that_is_not_a_reward_model_says_so(tmp_path):
         load_reward_model(tmp_path / "dpo")
 
 
+@pytest.mark.slow
 def test_tiny_reward_reaches_high_held_out_accuracy(tmp_path):
     from tests.test_rl_presets import base_copies_letters
 

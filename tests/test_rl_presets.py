@@ -45,6 +45,7 @@ def reward_quarters(run_dir) -> tuple[float, float]:
     return sum(rewards[:q]) / q, sum(rewards[-q:]) / q
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("preset", "steps"), [("tiny-grpo", 40), ("tiny-ppo", 30)])
 def test_tiny_rl_preset_raises_its_reward(tmp_path, preset, steps):
     if not base_copies_letters():

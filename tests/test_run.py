@@ -70,6 +70,7 @@ def test_run_directory_contents(tmp_path):
     assert events[0] == "PhaseChanged" and "RunStarted" in events and events[-1] == "RunFinished"
 
 
+@pytest.mark.slow
 def test_builtin_dpo_raises_held_out_accuracy(tmp_path):
     """The built-in default learns: held-out preference accuracy climbs well above chance."""
     cfg = load_preset("tiny-dpo", ["train.max_steps=100", "train.eval_every=20", "train.save_every=0"])
