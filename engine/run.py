@@ -315,7 +315,7 @@ class Run:
                 directory.refuse_if_used()
             removed = directory.clear_run()
             self._dir_notes.append(f"--overwrite: removed the earlier run in {directory.path} ({what}): {', '.join(removed)}")
-        elif removed := directory.clear_run():
+        elif "status" in (directory.read_summary() or {}) and (removed := directory.clear_run()):
             self._dir_notes.append(f"removed what an earlier run that trained nothing left in {directory.path}: {', '.join(removed)}")
         return directory
 
@@ -364,6 +364,8 @@ class Run:
         algo = algorithm_class(cfg.algorithm)(ctx)
         self.algorithm = algo
         saved = self.directory.load_run_arrays() if self._resume_dir and self.directory else {}
+        if self.directory is not None and self.directory.run_arrays_damaged:
+            self._emit(ev.LogLine(f"{self.directory.path / 'reference.safetensors'} does not load; computing it again"))
         algo.setup(saved)
         kind = data_kind(cfg.algorithm)
         if kind is not None and self._is_main and self._resume_dir is None:
@@ -416,10 +418,11 @@ class Run:
             ctx.apply_schedule(step)
             t0 = time.perf_counter()
             with self._weights_lock:
-                metrics = algo.train_step(step)
+                result = algo.train_step(step)
             dt = time.perf_counter() - t0
             self.step = step
-            num_tokens = float(metrics.pop("num_tokens", 0.0)) * world.size
+            metrics = result.metrics()
+            num_tokens = float(result.num_tokens) * world.size
             metrics["tokens_per_sec"] = num_tokens / dt if dt > 0 else 0.0
             metrics = {k: v for k, v in world.mean({k: v for k, v in metrics.items() if v is not None}).items()} | {
                 k: None for k, v in metrics.items() if v is None

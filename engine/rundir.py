@@ -437,7 +437,17 @@ class RunDirectory:
         import mlx.core as mx
 
         p = self.path / "reference.safetensors"
-        return dict(mx.load(str(p))) if p.exists() else {}
+        if not p.exists():
+            return {}
+        try:
+            arrays = dict(mx.load(str(p)))
+            mx.eval(list(arrays.values()))
+        except Exception:  # noqa: BLE001 - torn or damaged: it is a cache, the run computes it again
+            self.run_arrays_damaged = True
+            return {}
+        return arrays
+
+    run_arrays_damaged = False
 
 
 def _trim_after(path: Path, step: int) -> None:
