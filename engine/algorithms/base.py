@@ -2,7 +2,7 @@
 
 An algorithm turns data into optimizer updates: ``train_step(step)`` draws its batch
 (or generates rollouts), calls ``ctx.update(loss_fn, ...)`` one or more times and returns
-the step's metrics. The runner owns everything else: the loop, pause/cancel, logging,
+a :class:`StepResult` (panel values, tokens, TRL-named extras). The runner owns everything else: the loop, pause/cancel, logging,
 evaluation scheduling, checkpoints, resume and distributed ranks.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import mlx.core as mx
@@ -202,6 +203,25 @@ class TrainContext:
         return loss_f, {k: float(v.item()) for k, v in aux.items()}, norm_f
 
 
+@dataclass
+class StepResult:
+    """What one training step measured: the panel values, the work done, and the
+    algorithm's own metrics under TRL's names (``extras``, in the order they are logged)."""
+
+    loss: float
+    grad_norm: float
+    num_tokens: float  # prompt + completion tokens this rank processed (tokens_per_sec)
+    reward: float | None  # the panel's reward (what it means: engine.algorithms.registry)
+    kl: float | None = None  # the panel's KL; None where the algorithm has no reference
+    extras: dict[str, float | None] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float | None]:
+        """The metrics row's algorithm part: ``loss``, ``grad_norm``, ``kl``, ``reward``, then the extras."""
+        out: dict[str, float | None] = {"loss": self.loss, "grad_norm": self.grad_norm, "kl": self.kl, "reward": self.reward}
+        out.update((k, v) for k, v in self.extras.items() if k not in out)
+        return out
+
+
 class Algorithm(ABC):
     """batch -> loss + metrics. Subclasses set ``name`` and implement ``train_step``."""
 
@@ -233,8 +253,8 @@ class Algorithm(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not say how many training examples it has")
 
     @abstractmethod
-    def train_step(self, step: int) -> dict[str, float]:
-        """Do one step's updates; return metrics including ``loss`` and ``num_tokens``."""
+    def train_step(self, step: int) -> StepResult:
+        """Do one step's updates; return what the step measured."""
 
     def evaluate(self) -> dict[str, float]:
         """Metrics on held-out data, keys without the ``eval/`` prefix ({} when no eval set)."""

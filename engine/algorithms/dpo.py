@@ -21,7 +21,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from engine.algorithms.base import Algorithm
+from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import (
     BUCKET,
     DataOrder,
@@ -254,7 +254,7 @@ class Dpo(Algorithm):
             return ones, ones
         return (mx.array([float(len(p.chosen_ids)) for p in self.eval]), mx.array([float(len(p.rejected_ids)) for p in self.eval]))
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> StepResult:
         pairs = [self.train[i] for i in self.order.next_indices()]
         micro, num_tokens = [], 0
         for chunk in self.ctx.micro_batches(pairs):  # train.grad_accumulation_steps
@@ -262,13 +262,7 @@ class Dpo(Algorithm):
             micro.append((len(chunk) / len(pairs), (self.reference_logps(chunk), *self._inputs(batch))))
             num_tokens += batch.num_tokens
         loss, aux, norm = self.ctx.update_accumulated(self.loss_fn, micro)
-        return {
-            "loss": loss,
-            "grad_norm": norm,
-            "reward": aux["rewards/margins"],
-            "num_tokens": float(num_tokens),
-            **aux,
-        }
+        return StepResult(loss, norm, float(num_tokens), reward=aux["rewards/margins"], kl=aux.pop("kl"), extras=dict(aux))
 
     def evaluate(self) -> dict[str, float]:
         if not self.eval:

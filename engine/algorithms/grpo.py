@@ -32,7 +32,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from engine.algorithms.base import Algorithm
+from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import DataOrder
 from engine.data import Prompt, run_data
 from engine.rewards import parse_reward_names, score_completions
@@ -159,7 +159,7 @@ class Grpo(Algorithm):
 
     # -------------------------------------------------------------- the step
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> StepResult:
         cfg, ctx, g = self.cfg, self.ctx, self.cfg.grpo
         prompts = [self.prompts[i] for i in self.order.next_indices()]
         rows, rollout, texts = self._rollout(prompts, g.num_generations, cfg.generation.temperature)
@@ -192,24 +192,26 @@ class Grpo(Algorithm):
         stds = std  # one std per group
         zero_std = (mx.abs(stds) < 1e-6).astype(mx.float32).mean()
         n = len(auxes)
-        metrics: dict[str, Any] = {
-            "loss": sum(losses) / n,
-            "grad_norm": sum(norms) / n,
-            "reward": float(rewards.mean().item()),
+        extras: dict[str, Any] = {
             "reward_std": float(stds.mean().item()),
             "frac_reward_zero_std": float(zero_std.item()),
-            "kl": (sum(a["kl"] for a in auxes) / n) if self.reference is not None else None,
             "completions/mean_length": sum(lengths) / len(lengths),
             "completions/min_length": float(min(lengths)),
             "completions/max_length": float(max(lengths)),
             "completions/clipped_ratio": sum(1 for f in rollout.finished if not f) / len(lengths),
-            "num_tokens": float(sum(len(p.prompt_ids) for p in rows) + rollout.num_tokens),
         }
         for key in ("entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
-            metrics[key] = sum(a[key] for a in auxes) / n
+            extras[key] = sum(a[key] for a in auxes) / n
         for name, values in per_fn.items():
-            metrics[f"rewards/{name}/mean"] = sum(values) / len(values)
-        return metrics
+            extras[f"rewards/{name}/mean"] = sum(values) / len(values)
+        return StepResult(
+            sum(losses) / n,
+            sum(norms) / n,
+            float(sum(len(p.prompt_ids) for p in rows) + rollout.num_tokens),
+            reward=float(rewards.mean().item()),
+            kl=(sum(a["kl"] for a in auxes) / n) if self.reference is not None else None,
+            extras=extras,
+        )
 
     def _emit_samples(self, rows: list[Prompt], texts: list[str], scores: list[float], adv: mx.array) -> None:
         """The best and the worst completion of the step's first group."""

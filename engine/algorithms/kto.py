@@ -30,7 +30,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from engine.algorithms.base import Algorithm
+from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import BUCKET, DataOrder, collate
 from engine.compile import compile_pays
 from engine.config import resolve_path
@@ -197,11 +197,11 @@ class Kto(Algorithm):
         desirable = mx.array([1.0 if r.desirable else 0.0 for r in rows])
         return collate(pairs, bucket=self.bucket), ref, desirable, mx.array(kl, dtype=mx.float32)
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> StepResult:
         rows = [self.train[i] for i in self.order.next_indices()]
         batch, ref, desirable, kl = self._batch_inputs(rows)
         loss, aux, norm = self.ctx.update(self.loss_fn, batch.tokens, batch.mask, ref, desirable, kl)
-        return {"loss": loss, "grad_norm": norm, "reward": aux["rewards/margins"], "num_tokens": float(batch.num_tokens), **aux}
+        return StepResult(loss, norm, float(batch.num_tokens), reward=aux["rewards/margins"], kl=aux.pop("kl"), extras=dict(aux))
 
     def evaluate(self) -> dict[str, float]:
         if not self.eval:

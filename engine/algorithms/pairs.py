@@ -20,7 +20,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from engine.algorithms.base import Algorithm
+from engine.algorithms.base import Algorithm, StepResult
 from engine.algorithms.dpo import SHARE_PROMPT, pair_batch
 from engine.batching import BUCKET, DataOrder, SharedPromptBatch, TokenBatch
 from engine.compile import compile_pays
@@ -75,7 +75,7 @@ class PairLoss(Algorithm):
         loss, aux = self.pair_loss(sums[:n], sums[n:], counts[:n], counts[n:])
         return loss, {k: mx.stop_gradient(v) for k, v in aux.items()}
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> StepResult:
         pairs = [self.train[i] for i in self.order.next_indices()]
         micro, num_tokens = [], 0
         for chunk in self.ctx.micro_batches(pairs):  # train.grad_accumulation_steps
@@ -83,7 +83,7 @@ class PairLoss(Algorithm):
             micro.append((len(chunk) / len(pairs), (len(chunk), *batch_inputs(batch))))
             num_tokens += batch.num_tokens
         loss, aux, norm = self.ctx.update_accumulated(self.loss_fn, micro)
-        return {"loss": loss, "grad_norm": norm, "kl": None, "reward": aux["rewards/margins"], "num_tokens": float(num_tokens), **aux}  # type: ignore[dict-item]
+        return StepResult(loss, norm, float(num_tokens), reward=aux["rewards/margins"], extras=dict(aux))
 
     def score(self, pairs: list[PreferencePair]) -> tuple[mx.array, mx.array]:
         """[N, 2] summed log-probs and [N, 2] token counts (chosen, rejected), no gradients."""

@@ -43,7 +43,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from engine.algorithms.base import Algorithm
+from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import DataOrder
 from engine.config import resolve_path
 from engine.data import Prompt, run_data
@@ -313,7 +313,7 @@ class Ppo(Algorithm):
 
     # -------------------------------------------------------------- the step
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> StepResult:
         cfg, ctx, p = self.cfg, self.ctx, self.cfg.ppo
         prompts = [self.prompts[i] for i in self.order.next_indices()]
         rollout, texts = self._rollout(prompts, cfg.generation.temperature)
@@ -367,11 +367,7 @@ class Ppo(Algorithm):
         self._emit_samples(prompts, texts, scores_list, adv, mask)
         lengths = batch.lengths
         k = len(stats)
-        metrics: dict[str, Any] = {
-            "loss": sum(losses) / k,
-            "grad_norm": sum(norms) / k,
-            "reward": mean_score,
-            "kl": seq_kl,
+        extras: dict[str, Any] = {
             "objective/kl": seq_kl,
             "objective/entropy": ent.sum(axis=1).mean().item(),
             "objective/non_score_reward": mean_non_score,
@@ -381,11 +377,11 @@ class Ppo(Algorithm):
             "val/mean": masked_mean(old_values, mask).item(),
             "completions/mean_length": sum(lengths) / len(lengths),
             "completions/clipped_ratio": sum(1 for f in rollout.finished if not f) / len(lengths),
-            "num_tokens": float(sum(len(q.prompt_ids) for q in prompts) + rollout.num_tokens),
         }
         for key in stats[0]:
-            metrics[key] = sum(s[key] for s in stats) / k
-        return metrics
+            extras[key] = sum(s[key] for s in stats) / k
+        num_tokens = float(sum(len(q.prompt_ids) for q in prompts) + rollout.num_tokens)
+        return StepResult(sum(losses) / k, sum(norms) / k, num_tokens, reward=mean_score, kl=seq_kl, extras=extras)
 
     def _emit_samples(self, prompts: list[Prompt], texts: list[str], scores: list[float], adv: mx.array, mask: mx.array) -> None:
         """The step's best and worst completion, with their mean token advantage."""

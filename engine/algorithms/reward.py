@@ -21,7 +21,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from engine.algorithms.base import Algorithm
+from engine.algorithms.base import Algorithm, StepResult
 from engine.algorithms.dpo import pair_rows
 from engine.batching import DataOrder, collate
 from engine.data import PreferencePair, run_data
@@ -80,7 +80,7 @@ class RewardModelling(Algorithm):
         lengths = mx.array([len(p) + len(c) for p, c in rows])
         return batch.tokens, lengths, batch.num_tokens
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> StepResult:
         pairs = [self.train[i] for i in self.order.next_indices()]
         micro, num_tokens = [], 0
         for chunk in self.ctx.micro_batches(pairs):  # train.grad_accumulation_steps
@@ -88,7 +88,7 @@ class RewardModelling(Algorithm):
             micro.append((len(chunk) / len(pairs), (tokens, lengths)))
             num_tokens += n
         loss, aux, norm = self.ctx.update_accumulated(self.loss_fn, micro)
-        return {"loss": loss, "grad_norm": norm, "kl": None, "reward": aux["margin"], "num_tokens": float(num_tokens), **aux}  # type: ignore[dict-item]
+        return StepResult(loss, norm, float(num_tokens), reward=aux["margin"], extras=dict(aux))
 
     def evaluate(self) -> dict[str, float]:
         if not self.eval:

@@ -28,6 +28,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from engine.algorithms.base import StepResult
 from engine.algorithms.grpo import Grpo, grpo_token_loss, reduce_loss
 from engine.batching import DataOrder
 from engine.data import run_data
@@ -84,7 +85,7 @@ class Rloo(Grpo):
             "clip_ratio/region_mean": mx.stop_gradient((clipped * mask).sum() / n_tok),
         }
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> StepResult:
         cfg, ctx, r = self.cfg, self.ctx, self.cfg.rloo
         prompts = [self.prompts[i] for i in self.order.next_indices()]
         rows, rollout, texts = self._rollout(prompts, r.num_generations, cfg.generation.temperature)
@@ -115,24 +116,26 @@ class Rloo(Grpo):
         std = mx.sqrt(((grouped - grouped.mean(axis=1, keepdims=True)) ** 2).sum(axis=1) / max(r.num_generations - 1, 1))
         lengths = [len(c) for c in rollout.completion_ids]
         n = len(passes)
-        metrics: dict[str, Any] = {
-            "loss": sum(p[0] for p in passes) / n,
-            "grad_norm": sum(p[2] for p in passes) / n,
-            "reward": float(score.mean().item()),
+        extras: dict[str, Any] = {
             "reward_std": float(std.mean().item()),
             "frac_reward_zero_std": float((std < 1e-6).astype(mx.float32).mean().item()),
-            "kl": float(seq_kl.mean().item()) if seq_kl is not None else None,
             "completions/mean_length": sum(lengths) / len(lengths),
             "completions/min_length": float(min(lengths)),
             "completions/max_length": float(max(lengths)),
             "completions/clipped_ratio": sum(1 for f in rollout.finished if not f) / len(lengths),
-            "num_tokens": float(sum(len(p.prompt_ids) for p in rows) + rollout.num_tokens),
         }
         for key in ("entropy", "clip_ratio/region_mean"):
-            metrics[key] = sum(p[1][key] for p in passes) / n
+            extras[key] = sum(p[1][key] for p in passes) / n
         for name, values in per_fn.items():
-            metrics[f"rewards/{name}/mean"] = sum(values) / len(values)
-        return metrics
+            extras[f"rewards/{name}/mean"] = sum(values) / len(values)
+        return StepResult(
+            sum(p[0] for p in passes) / n,
+            sum(p[2] for p in passes) / n,
+            float(sum(len(p.prompt_ids) for p in rows) + rollout.num_tokens),
+            reward=float(score.mean().item()),
+            kl=float(seq_kl.mean().item()) if seq_kl is not None else None,
+            extras=extras,
+        )
 
     def _emit_group_samples(self, rows: list[Any], texts: list[str], scores: list[float], adv: mx.array, k: int) -> None:
         """The best and the worst completion of the step's first group."""

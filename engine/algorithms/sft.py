@@ -11,7 +11,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from engine.algorithms.base import Algorithm
+from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import DataOrder, collate
 from engine.data import Completion, run_data
 from engine.logprobs import shifted_token_logprobs
@@ -47,7 +47,7 @@ class Sft(Algorithm):
         acc = mx.stop_gradient((correct * mask).sum() / n)
         return loss, {"mean_token_accuracy": acc}
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> StepResult:
         items = [self.train[i] for i in self.order.next_indices()]
         chunks = self.ctx.micro_batches(items)  # train.grad_accumulation_steps
         world = self.ctx.world
@@ -62,14 +62,7 @@ class Sft(Algorithm):
             micro = [(1.0, (b.tokens, b.mask, share)) for b in batches]
             num_tokens = sum(b.num_tokens for b in batches)
         loss, aux, norm = self.ctx.update_accumulated(self.loss_fn, micro)
-        return {
-            "loss": loss,
-            "grad_norm": norm,
-            "kl": None,  # type: ignore[dict-item]
-            "reward": aux["mean_token_accuracy"],
-            "num_tokens": float(num_tokens),
-            **aux,
-        }
+        return StepResult(loss, norm, float(num_tokens), reward=aux["mean_token_accuracy"], extras=dict(aux))
 
     def evaluate(self) -> dict[str, float]:
         if not self.eval:
