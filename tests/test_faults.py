@@ -471,3 +471,26 @@ def test_kill_9_at_chosen_and_random_moments_and_concurrent_writers(tmp_path, st
     assert not problems, problems
     # (a process killed with -9 writes no summary: attempts lists the resumes that ended)
     assert summary["attempts"][-1]["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_two_ranks_stop_together_when_rank_0_cannot_take_the_directory(tmp_path):
+    """Rank 0 alone takes the lock; when it cannot, every rank exits 2 (none waits in a collective)."""
+    import re
+
+    from engine.dir_lock import DirLock
+    from tests.test_distributed import _free_port_pair, _tool
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    sets = [a for o in _overrides(tmp_path) for a in ("--set", o)]
+    cmd = [_tool("mlx.launch"), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port_pair()), "--",
+           _tool("rlhf-tui"), "run", "tiny-sft", *sets, "--out", str(run_dir)]  # fmt: skip
+    with DirLock(run_dir):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert f"another process is writing this run (pid {os.getpid()}" in out, out
+    # mlx.launch exits 0 whatever its ranks did; it reports their exit codes
+    assert len(re.findall(r"Node with rank \d exited with code 2", out)) == 2, out
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]  # no rank wrote a thing
+    print("\nfault injected: a second writer launched on two ranks; run lost: False")
