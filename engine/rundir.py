@@ -212,11 +212,17 @@ class RunDirectory:
     def refuse_if_used(self) -> None:
         """Raise RunDirError (one line: what is here, how to continue or replace it) if a run is here."""
         what = self.run_description()
-        if what is not None:
+        if what is None:
+            return
+        if self.latest_checkpoint() is None:
             raise RunDirError(
-                f"{self.path}: already holds a run ({what}); continue it with 'rlhf-tui resume {self.path}' "
-                "or replace it with --overwrite (overwrite=True in Python)"
+                f"{self.path}: already holds a run ({what}) with no checkpoint to continue from; "
+                "replace it with --overwrite (overwrite=True in Python) or choose another --out"
             )
+        raise RunDirError(
+            f"{self.path}: already holds a run ({what}); continue it with 'rlhf-tui resume {self.path}' "
+            "or replace it with --overwrite (overwrite=True in Python)"
+        )
 
     def clear_run(self) -> list[str]:
         """Delete an earlier run's files (only those a run writes; other files stay); returns their names."""

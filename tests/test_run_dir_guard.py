@@ -231,3 +231,17 @@ def test_resume_refuses_overrides_that_make_it_another_run(tmp_path):
     run = resume_run(rr, ["train.max_steps=3"])
     assert run.run()["status"] == "failed"
     assert "other adapters than the config asks for (model.lora_rank: 8 -> 4)" in run.summary["error"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_named_and_not_offered_for_resume(tmp_path):
+    rr = tmp_path / "rr"
+    rr.mkdir()
+    (rr / "config.toml").write_text('algorithm = "dpo"\n[train]\nmax_steps = 50\n')
+    (rr / "metrics.jsonl").write_text('{"step": 1, "loss": 0.69}\n{"step": 2, "loss": 0.68}\n{"step": 3, "lo')
+    run = Run(load_preset("tiny-sft", _quick(tmp_path, 1)), out_dir=rr)
+    assert run.run()["status"] == "failed"
+    assert run.summary["error"] == (
+        f"{rr}: already holds a run (dpo, 2/50 steps, stopped without a summary) with no checkpoint to continue from; "
+        "replace it with --overwrite (overwrite=True in Python) or choose another --out"
+    )
+    assert sorted(p.name for p in rr.iterdir()) == ["config.toml", "metrics.jsonl", "run.lock"]
