@@ -41,19 +41,19 @@ class SideBySide:
 
 
 def load_adapted(run_dir: str | Path, step: int | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of a run as mlx-lm loads an adapter path, with the weights the
-    run started from (``model.init_from``) applied first when it had any."""
+    """``(model, tokenizer)`` of a run as mlx-lm loads an adapter path, on the base as the run
+    trained it (quantized when it used ``model.quantize``) and with the weights it started
+    from (``model.init_from``) applied first when it had any."""
     import mlx.core as mx
-    from mlx_lm import load
     from mlx_lm.tuner.utils import load_adapters
 
-    from engine.api import adapter_path, base_model_path, run_config
+    from engine.api import adapter_path
+    from engine.fuse import load_base_as_trained
     from engine.models import apply_trained_weights
 
     folder = adapter_path(run_dir, step)
     acfg = json.loads((folder / "adapter_config.json").read_text())
-    trust = run_config(run_dir).model.trust_remote_code
-    model, tokenizer = load(base_model_path(run_dir), tokenizer_config={"trust_remote_code": trust})
+    model, tokenizer, _, _ = load_base_as_trained(run_dir)
     if acfg.get("init_from"):
         apply_trained_weights(model, Path(acfg["init_from"]))
     load_adapters(model, str(folder))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import pytest
 
 import engine
@@ -138,3 +139,31 @@ def test_the_history_screen_fuses_the_selected_run_with_progress(lora_run):
     tokens = mx.array([tok.encode(PROMPT_AND_ANSWER)])
     adapted, _ = engine.load_trained(lora_run)
     assert_same_model(log_softmax(fused, tokens), log_softmax(adapted, tokens))
+
+
+def test_a_qlora_run_fuses_quantized_or_dequantized(tmp_path):
+    """model.quantize: the adapters were trained on the 4-bit base, so fuse quantizes the base
+    as the run did; --dequantize gives base + adapters exactly, without it the fused weights
+    are quantized again (as mlx_lm fuse does), hence only approximately the trained model."""
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import quantize_model
+
+    from engine.fuse import fuse_run
+
+    overrides = [*quick_overrides(tmp_path, steps=3), "model.adapter=lora", "model.quantize=4bit", "train.learning_rate=0.01"]
+    run = Run(load_preset("tiny-sft", overrides), out_dir=tmp_path / "run")
+    assert run.run()["status"] == "completed", run.summary.get("error")
+    fuse_run(tmp_path / "run", tmp_path / "quantized")
+    fuse_run(tmp_path / "run", tmp_path / "dequantized", dequantize=True)
+    assert json.loads((tmp_path / "quantized" / "config.json").read_text())["quantization"]["bits"] == 4
+    assert "quantization" not in json.loads((tmp_path / "dequantized" / "config.json").read_text())
+
+    trained, tok = load(engine.base_model_path(tmp_path / "run"))  # the model as trained: 4-bit base + LoRA
+    trained, _ = quantize_model(trained, {}, group_size=64, bits=4)
+    load_adapters(trained, str(tmp_path / "run"))
+    tokens = mx.array([tok.encode(PROMPT_AND_ANSWER)])
+    dequantized, _ = load(str(tmp_path / "dequantized"))
+    assert_same_model(log_softmax(dequantized, tokens), log_softmax(trained, tokens))
+    quantized, _ = load(str(tmp_path / "quantized"))
+    assert any(isinstance(m, nn.QuantizedLinear) for _, m in quantized.named_modules())
