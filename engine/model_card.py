@@ -113,6 +113,8 @@ def render_model_card(
         f"| base model | {base_link}{f' ({model_spec})' if model_spec else ''} |",
         f"| algorithm | `{algo}` |",
         f"| trained weights | {adapter_text} |",
+        *([f"| base quantization | {cfg.model.quantize} at load (`model.quantize`): the adapters fit the quantized base, which `rlhf-tui fuse` and `rlhf-tui chat` rebuild; plain `mlx_lm.load(base, adapter_path=...)` does not |"]
+          if getattr(cfg.model, "quantize", "none") != "none" else []),
         f"| train data | {_data_line(train_spec, train_split, rows.get('train'))} |",
         f"| eval data | {_data_line(eval_spec, eval_split, rows.get('eval'))} |",
         f"| steps | {steps} of {max_steps}, batch size {t.batch_size}, world size {summary.get('world_size', 1)} |",

@@ -192,9 +192,11 @@ class TrackioTracker(Tracker):
         self._run.log(values, step=step)
 
     def samples(self, step: int, samples: list[dict[str, Any]], wall_time: float) -> None:
+        table_class = getattr(self._trackio, "Table", None)
+        if table_class is None:  # an older trackio without tables: scalars only
+            return
         columns = ["prompt", "completion", "score", "advantage"]
-        table = self._trackio.Table(columns=columns, data=[[s.get(c) for c in columns] for s in samples])
-        self._run.log({"samples": table}, step=step)
+        self._run.log({"samples": table_class(columns=columns, data=[[s.get(c) for c in columns] for s in samples])}, step=step)
 
     def close(self, status: str = "completed") -> None:
         self._run.finish()
