@@ -141,3 +141,38 @@ def test_a_broken_tracker_is_switched_off_with_one_alert_and_the_run_goes_on(tmp
     assert [r["step"] for r in metrics_rows(run_dir) if "loss" in r] == [1, 2, 3]
     logged = [json.loads(line) for line in (run_dir / "events.log").read_text().splitlines()]
     assert sum(e["event"] == "Alert" for e in logged) == 1
+
+
+def test_the_editor_takes_report_to_as_a_comma_list():
+    import asyncio
+
+    from textual.widgets import Input
+
+    from rlhf_tui.app import make_app
+    from rlhf_tui.screens.editor import EditorScreen
+
+    async def scenario() -> None:
+        app = make_app("tiny-dpo")
+        async with app.run_test(size=(140, 42)) as pilot:
+            await pilot.pause()
+            await pilot.press("e")
+            await pilot.pause()
+            editor = app.screen
+            assert isinstance(editor, EditorScreen)
+            for _ in range(200):  # sections are mounted one per frame after the screen shows
+                if editor.query("#section-report"):
+                    break
+                await pilot.pause(0.05)
+            section = editor.query_one("#section-report")
+            section.collapsed = False  # folded sections build their rows when opened
+            await pilot.pause(0.3)
+            field = editor.query_one("#f--report--to", Input)  # a text field, not a one-of select
+            assert field.value == ""
+            field.value = "tensorboard, wandb"
+            await pilot.pause()
+            assert editor.cfg.report.to == ("tensorboard", "wandb")
+            field.value = "tensorboard, mlflow"
+            await pilot.pause()
+            assert "report.to" in editor.invalid and editor.cfg.report.to == ("tensorboard", "wandb")
+
+    asyncio.run(scenario())
