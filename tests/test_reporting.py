@@ -176,3 +176,14 @@ def test_the_editor_takes_report_to_as_a_comma_list():
             assert "report.to" in editor.invalid and editor.cfg.report.to == ("tensorboard", "wandb")
 
     asyncio.run(scenario())
+
+
+def test_wandb_goes_offline_without_a_login_and_respects_wandb_mode(monkeypatch, tmp_path):
+    from engine.reporting import wandb_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode() == "offline"  # not logged in: never tries the network
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"  # the user's choice wins
