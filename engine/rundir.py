@@ -47,6 +47,8 @@ RUN_ENTRIES = (
     "adapter_config.json",
     "checkpoints",
     "tensorboard",
+    "wandb",  # report.to = wandb (offline runs)
+    "README.md",  # the model card (engine.model_card)
 )
 # a run that left any of these trained something (a config and a summary alone: it failed first)
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "adapters.safetensors")
