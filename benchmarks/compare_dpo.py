@@ -33,17 +33,23 @@ def gpu_runs(model: Path, steps: int) -> list[dict]:
     """The GPU set: our engine (MLX CUDA) vs TRL (PyTorch CUDA), bf16, same checkpoint."""
     m = str(model)
     ours = [sys.executable, str(HERE / "run_ours.py"), "--model", m, "--steps", str(steps), "--dtype", "bfloat16", "--max-length", "2048"]
-    trl = [sys.executable, str(HERE / "peers" / "trl_dpo.py"), "--model", m, "--steps", str(steps), "--device", "cuda", "--dtype", "bfloat16", "--max-length", "2048"]
+    # TRL at its best: reference log-probs precomputed (no reference pass per step, no second copy
+    # for full fine-tuning), gradient checkpointing off, Liger's kernels where liger-kernel imports,
+    # padding-free asked for (TRL 1.16 warns and pads; the result records what ran). TRL 1.16
+    # already computes log-probs through a chunked LM head.
+    trl = [sys.executable, str(HERE / "peers" / "trl_dpo.py"), "--model", m, "--steps", str(steps), "--device", "cuda", "--dtype", "bfloat16", "--max-length", "2048",
+           "--precompute-ref", "--liger", "--padding-free"]
     out = []
     for adapter in ("lora", "full"):
         out += [
             {"name": f"ours/{adapter}", "group": "ours", "adapter": adapter, "cmd": ours + ["--adapter", adapter], "blas": False},
             {"name": f"trl/{adapter}", "group": "trl", "adapter": adapter, "cmd": trl + ["--adapter", adapter], "blas": False},
         ]
-    out += [
+    out += [  # one lever off at a time
+        {"name": "ours/lora no-chunk", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--no-chunk"], "blas": False},
+        {"name": "ours/full no-chunk", "group": "ablation", "adapter": "full", "cmd": ours + ["--adapter", "full", "--no-chunk"], "blas": False},
         {"name": "ours/lora plain-rows", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--plain"], "blas": False},
         {"name": "ours/lora no-compile", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--no-compile"], "blas": False},
-        {"name": "ours/sft-lora", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--algorithm", "sft"], "blas": False},
     ]
     return out
 
@@ -149,6 +155,15 @@ def table(results: list[dict], tok_per_step: float) -> str:
     plain, shared = by.get("ours/lora plain-rows"), by.get("ours/lora")
     if plain and shared and "error" not in plain and "error" not in shared:
         ratio_lines.append(f"| shared prompt ÷ plain rows (ours/lora) | {shared['step_s'] / plain['step_s']:.2f} | {shared['step_cpu_s'] / plain['step_cpu_s']:.2f} | {shared['whole_s'] / plain['whole_s']:.2f} | {shared['cpu_s'] / plain['cpu_s']:.2f} | {shared['maxrss_gb'] / plain['maxrss_gb']:.2f} |")
+    for adapter in ("lora", "full"):
+        whole, nochunk = by.get(f"ours/{adapter}"), by.get(f"ours/{adapter} no-chunk")
+        if whole and nochunk and "error" not in whole and "error" not in nochunk:
+            peak = f"{whole['framework_peak_gb'] / nochunk['framework_peak_gb']:.2f} (MLX peak)" if whole.get("framework_peak_gb") and nochunk.get("framework_peak_gb") else "—"
+            ratio_lines.append(f"| chunked ÷ written-out logits (ours/{adapter}) | {whole['step_s'] / nochunk['step_s']:.2f} | — | {whole['whole_s'] / nochunk['whole_s']:.2f} | — | {peak} |")
+    for adapter in ("lora", "full"):
+        ours, trl = by.get(f"ours/{adapter}"), by.get(f"trl/{adapter}")
+        if ours and trl and "error" not in ours and "error" not in trl and ours.get("framework_peak_gb") and trl.get("framework_peak_gb"):
+            ratio_lines.append(f"| framework peak memory, ours/{adapter} ÷ trl/{adapter} (MLX ÷ torch) | — | — | — | — | {ours['framework_peak_gb'] / trl['framework_peak_gb']:.2f} |")
     eager = by.get("ours/lora no-compile")
     if eager and shared and "error" not in eager and "error" not in shared:
         ratio_lines.append(f"| compiled ÷ eager step (ours/lora) | {shared['step_s'] / eager['step_s']:.2f} | — | {shared['whole_s'] / eager['whole_s']:.2f} | — | — |")

@@ -9,7 +9,9 @@ pairs have exact, known lengths.
     uv run python benchmarks/make_checkpoint.py --out benchmarks/.cache/small
     uv run python benchmarks/make_checkpoint.py --size 1b --out /tmp/llama-1b   # GPU run
 
-Sizes: ``cpu`` (~5M parameters: the shared 2-core CPU here), ``small`` (~13M), ``1b`` (~1.2B, Llama-3.2-1B shape).
+Sizes: ``cpu`` (~5M parameters: the shared 2-core CPU here), ``small`` (~13M), ``1b`` (~1.04B, Llama-3.2-1B blocks),
+``0.5b`` and ``7b`` (Qwen2.5-0.5B / -7B shapes; float32 files that large are only practical
+through benchmarks/memory_table.py, which builds them 4-bit).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ SIZES = {
     "cpu": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=8192),
     "small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2, vocab_size=8192),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, vocab_size=32768),
+    # real shapes for the memory table (benchmarks/memory_table.py builds these 4-bit with MLX):
+    # Qwen2.5-0.5B's and Qwen2.5-7B's blocks, heads and vocabularies, as Llama blocks
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, vocab_size=151936),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
 }
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 PAD, BOS, EOS = 0, 1, 2
@@ -61,6 +67,8 @@ def random_weights(cfg: dict, seed: int) -> dict[str, np.ndarray]:
         return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
 
     out = {"model.embed_tokens.weight": w(v, d), "model.norm.weight": np.ones(d, np.float32)}
+    if not cfg["tie_word_embeddings"]:
+        out["lm_head.weight"] = w(v, d)
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         out |= {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -82,10 +85,81 @@ class _PrefixCache:
         return self.mask
 
 
-def _head(model: nn.Module, hidden: mx.array) -> mx.array:
+def _head_module(model: nn.Module) -> tuple[nn.Module, Callable[[mx.array], mx.array]]:
+    """The module holding the output layer's weights, and the output layer as a function."""
     if getattr(model.args, "tie_word_embeddings", False) or not hasattr(model, "lm_head"):
-        return model.model.embed_tokens.as_linear(hidden)
-    return model.lm_head(hidden)
+        emb = model.model.embed_tokens
+        return emb, emb.as_linear
+    return model.lm_head, model.lm_head
+
+
+def _head(model: nn.Module, hidden: mx.array) -> mx.array:
+    return _head_module(model)[1](hidden)
+
+
+# ---------------------------------------------------------------- chunked output layer
+#
+# The output layer turns each position's hidden state into V logits (V = 32k-150k). Written
+# out, a batch's logits in float32 take rows x positions x V x 4 bytes (8 pairs x 2 answers x
+# 256 tokens x 32k = 0.54 GB, and as much again for their gradient), and autodiff keeps them
+# until the backward pass. ``head_logprobs`` runs the output layer over CHUNK_POSITIONS
+# positions at a time under ``mx.checkpoint``: per chunk it keeps only the log-prob of the
+# target and the mean logit (a metric), and the backward pass recomputes the chunk's logits
+# from the hidden states. The full float32 logits never exist.
+
+CHUNK_POSITIONS = 2048  # positions per chunk of the output layer; 0 = write out all logits (benchmarks compare)
+
+
+def supports_chunked_head(model: nn.Module) -> bool:
+    """mlx-lm decoders whose output layer can be run apart from the blocks (``model.model`` + head)."""
+    inner = getattr(model, "model", None)
+    return getattr(model, "args", None) is not None and inner is not None and hasattr(inner, "embed_tokens")
+
+
+def _chunk_stats(head: Callable[[mx.array], mx.array], hidden: mx.array, targets: mx.array) -> tuple[mx.array, mx.array]:
+    logits = head(hidden).astype(mx.float32)
+    logz = mx.logsumexp(logits, axis=-1)
+    picked = mx.take_along_axis(logits, mx.stop_gradient(targets)[..., None], axis=-1).squeeze(-1)  # (checkpoint differentiates every input)
+    return picked - logz, mx.stop_gradient(logits).mean(axis=-1)
+
+
+def head_logprobs(model: nn.Module, hidden: mx.array, targets: mx.array, chunk: int | None = None) -> tuple[mx.array, mx.array]:
+    """(log p(target), mean logit) per position from hidden states [R, T, D], targets [R, T].
+
+    With ``chunk`` (default CHUNK_POSITIONS) > 0 the output layer runs on that many positions
+    at a time, checkpointed, so no [R, T, V] float32 array is materialised; 0 writes the
+    logits out (the numbers agree to float rounding: tests/test_chunked_logprobs.py).
+    """
+    chunk = CHUNK_POSITIONS if chunk is None else chunk
+    module, head = _head_module(model)
+    r, t, d = hidden.shape
+    if chunk <= 0:
+        return _chunk_stats(head, hidden, targets)
+    flat_h, flat_t = hidden.reshape(r * t, d), targets.reshape(r * t)
+
+    def inner(params: Any, h: mx.array, tg: mx.array) -> tuple[mx.array, mx.array]:
+        module.update(params)
+        return _chunk_stats(head, h, tg)
+
+    step = max(chunk, 1)
+    fn = mx.checkpoint(inner)
+    params = module.trainable_parameters()
+    lps, means = [], []
+    for start in range(0, r * t, step):
+        lp, mean = fn(params, flat_h[start : start + step], flat_t[start : start + step])
+        lps.append(lp)
+        means.append(mean)
+    lp = mx.concatenate(lps) if len(lps) > 1 else lps[0]
+    mean = mx.concatenate(means) if len(means) > 1 else means[0]
+    return lp.reshape(r, t), mean.reshape(r, t)
+
+
+def shifted_token_stats(model: nn.Module, tokens: mx.array, chunk: int | None = None) -> tuple[mx.array, mx.array]:
+    """``shifted_token_logprobs`` without the logits: (log p(tokens[:, 1:]), mean logit per position)."""
+    if not supports_chunked_head(model):
+        lp, logits = shifted_token_logprobs(model, tokens)
+        return lp, logits.mean(axis=-1)
+    return head_logprobs(model, model.model(tokens[:, :-1]), tokens[:, 1:], chunk)
 
 
 def shared_prompt_logprobs(
@@ -129,3 +203,40 @@ def shared_prompt_logprobs(
     else:
         logits = logits_first
     return token_logprobs(logits, answers), logits
+
+
+def shared_prompt_stats(
+    model: nn.Module,
+    prompts: mx.array,
+    prompt_pad: mx.array,
+    answers: mx.array,
+    copies: int = 2,
+    chunk: int | None = None,
+) -> tuple[mx.array, mx.array]:
+    """``shared_prompt_logprobs`` through the chunked output layer: (log p(answers) [copies*N, C],
+    mean logit per position [copies*N, C]); the logits are never written out whole."""
+    return _shared_prompt(model, prompts, prompt_pad, answers, copies, chunk)
+
+
+def _shared_prompt(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, answers: mx.array, copies: int, chunk: int | None) -> tuple[mx.array, mx.array]:
+    n, p = prompts.shape
+    c = answers.shape[1]
+    pos = mx.arange(p)
+    pad = prompt_pad[:, None, None, None]
+    q_pos, k_pos = pos[None, None, :, None], pos[None, None, None, :]
+    prompt_mask = ((k_pos <= q_pos) & (k_pos >= pad)) | (k_pos == q_pos)
+    caches = [_PrefixCache(prompt_mask, 0) for _ in model.model.layers]
+    hidden = model.model(prompts, cache=caches)
+    last = mx.concatenate([hidden[:, -1:, :]] * copies)  # predicts each answer's first token
+    if c > 1:
+        pad_rep = mx.concatenate([prompt_pad] * copies)[:, None, None, None]
+        a_pos = mx.arange(c - 1)
+        see_prompt = mx.broadcast_to(pos[None, None, None, :] >= pad_rep, (copies * n, 1, a_pos.size, p))
+        causal = mx.broadcast_to(a_pos[None, None, None, :] <= a_pos[None, None, :, None], (copies * n, 1, a_pos.size, a_pos.size))
+        answer_mask = mx.concatenate([see_prompt, causal], axis=-1)
+        tiled = [
+            _PrefixCache(answer_mask, p, (mx.concatenate([pc.keys] * copies), mx.concatenate([pc.values] * copies)))  # type: ignore[list-item]
+            for pc in caches
+        ]
+        last = mx.concatenate([last, model.model(answers[:, :-1], cache=tiled)], axis=1)
+    return head_logprobs(model, last, answers, chunk)

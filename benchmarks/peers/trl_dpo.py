@@ -26,7 +26,17 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--precompute-ref", action="store_true")
+    ap.add_argument("--liger", action="store_true", help="use_liger_kernel (Liger's RMSNorm/RoPE/SwiGLU kernels) when liger-kernel imports")
+    ap.add_argument("--padding-free", action="store_true", help="ask for padding_free (TRL 1.16 warns and falls back to padding)")
     a = ap.parse_args()
+    liger = False
+    if a.liger:
+        try:
+            import liger_kernel.transformers  # noqa: F401
+
+            liger = True
+        except Exception as err:  # not installed, or no Triton: run without, and say so in the result
+            print(f"liger-kernel unavailable: {err}", flush=True)
 
     import tempfile
 
@@ -62,6 +72,8 @@ def main() -> None:
         use_cpu=a.device == "cpu",
         dataloader_num_workers=0,
         precompute_ref_log_probs=a.precompute_ref,
+        padding_free=a.padding_free,
+        use_liger_kernel=liger,
         gradient_checkpointing=False,  # TRL 1.x turns it on by default; off is the faster baseline
         seed=0,
         disable_tqdm=True,
@@ -84,18 +96,26 @@ def main() -> None:
             step_times.append(time.perf_counter() - self.t)
             step_cpu.append(cpu_seconds() - self.c)
 
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config, callbacks=[Timing()])
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config, callbacks=[Timing()])
+    padding_free = bool(getattr(trainer, "padding_free", a.padding_free))
+    for w in caught:
+        if "padding_free" in str(w.message) or "liger" in str(w.message).lower():
+            print(f"TRL warns: {w.message}", flush=True)
     if a.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     out = trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**30 if a.device == "cuda" else None
     report(
-        framework="TRL" + (" (precomputed ref)" if a.precompute_ref else ""),
+        framework="TRL" + (" (precomputed ref)" if a.precompute_ref else "") + (" (liger)" if liger else "") + (" (padding-free)" if padding_free else ""),
         first_step_start=first[0],
         step_times=step_times,
         step_cpu=step_cpu,
         peak_gb=peak,
-        extra={"final_loss": out.training_loss, "torch": torch.__version__, "threads": torch.get_num_threads()},
+        extra={"final_loss": out.training_loss, "torch": torch.__version__, "threads": torch.get_num_threads(), "liger": liger, "padding_free": padding_free, "precompute_ref": a.precompute_ref},
     )
 
 

@@ -32,7 +32,7 @@ from engine.batching import (
 )
 from engine.compile import compile_pays
 from engine.data import PreferencePair, run_data
-from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
+from engine.logprobs import shared_prompt_stats, shifted_token_stats, supports_shared_prompt
 from engine.reference_cache import FILE_NAME as REFERENCE_FILE
 from engine.reference_cache import ReferenceCache, model_identity, pair_key
 from engine.rollout import ReferencePolicy
@@ -169,19 +169,20 @@ class Dpo(Algorithm):
     # -------------------------------------------------------------- log-probs
 
     def _logps(self, model: nn.Module, tokens: mx.array, mask: mx.array, prompts: mx.array | None = None, prompt_pad: mx.array | None = None) -> tuple[mx.array, mx.array]:
-        """Summed (or, for ipo, averaged) answer log-probs per row, and the logits behind them.
+        """Summed (or, for ipo, averaged) answer log-probs per row, and the mean logit per position.
 
         Plain batches: ``tokens`` are [prompt, answer] rows. Shared-prompt batches: ``tokens``
         are the answers alone and ``prompts``/``prompt_pad`` the left-padded prompts.
         """
+        # chunked output layer: (log-prob, mean logit) per position, no [rows, T, V] float32 logits
         if prompts is not None and prompt_pad is not None:
-            lp, logits = shared_prompt_logprobs(model, prompts, prompt_pad, tokens)
+            lp, mean_logit = shared_prompt_stats(model, prompts, prompt_pad, tokens)
         else:
-            lp, logits = shifted_token_logprobs(model, tokens)
+            lp, mean_logit = shifted_token_stats(model, tokens)
         summed = (lp * mask).sum(axis=-1)
         if self.average:
             summed = summed / mx.maximum(mask.sum(axis=-1), 1.0)
-        return summed, logits
+        return summed, mean_logit
 
     def score(self, pairs: list[PreferencePair], phase: str) -> mx.array:
         """[N, 2] (chosen, rejected) log-probs under the current weights, no gradients.
@@ -217,15 +218,14 @@ class Dpo(Algorithm):
         self, model: nn.Module, ref: mx.array, tokens: mx.array, mask: mx.array, prompts: mx.array | None = None, prompt_pad: mx.array | None = None
     ) -> tuple[mx.array, dict[str, mx.array]]:
         d = self.cfg.dpo
-        logps, logits = self._logps(model, tokens, mask, prompts, prompt_pad)
+        logps, mean_logit = self._logps(model, tokens, mask, prompts, prompt_pad)
         n = ref.shape[0]
         pc, pr = logps[:n], logps[n:]
         rc, rr = ref[:, 0], ref[:, 1]
         losses = dpo_losses(pc, pr, rc, rr, d.beta, d.loss_type, d.label_smoothing)
         chosen_rewards = mx.stop_gradient(d.beta * (pc - rc))
         rejected_rewards = mx.stop_gradient(d.beta * (pr - rr))
-        tok_mask = mask[..., None]
-        mean_logits = mx.stop_gradient((logits * tok_mask).sum(axis=(1, 2)) / mx.maximum(mask.sum(axis=1) * logits.shape[-1], 1.0))
+        mean_logits = mx.stop_gradient((mean_logit * mask).sum(axis=1) / mx.maximum(mask.sum(axis=1), 1.0))
         aux = {
             "rewards/chosen": chosen_rewards.mean(),
             "rewards/rejected": rejected_rewards.mean(),
