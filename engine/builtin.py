@@ -1,17 +1,27 @@
 """The built-in default: a tiny Llama that sorts letters, built deterministically on first use.
 
 The task is one a reader can judge at a glance: the prompt ``sort: q c m f`` asks for the
-letters in alphabetical order; the chosen answer is ``c f m q``, the rejected one is the
-letters left as given, shuffled, or sorted with one mistake. The base model is a 2-layer
-Llama with a character-level tokenizer, pre-trained with 700 SFT steps to *copy* the
-letters in the given order (so it answers with the right letters but does not sort);
-preference tuning and RL then teach it to sort.
+letters in alphabetical order, ``c f m q`` and then EOS (3 to 5 letters, so an exact answer
+is a short reach). Preference pairs have the sorted answer as chosen and, as rejected, a
+wrong answer of the kinds a policy produces: the letters left as given, shuffled, one swap,
+a letter missing, invented or repeated. ``exact_sort`` is the task's reward for
+``eval/task_score``.
+
+The base model is a 2-layer Llama (d = 128) with a character-level tokenizer, pre-trained
+for 4,000 steps on the task's format with answers sorted 40% of the time and left in the
+given order the rest. It has learnt both, and that keeping the order is more likely:
+greedy answers are exactly sorted for about 15% of held-out prompts (step-0 task score),
+sampled answers for about 40%. SFT teaches it the format it should prefer, and DPO,
+PPO and GRPO make the sorted answer its first choice: each tiny preset takes the task
+score from about 0.15 to above 0.9 in under a minute on two CPU cores.
 
 Nothing is downloaded: the model ships with the project in ``presets/models/tiny-sorter``
-(0.8 MB, mlx-lm's format). ``build_tiny_sorter`` is the recipe that made it (tokenizer
-built with ``tokenizers``, mlx-lm's Llama class from seed 0, the copy warm-up); a copy of
-the project without the folder rebuilds it on first use into the user cache directory
-(``python -m engine.builtin DIR`` writes it anywhere).
+(1.6 MB, mlx-lm's format). ``build_tiny_sorter`` is the recipe that made it (tokenizer
+built with ``tokenizers``, mlx-lm's Llama class from seed 0, the seeded pre-training
+stream); ``python -m engine.builtin DIR`` runs it (the shipped weights were built this way
+on a GPU with MLX's CUDA backend in about 30 s; on a CPU it takes a few minutes, and the
+weights agree to float32 rounding, not bit for bit). A copy of the project without the
+folder rebuilds it on first use into the user cache directory.
 """
 
 from __future__ import annotations
@@ -26,10 +36,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 BUILTIN_MODELS = ("tiny-sorter",)
-MODEL_VERSION = "v2"
-WARMUP_STEPS = 700
-WARMUP_BATCH = 64
-WARMUP_LR = 1e-3
+MODEL_VERSION = "v3"
+PRETRAIN_STEPS = 4000
+PRETRAIN_BATCH = 64
+PRETRAIN_LR = 2e-3
+PRETRAIN_WARMUP = 100
+SORTED_SHARE = 0.4  # pre-training answers that are sorted; the rest keep the prompt's order
+MIN_LETTERS, MAX_LETTERS = 3, 5
 LETTERS = string.ascii_lowercase
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
@@ -59,30 +72,54 @@ def sorted_answer(letters: list[str]) -> str:
     return " ".join(sorted(letters))
 
 
+def letter_count(rng: random.Random) -> int:
+    return rng.randint(MIN_LETTERS, MAX_LETTERS)
+
+
+def wrong_answer(letters: list[str], rng: random.Random) -> list[str]:
+    """A wrong answer of one of the kinds a policy produces (never the sorted letters).
+
+    Left as given (what the base model does), shuffled, sorted with one swap, a letter
+    missing, a letter replaced by one not in the prompt, or a letter repeated.
+    """
+    k = len(letters)
+    right = sorted(letters)
+    kind = rng.random()
+    if kind < 0.35:
+        out = list(letters)  # left as given
+    elif kind < 0.55:
+        out = rng.sample(letters, k)  # shuffled
+    elif kind < 0.7:
+        out = list(right)
+        i = rng.randrange(k - 1)
+        out[i], out[i + 1] = out[i + 1], out[i]  # one mistake
+    elif kind < 0.8:
+        out = list(right)
+        del out[rng.randrange(k)]  # a letter missing (cut short)
+    elif kind < 0.9:
+        out = list(right)
+        out[rng.randrange(k)] = rng.choice([c for c in LETTERS if c not in letters])  # an invented letter
+        out.sort()
+    else:
+        out = list(right)
+        i = rng.randrange(k)
+        out.insert(i, out[i])  # a letter repeated
+    if out == right:
+        out = right[::-1]
+    return out
+
+
 def make_sorting_pairs(n: int, seed: int) -> list[dict[str, str]]:
-    """``n`` preference pairs: chosen sorts the letters, rejected does not."""
+    """``n`` preference pairs: chosen sorts the letters, rejected is a wrong answer."""
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
-        k = rng.randint(3, 6)
-        letters = rng.sample(LETTERS, k)
-        chosen = sorted(letters)
-        kind = rng.random()
-        if kind < 0.4:
-            rejected = list(letters)  # left as given
-        elif kind < 0.8:
-            rejected = rng.sample(letters, k)  # shuffled
-        else:
-            rejected = sorted(letters)
-            i = rng.randrange(k - 1)
-            rejected[i], rejected[i + 1] = rejected[i + 1], rejected[i]  # one mistake
-        if rejected == chosen:
-            rejected = chosen[::-1]
+        letters = rng.sample(LETTERS, letter_count(rng))
         pairs.append(
             {
                 "prompt": sort_prompt(letters),
-                "chosen": " ".join(chosen),
-                "rejected": " ".join(rejected),
+                "chosen": sorted_answer(letters),
+                "rejected": " ".join(wrong_answer(letters, rng)),
             }
         )
     return pairs
@@ -90,7 +127,7 @@ def make_sorting_pairs(n: int, seed: int) -> list[dict[str, str]]:
 
 def make_sorting_prompts(n: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(seed)
-    return [{"prompt": sort_prompt(rng.sample(LETTERS, rng.randint(3, 6)))} for _ in range(n)]
+    return [{"prompt": sort_prompt(rng.sample(LETTERS, letter_count(rng)))} for _ in range(n)]
 
 
 def write_builtin_data(folder: Path) -> None:
@@ -185,9 +222,9 @@ def model_config() -> dict:
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 96,
+        "hidden_size": 128,
         "num_hidden_layers": 2,
-        "intermediate_size": 256,
+        "intermediate_size": 384,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "rms_norm_eps": 1e-5,
@@ -200,19 +237,33 @@ def model_config() -> dict:
     }
 
 
-def _copy_examples(seed: int) -> Iterator[tuple[str, str]]:
+def pretrain_examples(seed: int, sorted_share: float = SORTED_SHARE) -> Iterator[tuple[str, str]]:
+    """The pre-training stream: a ``sort:`` prompt, then its letters sorted (``sorted_share``
+    of the time) or left in the given order (the rest)."""
     rng = random.Random(seed)
     while True:
-        letters = rng.sample(LETTERS, rng.randint(3, 6))
-        yield sort_prompt(letters), " ".join(letters)
+        letters = rng.sample(LETTERS, letter_count(rng))
+        answer = sorted(letters) if rng.random() < sorted_share else letters
+        yield sort_prompt(letters), " ".join(answer)
 
 
-def build_tiny_sorter(folder: Path, warmup_steps: int = WARMUP_STEPS) -> None:
-    """Create the tiny base model: random init from seed 0, then the copy warm-up.
+def build_tiny_sorter(
+    folder: Path,
+    steps: int = PRETRAIN_STEPS,
+    sorted_share: float = SORTED_SHARE,
+    config: dict | None = None,
+) -> None:
+    """Create the tiny base model: random init from seed 0, then the pre-training below.
 
-    The warm-up teaches the answer format (the prompt's letters in the given order, then
-    EOS) but not sorting, so greedy answers are unsorted and sampled ones vary: room for
-    preference tuning and RL to improve.
+    It pre-trains on the task's format with answers of two kinds: the prompt's letters
+    sorted (``SORTED_SHARE`` of them) or left in the given order (the rest). The model
+    learns both, and that the second is more likely: its greedy answers mostly keep the
+    given order (a low ``eval/task_score``), while sampled answers are often sorted. SFT
+    on sorted answers, DPO on sorted-vs-wrong pairs and RL with a sorting reward can then
+    make the sorted answer its first choice: the task score climbs within minutes on a CPU.
+    Deterministic for a given MLX build (seeded init and data); the shipped weights were
+    made with ``python -m engine.builtin DIR`` (float32; GPU and CPU builds agree to
+    rounding, not bit for bit).
     """
     import mlx.core as mx
     import mlx.nn as nn
@@ -222,7 +273,7 @@ def build_tiny_sorter(folder: Path, warmup_steps: int = WARMUP_STEPS) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     write_tokenizer(folder)
-    cfg = model_config()
+    cfg = config or model_config()
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
 
     mx.random.seed(0)
@@ -234,9 +285,11 @@ def build_tiny_sorter(folder: Path, warmup_steps: int = WARMUP_STEPS) -> None:
         p = [vocab[c] for c in prompt]
         return p + [vocab[c] for c in answer] + [eos], len(p)
 
-    examples = _copy_examples(seed=12345)
-    opt = optim.Adam(learning_rate=optim.cosine_decay(WARMUP_LR, warmup_steps))
-    width = 32
+    examples = pretrain_examples(seed=12345, sorted_share=sorted_share)
+    warm = min(PRETRAIN_WARMUP, max(steps // 10, 1))
+    schedule = optim.join_schedules([optim.linear_schedule(0.0, PRETRAIN_LR, warm), optim.cosine_decay(PRETRAIN_LR, max(steps - warm, 1))], [warm])
+    opt = optim.AdamW(learning_rate=schedule, weight_decay=0.0, bias_correction=True)
+    width = 2 * (len("sort: \n") + 2 * MAX_LETTERS) + 2
 
     def loss_fn(model, inputs, targets, mask):
         logits = model(inputs).astype(mx.float32)
@@ -244,8 +297,8 @@ def build_tiny_sorter(folder: Path, warmup_steps: int = WARMUP_STEPS) -> None:
         return ce.sum() / mask.sum()
 
     step = nn.value_and_grad(model, loss_fn)
-    for _ in range(warmup_steps):
-        rows = [encode(*next(examples)) for _ in range(WARMUP_BATCH)]
+    for _ in range(steps):
+        rows = [encode(*next(examples)) for _ in range(PRETRAIN_BATCH)]
         ids = mx.array([r + [0] * (width - len(r)) for r, _ in rows])
         pos = mx.arange(width - 1)[None, :]
         plen = mx.array([p for _, p in rows])[:, None]

@@ -1,56 +1,86 @@
-"""The built-in GRPO and PPO presets raise their reward over a short run (last quarter vs first).
+"""The built-in presets make the model's *answers* better: held-out greedy task score.
 
-RL on the sorting task starts from what the built-in base model can do: it must at least
-answer with the prompt's letters (in any order) for ``sorted_letters`` to have room to
-climb by ordering them. ``base_copies_letters`` checks that with greedy answers; while
-the built-in model does not copy, these tests are marked xfail (reported to the lead).
+``eval/task_score`` is the share of held-out prompts whose greedy answer is exactly the
+sorted letters followed by EOS. The built-in base model mostly keeps the given order
+(step 0: about 0.15); SFT, DPO, PPO and GRPO must each raise it, judged on held-out
+prompts, never on the train reward. The quick test runs a few steps of each; the slow one
+runs each preset as shipped and checks the promise of its description (+0.3, to >= 0.8).
 """
 
 from __future__ import annotations
 
-import json
-from functools import cache
-
 import pytest
 
-from engine.presets import builtin_dir, load_preset
+from engine.presets import load_preset
 from engine.run import Run
 from tests.helpers import metrics_rows
 
+PRESETS = ("tiny-sft", "tiny-dpo", "tiny-ppo", "tiny-grpo")
 
-@cache
-def base_copies_letters(threshold: float = 0.5) -> bool:
-    """Greedy answers of builtin:tiny-sorter hold on average > threshold of the prompt's letters."""
-    from collections import Counter
+
+def task_scores(run_dir) -> list[tuple[int, float]]:
+    return [(r["step"], r["eval/task_score"]) for r in metrics_rows(run_dir) if "eval/task_score" in r]
+
+
+def test_the_base_model_mostly_answers_in_the_given_order():
+    """Step 0 has room to climb: few greedy answers are sorted, but many sampled ones are."""
+    import json
+    import random
+
+    import mlx.core as mx
 
     from engine.builtin import builtin_model_path
     from engine.models import load_base
-    from engine.rewards import prompt_letters
-    from engine.rollout import decode_completion, generate
+    from engine.presets import builtin_dir
+    from engine.rollout import generate
 
     model, tok, _ = load_base(str(builtin_model_path()))
-    lines = (builtin_dir() / "data" / "sort_prompts_eval.jsonl").read_text().splitlines()[:32]
-    prompts = [json.loads(line)["prompt"] for line in lines]
-    out = generate(model, [tok.encode(p) for p in prompts], max_new_tokens=16, eos_ids={tok.eos_token_id}, temperature=0.0)
-    shares = []
-    for p, ids in zip(prompts, out.completion_ids, strict=True):
-        want, got = prompt_letters(p), decode_completion(tok, ids, {tok.eos_token_id}).split()
-        shares.append(sum((Counter(want) & Counter(got)).values()) / max(len(want), len(got), 1))
-    return sum(shares) / len(shares) > threshold
+    prompts = [json.loads(line)["prompt"] for line in (builtin_dir() / "data" / "sort_prompts_eval.jsonl").read_text().splitlines()]
+    eos = tok.eos_token_id
+
+    def shares(temperature: float, repeats: int) -> tuple[float, float]:
+        rows = [p for p in prompts for _ in range(repeats)]
+        out = generate(model, [tok.encode(p) for p in rows], max_new_tokens=12, eos_ids={eos}, temperature=temperature)
+        sorted_n = given_n = 0
+        for p, ids in zip(rows, out.completion_ids, strict=True):
+            letters = p.split("sort:", 1)[1].split()
+            text = tok.decode(ids[:-1]) if ids and ids[-1] == eos else None
+            sorted_n += text == " ".join(sorted(letters))
+            given_n += text == " ".join(letters)
+        return sorted_n / len(rows), given_n / len(rows)
+
+    greedy_sorted, greedy_given = shares(0.0, 1)
+    random.seed(0)
+    mx.random.seed(0)
+    sampled_sorted, _ = shares(1.0, 4)
+    assert greedy_sorted < 0.3 and greedy_given > 0.6, (greedy_sorted, greedy_given)
+    assert sampled_sorted > 0.25, sampled_sorted  # the sorted answer is there to be found
 
 
-def reward_quarters(run_dir) -> tuple[float, float]:
-    rewards = [r["reward"] for r in metrics_rows(run_dir) if "loss" in r]
-    q = max(len(rewards) // 4, 1)
-    return sum(rewards[:q]) / q, sum(rewards[-q:]) / q
+QUICK = {
+    "tiny-sft": ["train.max_steps=10"],
+    "tiny-dpo": ["train.max_steps=10"],
+    "tiny-ppo": ["train.max_steps=6", "train.batch_size=16"],
+    "tiny-grpo": ["train.max_steps=6"],
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_few_steps_raise_the_held_out_task_score(tmp_path, preset):
+    sets = [*QUICK[preset], "train.eval_every=0", "train.save_every=0", "data.max_eval_examples=64"]
+    assert Run(load_preset(preset, sets), out_dir=tmp_path / "run").run()["status"] == "completed"
+    scores = task_scores(tmp_path / "run")
+    assert [s for s, _ in scores][0] == 0 and len(scores) == 2
+    (_, first), (_, last) = scores
+    assert last >= first + 0.2, scores
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("preset", "steps"), [("tiny-grpo", 40), ("tiny-ppo", 30)])
-def test_tiny_rl_preset_raises_its_reward(tmp_path, preset, steps):
-    if not base_copies_letters():
-        pytest.xfail("builtin:tiny-sorter does not answer with the prompt's letters yet, so sorted_letters has nothing to order")
-    cfg = load_preset(preset, [f"train.max_steps={steps}", "train.eval_every=0", "train.save_every=0"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_preset_as_shipped_keeps_its_promise(tmp_path, preset):
+    cfg = load_preset(preset, ["train.save_every=0"])
     assert Run(cfg, out_dir=tmp_path / "run").run()["status"] == "completed"
-    first, last = reward_quarters(tmp_path / "run")
-    assert last > first + 0.02, (first, last)
+    scores = task_scores(tmp_path / "run")
+    first, last = scores[0][1], scores[-1][1]
+    assert scores[0][0] == 0 and scores[-1][0] == cfg.train.max_steps
+    assert last >= 0.8 and last >= first + 0.3, scores
