@@ -231,6 +231,8 @@ class RunDirectory:
         removed = []
         for name in RUN_ENTRIES:
             p = self.path / name
+            if name == "README.md" and not _is_model_card(p):
+                continue  # the user's own README stays
             try:
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
@@ -456,6 +458,17 @@ class RunDirectory:
         return arrays
 
     run_arrays_damaged = False
+
+
+def _is_model_card(path: Path) -> bool:
+    """True for a README.md that engine.model_card wrote (front matter tagged rlhf-tui)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    front = head.split("\n---", 1)[0]
+    return head.startswith("---") and "library_name: mlx" in front and "rlhf-tui" in front
 
 
 def _trim_after(path: Path, step: int) -> None:

@@ -245,3 +245,19 @@ def test_a_run_killed_before_its_first_checkpoint_is_named_and_not_offered_for_r
         "replace it with --overwrite (overwrite=True in Python) or choose another --out"
     )
     assert sorted(p.name for p in rr.iterdir()) == ["config.toml", "metrics.jsonl", "run.lock"]
+
+
+def test_clearing_a_run_removes_its_files_and_keeps_the_users(tmp_path):
+    from engine.rundir import RunDirectory
+
+    d = tmp_path / "rr"
+    (d / "checkpoints" / "step-000002").mkdir(parents=True)
+    for name in ("config.toml", "metrics.jsonl", "events.log", "summary.json", "adapters.safetensors", ".summary.json.tmp-99"):
+        (d / name).write_text("x")
+    (d / "README.md").write_text("# my notes about this experiment\n")
+    (d / "train_labels.jsonl").write_text("{}\n")
+    removed = RunDirectory(d).clear_run()
+    assert sorted(removed) == ["adapters.safetensors", "checkpoints", "config.toml", "events.log", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["README.md", "train_labels.jsonl"]
+    (d / "README.md").write_text('---\nlibrary_name: mlx\ntags:\n- "mlx"\n- "rlhf-tui"\n---\n\n# rr\n')  # a model card
+    assert RunDirectory(d).clear_run() == ["README.md"]
