@@ -35,6 +35,7 @@ def greedy_answer(model, tokenizer, prompt: str, max_tokens: int) -> str:
         return generate(model, tokenizer, ids, max_tokens=max_tokens)
 
 
+@pytest.mark.slow
 def test_typing_a_prompt_fills_both_panes_with_each_models_answer(sft_run):
     from mlx_lm import load
 

@@ -75,6 +75,7 @@ def test_fused_folder_loads_in_mlx_lm_and_reproduces_the_adapted_model(lora_run,
     assert provenance["step"] == 4 and provenance["fine_tune_type"] == "lora"
 
 
+@pytest.mark.slow
 def test_fuse_a_checkpoint_by_step_and_refuse_bad_input(lora_run, tmp_path):
     from mlx_lm import load
 
@@ -141,6 +142,7 @@ def test_the_history_screen_fuses_the_selected_run_with_progress(lora_run):
     assert_same_model(log_softmax(fused, tokens), log_softmax(adapted, tokens))
 
 
+@pytest.mark.slow
 def test_a_qlora_run_fuses_quantized_or_dequantized(tmp_path):
     """model.quantize: the adapters were trained on the 4-bit base, so fuse quantizes the base
     as the run did; --dequantize gives base + adapters exactly, without it the fused weights
