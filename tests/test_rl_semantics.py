@@ -13,6 +13,7 @@ import pytest
 from engine.algorithms.base import TrainContext
 from engine.config import RunConfig
 from engine.presets import load_preset
+from engine.rewards import register_reward, unregister_reward
 from engine.run import Run
 from tests.helpers import metrics_rows
 from tests.test_grpo import grpo_overrides
@@ -65,15 +66,22 @@ def test_bias_correction_is_the_default():
 def test_grpo_leaves_truncated_completions_out_of_the_loss(tmp_path):
     """With max_new_tokens = 2 no completion reaches EOS: masked, the step moves nothing."""
 
+    # a reward that tells two-token answers apart (the first letter's place in the alphabet)
+    register_reward("first_letter_rank", replace=True)(lambda prompts, completions, extras: [ord(c[0]) - 96 if c else 0 for c in completions])
+
     def step_row(mask: bool, out: str) -> dict:
-        sets = grpo_overrides(tmp_path, steps=1, generation__max_new_tokens=2, grpo__mask_truncated_completions=str(mask).lower(), train__eval_on_start="false")
+        sets = grpo_overrides(tmp_path, steps=1, train__eval_on_start="false")
+        sets += ["generation.max_new_tokens=2", f"grpo.mask_truncated_completions={str(mask).lower()}", "grpo.reward_functions=first_letter_rank"]
         assert Run(load_preset("tiny-grpo", sets), out_dir=tmp_path / out).run()["status"] == "completed"
         return next(r for r in metrics_rows(tmp_path / out) if "loss" in r)
 
-    masked = step_row(True, "masked")
-    assert masked["completions/clipped_ratio"] == 1.0
+    try:
+        masked = step_row(True, "masked")
+        unmasked = step_row(False, "unmasked")
+    finally:
+        unregister_reward("first_letter_rank")
+    assert masked["completions/clipped_ratio"] == 1.0 and masked["reward_std"] > 0
     assert masked["loss"] == 0.0 and masked["grad_norm"] == 0.0
-    unmasked = step_row(False, "unmasked")
     assert unmasked["completions/clipped_ratio"] == 1.0 and unmasked["grad_norm"] > 0.0
 
 
