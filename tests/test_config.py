@@ -50,7 +50,7 @@ def test_override_types_are_parsed():
     assert diff(cfg, load_preset("tiny-dpo")) == {
         "model.adapter": ("full", "lora"),
         "data.shuffle": (True, False),
-        "train.max_steps": (200, 7),
+        "train.max_steps": (100, 7),
         "dpo.beta": (0.3, 0.5),
     }
 
