@@ -89,6 +89,8 @@ def test_train_grpo(tmp_path):
 def test_train_reward_then_ppo(tmp_path):
     out = run_example("train_reward_then_ppo.py", "--reward-steps", "3", "--ppo-steps", "2", "--out", str(tmp_path))
     assert "reward model done: held-out accuracy" in out.stdout
+    held_out = [r["eval/task_score"] for r in engine.read_metrics(tmp_path / "ppo", "eval")]
+    assert f"held-out task score (eval/task_score, greedy answers exactly sorted, unseen by PPO): {held_out[0]:.3f} at step 0 -> {held_out[-1]:.3f} at step 2" in out.stdout
     assert re.search(r"PPO completed: reward [-+\d.]+ at step 1 -> [-+\d.]+ at step 2", out.stdout), out.stdout
     # the task's own score of the samples, step 1 (first quarter of 2 steps) and step 2
     m = re.search(r"task score of the samples \(sorted_letters, unseen by PPO\): ([\d.]+) in the first quarter -> ([\d.]+)", out.stdout)
@@ -96,11 +98,13 @@ def test_train_reward_then_ppo(tmp_path):
     samples = [json.loads(line) for line in (tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()]
 
     def score(prompt: str, completion: str) -> float:  # sorted_letters, written out
-        want, got = prompt.split(":", 1)[1].split(), completion.split()
-        if not got:
+        want, got = prompt.split(":", 1)[1].split(), completion.split(" ")
+        if not completion:
             return 0.0
-        order = 1.0 if len(got) == 1 else sum(a < b for a, b in zip(got, got[1:], strict=False)) / (len(got) - 1)
-        shared = sum(min(want.count(c), got.count(c)) for c in set(got))
+        letter = [len(w) == 1 and w.isalpha() for w in got]
+        in_order = sum(letter[i] and letter[i + 1] and got[i] < got[i + 1] for i in range(len(got) - 1))
+        order = in_order / max(len(want) - 1, len(got) - 1, 1)
+        shared = sum(min(want.count(c), sum(1 for w, ok in zip(got, letter, strict=True) if ok and w == c)) for c in set(want))
         return order * shared / max(len(want), len(got))
 
     for group, value in ((1, m.group(1)), (2, m.group(2))):
