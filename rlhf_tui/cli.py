@@ -266,7 +266,7 @@ class ProgressPrinter:
                 self.last_print = time.time()
                 self._line(text)
         elif isinstance(e, ev.EvalMetrics):
-            key = next((k for k in ("eval/rewards/accuracies", "eval/accuracy", "eval/reward") if k in e.metrics), None)
+            key = next((k for k in ("eval/task_score", "eval/rewards/accuracies", "eval/accuracy", "eval/reward") if k in e.metrics), None)
             if key:
                 self.last_eval = f"  {key} {_f(e.metrics[key])}"
                 self._line(f"eval at step {e.step}: " + "  ".join(f"{k} {_f(v)}" for k, v in e.metrics.items() if k.startswith("eval/") and k.count("/") <= 2 and v is not None))
@@ -290,7 +290,7 @@ class ProgressPrinter:
 
 def _summary_line(s: dict[str, Any]) -> str:
     ev_ = s.get("final_eval") or {}
-    extra = "".join(f"  {k} {_f(v)}" for k, v in ev_.items() if k in ("eval/rewards/accuracies", "eval/accuracy", "eval/reward", "eval/loss"))
+    extra = "".join(f"  {k} {_f(v)}" for k, v in ev_.items() if k in ("eval/task_score", "eval/rewards/accuracies", "eval/accuracy", "eval/reward", "eval/loss"))
     return f"{s.get('status')}: {s.get('steps')} steps in {_dur(s.get('elapsed_s', 0))}{extra} -> {s.get('run_dir')}"
 
 
