@@ -78,6 +78,21 @@ def test_every_algorithm_logs_task_score_from_step_0(tmp_path, preset):
     rows = [json.loads(line) for line in (builtin_dir() / cfg.data.eval).read_text().splitlines()[:n]]
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     assert evals[0]["eval/task_score"] == pytest.approx(greedy_exact_share(prompts))
+    # the run history's eval column shows it
+    from engine.runs_index import read_run
+
+    assert read_run(tmp_path / "run").headline_eval() == ("eval/task_score", pytest.approx(evals[-1]["eval/task_score"]))
+
+
+def test_the_monitor_headlines_the_task_score_and_its_change_since_step_0():
+    from engine import events as ev
+    from rlhf_tui.monitoring import RunState
+
+    state = RunState()
+    state.apply(ev.EvalMetrics(0, {"step": 0, "eval/rewards/accuracies": 0.0, "eval/task_score": 0.15}))
+    state.apply(ev.EvalMetrics(20, {"step": 20, "eval/rewards/accuracies": 0.9, "eval/task_score": 0.92}))
+    assert state.headline_eval() == ("eval/task_score", 0.92)
+    assert state.eval_history["eval/task_score"] == [0.15, 0.92]
 
 
 def test_the_reward_model_has_no_task_score(tmp_path):
