@@ -68,10 +68,47 @@ def enable_grad_checkpoint(model: nn.Module) -> bool:
     if not layers:
         return False
     cls = type(layers[0])
-    if getattr(cls, "_rlhf_tui_checkpointed", False):  # mlx-lm patches the class: once is enough
+    if getattr(cls, "_rlhf_tui_checkpointed", False):  # the class is patched: once is enough
         return True
-    from mlx_lm.tuner.trainer import grad_checkpoint
-
-    grad_checkpoint(layers[0])
+    cls.__call__ = _checkpointed(cls.__call__)
     cls._rlhf_tui_checkpointed = True
     return True
+
+
+def _checkpointed(call: Callable[..., Any]) -> Callable[..., Any]:
+    """A block's ``__call__`` that recomputes its activations in the backward pass.
+
+    Unlike mlx-lm's ``grad_checkpoint`` (which passes every argument through ``mx.checkpoint``):
+
+    * the attention mask is closed over, not an input: nothing differentiates a mask, and the
+      fused attention on CUDA refuses a VJP with respect to it;
+    * a shared-prompt cache's prefix keys/values (the prompt pass's, computed with gradients)
+      are explicit inputs, and the keys/values the block stores are explicit outputs, so the
+      answers' gradients reach the prompt's layers (closed over, they would be constants and
+      the prompt would silently get no gradient from the answers);
+    * any other cache (generation) runs the block as it is: nothing is differentiated there.
+    """
+    from engine.logprobs import _PrefixCache
+
+    def wrapped(self: nn.Module, x: mx.array, mask: Any = None, cache: Any = None, **kw: Any) -> mx.array:
+        if cache is not None and not isinstance(cache, _PrefixCache):
+            return call(self, x, mask, cache=cache, **kw)
+        if cache is None:
+
+            def plain(params: Any, h: mx.array) -> mx.array:
+                self.update(params)
+                return call(self, h, mask, cache=None, **kw)
+
+            return mx.checkpoint(plain)(self.trainable_parameters(), x)
+        prefix = cache.prefix or ()
+
+        def shared(params: Any, h: mx.array, *pre: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+            self.update(params)
+            inner = _PrefixCache(cache.mask, cache.offset, (pre[0], pre[1]) if pre else None)
+            out = call(self, h, mask, cache=inner, **kw)
+            return out, inner.keys, inner.values  # type: ignore[return-value]
+
+        out, cache.keys, cache.values = mx.checkpoint(shared)(self.trainable_parameters(), x, *prefix)
+        return out
+
+    return wrapped
