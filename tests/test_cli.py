@@ -49,7 +49,7 @@ def _bad(tmp_path):
         "unknown key": (["run", "tiny-dpo", "--set", "train.lr=1"], ["unknown key 'train.lr'"]),
         "wrong type": (["run", "tiny-dpo", "--set", "train.batch_size=big"], ["train.batch_size = 'big'", "an integer"]),
         "out of range": (["run", "tiny-dpo", "--set", "dpo.beta=-1"], ["dpo.beta = '-1'", "[0, 100]"]),
-        "unknown algorithm": (["run", "tiny-dpo", "--set", "algorithm=kto"], ["algorithm = 'kto'", "'dpo'"]),
+        "unknown algorithm": (["run", "tiny-dpo", "--set", "algorithm=kto2"], ["algorithm = 'kto2'", "'dpo'"]),
         "toml syntax": (["run", str(broken)], [str(broken), "TOML syntax error", "line 2"]),
         "malformed data": (["run", "tiny-dpo", "--set", f"data.train={bad_data}"], [f"{bad_data}:2: invalid JSON"]),
         "missing model": (["run", "tiny-dpo", "--set", f"model.path={tmp_path}/nope"], [f"{tmp_path}/nope: model folder not found"]),
