@@ -32,7 +32,9 @@ PEER_PY = HERE / ".venv" / "bin" / "python"
 def gpu_runs(model: Path, steps: int) -> list[dict]:
     """The GPU set: our engine (MLX CUDA) vs TRL (PyTorch CUDA), bf16, same checkpoint."""
     m = str(model)
-    ours = [sys.executable, str(HERE / "run_ours.py"), "--model", m, "--steps", str(steps), "--dtype", "bfloat16", "--max-length", "2048"]
+    # both sides precompute the reference log-probs, so a step is the same work on each (ours
+    # otherwise computes a batch's reference when it is first used: inside the step, epoch 1)
+    ours = [sys.executable, str(HERE / "run_ours.py"), "--model", m, "--steps", str(steps), "--dtype", "bfloat16", "--max-length", "2048", "--precompute-ref"]
     # TRL at its best: reference log-probs precomputed (no reference pass per step, no second copy
     # for full fine-tuning), gradient checkpointing off, Liger's kernels where liger-kernel imports,
     # padding-free asked for (TRL 1.16 warns and pads; the result records what ran). TRL 1.16
@@ -45,7 +47,9 @@ def gpu_runs(model: Path, steps: int) -> list[dict]:
             {"name": f"ours/{adapter}", "group": "ours", "adapter": adapter, "cmd": ours + ["--adapter", adapter], "blas": False},
             {"name": f"trl/{adapter}", "group": "trl", "adapter": adapter, "cmd": trl + ["--adapter", adapter], "blas": False},
         ]
+    lazy = [a for a in ours if a != "--precompute-ref"]
     out += [  # one lever off at a time
+        {"name": "ours/lora lazy-ref", "group": "ablation", "adapter": "lora", "cmd": lazy + ["--adapter", "lora"], "blas": False},
         {"name": "ours/lora no-chunk", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--no-chunk"], "blas": False},
         {"name": "ours/full no-chunk", "group": "ablation", "adapter": "full", "cmd": ours + ["--adapter", "full", "--no-chunk"], "blas": False},
         {"name": "ours/lora plain-rows", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--plain"], "blas": False},

@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--plain", action="store_true", help="no shared-prompt path")
     ap.add_argument("--no-compile", action="store_true", help="train.compile=false (it only acts on a GPU)")
+    ap.add_argument("--precompute-ref", action="store_true", help="dpo.precompute_ref_log_probs=true (every pair's reference before step 1, as TRL's option)")
     ap.add_argument("--no-chunk", action="store_true", help="write out the full float32 logits (engine.logprobs.CHUNK_POSITIONS = 0)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--pairs", type=int, default=0, help="train on the first N pairs only (0 = all)")
@@ -63,6 +64,7 @@ def main() -> None:
             f"model.dtype={a.dtype}",
             f"model.max_length={a.max_length}",
             f"train.compile={'false' if a.no_compile else 'true'}",
+            f"dpo.precompute_ref_log_probs={'true' if a.precompute_ref else 'false'}",
             f"data.train={train}",
             "data.eval=",
             f"train.max_steps={a.steps}",
@@ -90,7 +92,7 @@ def main() -> None:
         raise SystemExit(f"run {summary['status']}: {summary.get('error')}")
     rows = [r for r in run.directory.read_metrics() if "loss" in r]
     report(
-        framework="rlhf-tui" + (" (plain rows)" if a.plain else "") + (" (no compile)" if a.no_compile else "") + (" (no chunk)" if a.no_chunk else ""),
+        framework="rlhf-tui" + (" (plain rows)" if a.plain else "") + (" (no compile)" if a.no_compile else "") + (" (no chunk)" if a.no_chunk else "") + (" (precomputed ref)" if a.precompute_ref else ""),
         first_step_start=started[0],
         step_times=[float(r["step_time_s"]) for r in rows],
         step_cpu=[b - a_ for a_, b in zip(cpu_marks, cpu_marks[1:], strict=False)],
