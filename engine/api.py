@@ -180,22 +180,11 @@ def run_config(run_dir: str | Path) -> RunConfig:
 
 
 def adapter_path(run_dir: str | Path, step: int | None = None) -> Path:
-    """The folder mlx-lm's ``--adapter-path`` takes: the run itself (latest) or checkpoint ``step``."""
-    from engine.rundir import RunDirectory
+    """The folder mlx-lm's ``--adapter-path`` takes for a run: its newest checkpoint, or
+    checkpoint ``step`` (the one rule of :func:`engine.run_reader.resolve_weights`)."""
+    from engine.run_reader import resolve_weights
 
-    directory = RunDirectory.at(run_dir, must_exist=True)
-    if step is None:
-        if (directory.path / "adapters.safetensors").exists():
-            return directory.path
-        latest = directory.latest_checkpoint()
-        if latest is None:
-            raise RunDirError(f"{directory.path}: no adapters yet (no checkpoint has been written)")
-        return latest[1]
-    for s, path in directory.checkpoint_dirs():
-        if s == step:
-            return path
-    have = ", ".join(str(s) for s, _ in directory.checkpoint_dirs()) or "none"
-    raise RunDirError(f"{directory.path}: no checkpoint for step {step} (checkpoints: {have})")
+    return resolve_weights(run_dir, step).folder
 
 
 def base_model_path(run_dir: str | Path) -> str:

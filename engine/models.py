@@ -176,6 +176,10 @@ def apply_trained_weights(model: nn.Module, folder: Path) -> None:
     from mlx.utils import tree_flatten, tree_unflatten
 
     folder = Path(folder).expanduser()
+    if (folder / "config.toml").is_file():  # a run directory: its newest checkpoint, the one rule of engine.run_reader
+        from engine.run_reader import resolve_weights
+
+        folder = resolve_weights(folder).folder
     config_file, weights_file = folder / "adapter_config.json", folder / "adapters.safetensors"
     if not folder.is_dir() or not config_file.exists() or not weights_file.exists():
         raise ModelError(f"{folder}: model.init_from needs a run directory or checkpoint folder with adapters.safetensors and adapter_config.json")

@@ -60,18 +60,20 @@ class RewardModel(nn.Module):
 
 
 def find_reward_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder given itself or a run directory (its latest complete checkpoint)."""
+    """A checkpoint folder given itself or a run directory (its newest checkpoint: engine.run_reader)."""
+    from engine.errors import RunDirError
+    from engine.run_reader import resolve_weights
+
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelError(f"ppo.reward_model: {p} not found (give a reward run directory or one of its checkpoints)")
-    if (p / "trainer_state.json").exists() and (p / "adapter_config.json").exists():
-        return p
-    ckpts = p / "checkpoints"
-    if ckpts.is_dir():
-        done = sorted(c for c in ckpts.iterdir() if c.name.startswith("step-") and (c / "trainer_state.json").exists())
-        if done:
-            return done[-1]
-    raise ModelError(f"ppo.reward_model: {p} holds no reward-model checkpoint (expected checkpoints/step-*/ from an algorithm = \"reward\" run)")
+    try:
+        found = resolve_weights(p)
+    except RunDirError:
+        found = None
+    if found is None or found.folder == found.run_dir:  # the head is saved with each checkpoint, not at the run's root
+        raise ModelError(f"ppo.reward_model: {p} holds no reward-model checkpoint (expected checkpoints/step-*/ from an algorithm = \"reward\" run)")
+    return found.folder
 
 
 def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> tuple[RewardModel, Any, Path]:

@@ -189,28 +189,12 @@ def _load_trainable(model: Any, items: list[tuple[str, Any]], where: str) -> Non
 
 def find_checkpoint(path: str | Path, step: int | None = None) -> tuple[Path, Path]:
     """(run directory, folder holding ``adapters.safetensors``) for a run dir or a checkpoint folder."""
-    from engine.rundir import RunDirectory
+    from engine.run_reader import resolve_weights
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise RunDirError(f"{p}: not found (give a run directory or one of its checkpoints/step-N folders)")
-    if (p / "adapters.safetensors").exists() and (p / "trainer_state.json").exists() and p.parent.name == "checkpoints":
-        return p.parent.parent, p
-    directory = RunDirectory(p)
-    if not directory.config_path.exists():
-        raise RunDirError(f"{p}: not a run directory (no config.toml)")
-    if step is not None:
-        for s, ck in directory.checkpoint_dirs():
-            if s == step:
-                return p, ck
-        have = ", ".join(str(s) for s, _ in directory.checkpoint_dirs()) or "none"
-        raise RunDirError(f"{p}: no checkpoint for step {step} (checkpoints: {have})")
-    latest = directory.latest_checkpoint()
-    if latest is not None:
-        return p, latest[1]
-    if (p / "adapters.safetensors").exists():
-        return p, p
-    raise RunDirError(f"{p}: no weights yet (no checkpoint has been written)")
+    found = resolve_weights(path, step)
+    if found.run_dir is None:  # scoring reads the run's config (beta, max_length, algorithm)
+        raise RunDirError(f"{found.folder}: not a run directory (no config.toml) nor one of its checkpoints")
+    return found.run_dir, found.folder
 
 
 def checkpoint_scorer(path: str | Path, step: int | None = None, beta: float | None = None) -> Scorer:

@@ -279,9 +279,3 @@ class Algorithm(ABC):
     def run_arrays(self) -> dict[str, mx.array]:
         """Arrays saved once per run (e.g. cached reference log-probs)."""
         return {}
-
-
-def mean_over_batches(rows: list[dict[str, float]], weights: list[float]) -> dict[str, float]:
-    total = sum(weights) or 1.0
-    keys = rows[0].keys() if rows else []
-    return {k: sum(r[k] * w for r, w in zip(rows, weights, strict=True)) / total for k in keys}
