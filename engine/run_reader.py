@@ -1,4 +1,5 @@
-"""Which trained weights a path means: one rule for every reader of run directories.
+"""Reading run directories: which trained weights a path means (one rule for every
+reader), and following a run another process is writing, as engine events.
 
 Scoring, sampling, fuse, side-by-side chat, PPO's reward model, ``model.init_from`` and the
 public ``engine.adapter_path`` all take "a run directory or a checkpoint folder" and ask
@@ -17,9 +18,14 @@ the same question; :func:`resolve_weights` answers it, once:
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from engine import events as ev
 from engine.errors import RunDirError
 
 ADAPTERS = "adapters.safetensors"
@@ -71,3 +77,101 @@ def resolve_weights(path: str | Path, step: int | None = None) -> TrainedWeights
     if is_weights_folder(p):
         return TrainedWeights(p, p, None)
     raise RunDirError(f"{p}: no weights yet (no checkpoint has been written)")
+
+
+# ---------------------------------------------------------------- following a live run
+
+
+def _event_types() -> dict[str, type[ev.Event]]:
+    out: dict[str, type[ev.Event]] = {}
+    todo = list(ev.Event.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        out[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+EVENT_TYPES = _event_types()  # every engine event by the name events.log writes
+
+
+def event_from_dict(row: dict[str, Any]) -> ev.Event | None:
+    """An ``events.log`` line back into its Event (unknown kinds and bad rows give None)."""
+    cls = EVENT_TYPES.get(str(row.get("event", "")))
+    if cls is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in row.items() if k in names})
+    except TypeError:
+        return None
+
+
+def event_from_metrics_row(row: dict[str, Any]) -> ev.Event | None:
+    """A ``metrics.jsonl`` row: eval rows (``eval/`` keys) and step rows."""
+    try:
+        step = int(row.get("step", 0))
+    except (TypeError, ValueError):
+        return None
+    if any(k.startswith("eval/") for k in row):
+        return ev.EvalMetrics(step, row)
+    return ev.StepMetrics(step, row)
+
+
+class RunFollower:
+    """The events of a run another process writes, read from its directory as they appear.
+
+    ``poll()`` returns what was appended since the last call (``events.log`` events, then
+    ``metrics.jsonl`` rows as StepMetrics/EvalMetrics, the terminal event last); ``follow()``
+    iterates until the run ends or ``stop()``. A run that left a summary but no terminal
+    event (its writer died after the summary) ends after two quiet polls.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        from engine.rundir import JsonlTail, RunDirectory
+
+        self.directory = RunDirectory(Path(run_dir))
+        self._metrics = JsonlTail(self.directory.metrics_path)
+        self._events = JsonlTail(self.directory.events_path)
+        self._stopped = threading.Event()
+        self._quiet_polls_with_summary = 0
+        self.ended = False
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def poll(self) -> list[ev.Event]:
+        out: list[ev.Event] = []
+        for row in self._events.read_new():
+            e = event_from_dict(row)
+            if e is not None and not isinstance(e, ev.StepMetrics | ev.EvalMetrics):
+                out.append(e)
+        metrics = [e for e in map(event_from_metrics_row, self._metrics.read_new()) if e is not None]
+        terminal = [e for e in out if isinstance(e, ev.TERMINAL_EVENTS)]
+        out = [e for e in out if not isinstance(e, ev.TERMINAL_EVENTS)]
+        out = out + metrics + terminal  # RunStarted (events.log) before metric rows; the end last
+        if not terminal and not out:
+            summary = self.directory.read_summary()
+            if summary and summary.get("status") in ("completed", "cancelled", "failed"):
+                self._quiet_polls_with_summary += 1
+                if self._quiet_polls_with_summary >= 2:
+                    out.append(terminal_from_summary(summary))
+        if any(isinstance(e, ev.TERMINAL_EVENTS) for e in out):
+            self.ended = True
+        return out
+
+    def follow(self, interval: float = 0.25) -> Iterator[ev.Event]:
+        """Every event until the run ends (or ``stop()``), polling every ``interval`` seconds."""
+        while not self._stopped.is_set() and not self.ended:
+            yield from self.poll()
+            if not self.ended:
+                self._stopped.wait(interval)
+
+
+def terminal_from_summary(summary: dict[str, Any]) -> ev.Event:
+    status = summary.get("status")
+    if status == "completed":
+        return ev.RunFinished(summary)
+    if status == "cancelled":
+        return ev.RunCancelled(summary)
+    return ev.RunFailed(str(summary.get("error", "the run failed")), "", summary, bad_input=True)

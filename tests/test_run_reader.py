@@ -79,3 +79,33 @@ def test_the_root_copy_counts_only_without_checkpoints_and_errors_are_one_line(t
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunDirError, match="not a run directory"):
         resolve_weights(tmp_path / "empty")
+
+
+def test_following_a_run_yields_its_events_in_order_until_it_ends(tmp_path):
+    import threading
+
+    from engine import events as ev
+    from engine.run_reader import EVENT_TYPES, RunFollower
+
+    # every event the engine defines can be read back (no hand-kept list)
+    defined = {n for n in dir(ev) if isinstance(getattr(ev, n), type) and issubclass(getattr(ev, n), ev.Event) and getattr(ev, n) is not ev.Event}
+    assert defined <= set(EVENT_TYPES)
+    (tmp_path / "events.log").write_text(json.dumps(ev.RunStarted("x", str(tmp_path), "dpo", 2, 0, 1, {}).to_dict()) + "\n")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
+
+    def finish() -> None:
+        with open(tmp_path / "metrics.jsonl", "a") as fh:
+            fh.write('{"step": 2, "loss": 0.6}\n{"step": 2, "eval/rewards/accuracies": 0.75}\n')
+        with open(tmp_path / "events.log", "a") as fh:
+            fh.write(json.dumps(ev.RunFinished({"status": "completed", "steps": 2}).to_dict()) + "\n")
+
+    follower = RunFollower(tmp_path)
+    got = []
+    for event in follower.follow(interval=0.01):
+        got.append(event)
+        if len(got) == 2:
+            threading.Thread(target=finish).start()
+    assert [(type(e).__name__, getattr(e, "step", None)) for e in got] == [
+        ("RunStarted", None), ("StepMetrics", 1), ("StepMetrics", 2), ("EvalMetrics", 2), ("RunFinished", None),
+    ]
+    assert follower.ended
