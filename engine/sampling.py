@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import mlx.core as mx
 
 from engine.errors import ModelError
+from engine.run_reader import is_weights_folder, resolve_weights
 
 if TYPE_CHECKING:
     from engine.run import Run
@@ -71,10 +72,6 @@ class ModelChoice:
         return self.base if self.adapter_dir is None else f"{self.base} + {self.adapter_dir}"
 
 
-def _is_checkpoint(folder: Path) -> bool:
-    return (folder / "adapters.safetensors").exists() and (folder / "adapter_config.json").exists()
-
-
 def resolve_model_choice(spec: str) -> ModelChoice:
     """A base model, a run directory or a checkpoint folder (see the module doc)."""
     spec = spec.strip()
@@ -84,13 +81,13 @@ def resolve_model_choice(spec: str) -> ModelChoice:
 
         cfg = run_config(folder)
         return ModelChoice(spec, cfg.model.path if cfg.model.path.startswith("builtin:") else _absolute_base(cfg), str(adapter_path(folder).resolve()), str(folder.resolve()))
-    if folder.is_dir() and _is_checkpoint(folder):
+    if folder.is_dir() and is_weights_folder(folder):
         try:
             base = json.loads((folder / "adapter_config.json").read_text())["model"]
         except (OSError, ValueError, KeyError):
             raise ModelError(f"{folder / 'adapter_config.json'}: has no 'model' entry naming the base model") from None
-        run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else None
-        if run_dir is not None and (run_dir / "config.toml").exists():
+        run_dir = resolve_weights(folder).run_dir  # the run it sits in, when it is one of its checkpoints
+        if run_dir is not None:
             from engine.api import run_config
 
             cfg = run_config(run_dir)
