@@ -190,7 +190,7 @@ def test_a_round_trains_from_the_checkpoint_then_labelling_uses_the_new_weights(
     import mlx.core as mx
     from mlx_lm import load
 
-    from engine.api import base_model_path
+    from engine.api import adapter_path, base_model_path
     from engine.presets import load_preset
     from engine.run import Run
     from tests.helpers import small_data
@@ -222,11 +222,12 @@ def test_a_round_trains_from_the_checkpoint_then_labelling_uses_the_new_weights(
             # label the next round with the new weights
             scr.use_model(str(run_dir))
             await wait_until(pilot, lambda: scr.current is not None, what=lambda: f"completions from the new run ({scr._status}, {list(pilot.app._notifications)})")
-            assert scr.current.model.checkpoint == str(run_dir) and scr.current.prompt == PROMPTS[4]
+            weights = str(adapter_path(run_dir).resolve())  # the round's newest checkpoint (engine.run_reader)
+            assert scr.current.model.checkpoint == weights and scr.current.prompt == PROMPTS[4]
             await pilot.press("a")
             await pilot.pause()
             last = json.loads((tmp_path / "labels.jsonl").read_text().splitlines()[-1])
-            assert last["checkpoint"] == str(run_dir)
+            assert last["checkpoint"] == weights
             return run_dir
 
     run_dir = asyncio.run(scenario())
@@ -236,7 +237,7 @@ def test_a_round_trains_from_the_checkpoint_then_labelling_uses_the_new_weights(
         app = make_app(initial_screen=scr, runs_root=str(tmp_path / "runs"))
         async with app.run_test(size=(120, 36)) as pilot:
             await wait_until(pilot, lambda: scr.current is not None, what="completions after coming back")
-            assert scr.current.model.checkpoint == str(run_dir) and scr.current.prompt == PROMPTS[5]
+            assert scr.current.model.checkpoint == str(adapter_path(run_dir).resolve()) and scr.current.prompt == PROMPTS[5]
 
     asyncio.run(come_back())
     labels = tmp_path / "labels.jsonl"
@@ -302,7 +303,7 @@ def test_live_weights_and_lora_rounds_load_as_trained(tmp_path: Path) -> None:
     assert abs(step1["logps/chosen"] - total / len(rows)) < 1e-3 * max(1.0, abs(total / len(rows)))
     # labelling the LoRA round loads its chain (r0's adapters fused, then r1's)
     chained = resolve_model_choice(str(tmp_path / "r1"))
-    assert chained.adapter_dir == str((tmp_path / "r1").resolve())
+    assert chained.adapter_dir == str((tmp_path / "r1" / "checkpoints" / "step-000001").resolve())  # its newest checkpoint
     assert len(CompletionWriter(chained, 64).complete(["sort: b a\n"], Sampling(max_tokens=4))[0]) == 2
 
 
