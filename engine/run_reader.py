@@ -8,10 +8,12 @@ the same question; :func:`resolve_weights` answers it, once:
 * a **checkpoint folder** (``adapters.safetensors`` + ``adapter_config.json``): itself; it
   belongs to a run when it sits in that run's ``checkpoints/``;
 * a **run directory** (``config.toml``), with ``step``: that checkpoint (an error names the
-  steps there are); without: its newest complete checkpoint (``checkpoints/step-N`` with
-  ``trainer_state.json``, which is written last); only when it has none, the adapters at its
-  root (a run copied without its checkpoints). The root's copy is a mirror of the newest
-  checkpoint written after it, so it can only be older, never newer: the checkpoint wins;
+  steps there are, or why it does not check out); without: its newest checkpoint that checks
+  out — the one ``rlhf-tui resume`` would take (``checkpoints/step-N`` whose
+  ``manifest.json`` sizes and hashes match, or an older manifest-less one whose files load;
+  newer ones that do not are skipped and named in ``skipped``); only when it has none, the
+  adapters at its root (a run copied without its checkpoints). The root's copy is a mirror
+  of the newest checkpoint written after it, so it can only be older: the checkpoint wins;
 * anything else: :class:`RunDirError` in one line (not found / not a run directory / no
   weights yet).
 """
@@ -37,6 +39,7 @@ class TrainedWeights:
     folder: Path  # holds adapters.safetensors + adapter_config.json (mlx-lm's adapter path)
     run_dir: Path | None  # the run they come from, when known
     step: int | None  # the checkpoint's step; None for a run root's copy or a loose folder
+    skipped: tuple[str, ...] = ()  # newer checkpoints passed over, each with why
 
 
 def is_weights_folder(folder: Path) -> bool:
@@ -49,7 +52,7 @@ def is_run_dir(folder: Path) -> bool:
 
 def resolve_weights(path: str | Path, step: int | None = None) -> TrainedWeights:
     """The weights ``path`` (a run directory or checkpoint folder) means; see the module doc."""
-    from engine.rundir import CHECKPOINT_RE, RunDirectory
+    from engine.rundir import CHECKPOINT_RE, RunDirectory, check_checkpoint
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -64,16 +67,23 @@ def resolve_weights(path: str | Path, step: int | None = None) -> TrainedWeights
     if not is_run_dir(p):
         raise RunDirError(f"{p}: not a run directory (no config.toml)")
     directory = RunDirectory(p)
-    done = directory.checkpoint_dirs()
     if step is not None:
+        done = directory.checkpoint_dirs()
         for s, folder in done:
             if s == step:
+                verdict, why = check_checkpoint(folder)
+                if verdict == "bad":
+                    raise RunDirError(f"{folder}: checkpoint of step {step} does not check out ({why})")
                 return TrainedWeights(folder, p, s)
         have = ", ".join(str(s) for s, _ in done) or "none"
         raise RunDirError(f"{p}: no checkpoint for step {step} (checkpoints: {have})")
-    if done:
-        s, folder = done[-1]
-        return TrainedWeights(folder, p, s)
+    skipped: list[str] = []
+    for s, folder, verdict, why in directory.intact_checkpoints():
+        if verdict != "bad":
+            return TrainedWeights(folder, p, s, tuple(skipped))
+        skipped.append(f"step {s}: {why}")
+    if skipped:
+        raise RunDirError(f"{p}: no checkpoint checks out ({'; '.join(skipped)})")
     if is_weights_folder(p):
         return TrainedWeights(p, p, None)
     raise RunDirError(f"{p}: no weights yet (no checkpoint has been written)")

@@ -12,6 +12,7 @@ import engine
 from engine import scoring
 from engine.errors import RunDirError
 from engine.reward_model import find_reward_checkpoint
+from engine.rundir import MANIFEST_NAME, file_entry
 from engine.run_reader import resolve_weights
 
 
@@ -23,6 +24,8 @@ def weights(folder: Path, tag: str, *, complete: bool = True, head: bool = True)
         (folder / "extra.safetensors").write_text(tag)
     if complete:
         (folder / "trainer_state.json").write_text(json.dumps({"step": tag}))
+        files = {f.name: file_entry(f) for f in sorted(folder.iterdir()) if f.is_file()}
+        (folder / MANIFEST_NAME).write_text(json.dumps({"format": 1, "files": files}))
     return folder
 
 
@@ -62,6 +65,17 @@ def test_a_step_or_a_checkpoint_folder_picks_that_checkpoint(tmp_path):
         resolve_weights(run, 6)  # not complete yet
     loose = weights(tmp_path / "exported", "x")
     assert resolve_weights(loose).run_dir is None and resolve_weights(loose).folder == loose
+
+
+def test_a_newest_checkpoint_that_does_not_check_out_is_passed_over_by_every_reader(tmp_path):
+    run = run_dir(tmp_path)
+    (run / "checkpoints" / "step-000004" / "adapters.safetensors").write_text("5")  # one bit off, same size
+    two = run / "checkpoints" / "step-000002"
+    found = resolve_weights(run)
+    assert found.folder == two and len(found.skipped) == 1 and "step 4" in found.skipped[0] and "sha256" in found.skipped[0]
+    assert engine.adapter_path(run) == two and scoring.find_checkpoint(run) == (run, two) and find_reward_checkpoint(run) == two
+    with pytest.raises(RunDirError, match="step 4 does not check out"):
+        resolve_weights(run, 4)
 
 
 def test_the_root_copy_counts_only_without_checkpoints_and_errors_are_one_line(tmp_path):
