@@ -21,7 +21,14 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.llama import Model, ModelArgs
 
 from engine.batching import collate_shared
-from engine.logprobs import _head_module, head_logprobs, shared_prompt_logprobs, shared_prompt_stats, shifted_token_logprobs, shifted_token_stats
+from engine.logprobs import (
+    _head_module,
+    head_logprobs,
+    shared_prompt_logprobs,
+    shared_prompt_stats,
+    shifted_token_logprobs,
+    shifted_token_stats,
+)
 
 VOCAB, HIDDEN = 97, 32
 EPS = float(np.finfo(np.float32).eps)
