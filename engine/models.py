@@ -159,12 +159,6 @@ def trainable_count(model: nn.Module) -> int:
     return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
 
 
-def write_adapter_config(folder: Path, adapter_config: dict[str, Any], base_path: Path) -> None:
-    data = dict(adapter_config)
-    data["model"] = str(base_path)
-    (folder / "adapter_config.json").write_text(json.dumps(data, indent=2))
-
-
 def apply_trained_weights(model: nn.Module, folder: Path) -> None:
     """Bake a run's or checkpoint's trained weights into ``model`` (model.init_from).
 

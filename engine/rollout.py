@@ -185,11 +185,6 @@ class CompletionBatch:
     def num_tokens(self) -> int:
         return int(self.tokens.shape[0] and sum(self.lengths))
 
-    def take(self, rows: mx.array | list[int]) -> CompletionBatch:
-        rows = mx.array(rows) if isinstance(rows, list) else rows
-        lengths = [self.lengths[i] for i in rows.tolist()]
-        return CompletionBatch(self.tokens[rows], self.index[rows], self.mask[rows], self.targets[rows], lengths)
-
 
 def completion_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int = 0) -> CompletionBatch:
     rows = [(list(p), list(c)) for p, c in zip(prompts, completions, strict=True)]

@@ -7,7 +7,6 @@ touched on the UI thread by their handlers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from textual.message import Message
 
@@ -34,11 +33,3 @@ class FollowFailed(Message):
     """Reading a followed run directory failed (unreadable folder, deleted files)."""
 
     error: str
-
-
-@dataclass
-class PresetSaved(Message):
-    """The editor wrote a user preset to disk."""
-
-    name: str
-    path: Path

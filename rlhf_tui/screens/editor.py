@@ -26,7 +26,6 @@ from engine.algorithms.registry import REGISTRY, sections_for
 from engine.config import FieldSpec, RunConfig, diff, get_value, parse_text_value, schema, set_value
 from engine.errors import ConfigError
 from engine.presets import list_presets, save_user_preset
-from rlhf_tui.messages import PresetSaved
 from rlhf_tui.screens.dialogs import ConfirmScreen
 
 SECTION_TITLES = {
@@ -335,7 +334,6 @@ class EditorScreen(Screen):
         builtin = {p.name for p in list_presets() if p.builtin}
         extra = " (it shadows the built-in preset of the same name)" if path.stem in builtin else ""
         self.notify(f"{path}{extra}", title=f"Saved preset '{path.stem}'")
-        self.post_message(PresetSaved(path.stem, path))
         self.refresh_side()
 
     def action_start(self) -> None:
