@@ -118,14 +118,3 @@ def test_preset_runs_and_writes_trl_metrics_and_eval_accuracy(tmp_path, preset):
     assert [r["step"] for r in evals] == [0, 3]
     # 32 eval pairs: the share is a multiple of 1/32
     assert all(0 <= r["eval/rewards/accuracies"] <= 1 and (r["eval/rewards/accuracies"] * 32) % 1 < 1e-6 for r in evals)
-
-
-@pytest.mark.parametrize(("preset", "steps", "floor"), [("tiny-orpo", 60, 0.55), ("tiny-simpo", 40, 0.65)])
-def test_preset_learns_to_prefer_the_sorted_answers(tmp_path, preset, steps, floor):
-    """The built-in base prefers the unsorted (copied) answers: 0.34 of 100 held-out pairs at
-    step 0; seen after training: ORPO 0.70 (60 steps), SimPO 0.83 (40 steps)."""
-    cfg = load_preset(preset, [f"train.max_steps={steps}", "train.eval_every=0", "train.save_every=0", "data.max_eval_examples=100", "data.task_reward="])
-    assert Run(cfg, out_dir=tmp_path / "run").run()["status"] == "completed"
-    evals = [r for r in metrics_rows(tmp_path / "run") if "eval/rewards/accuracies" in r]
-    assert evals[0]["step"] == 0 and evals[0]["eval/rewards/accuracies"] < 0.45
-    assert evals[-1]["step"] == steps and evals[-1]["eval/rewards/accuracies"] > floor

@@ -71,12 +71,3 @@ def test_kl_penalty_is_logged_and_starts_at_zero(tmp_path):
     assert all(r["kl"] is not None and math.isfinite(r["kl"]) for r in rows)
     evals = [r for r in metrics_rows(tmp_path / "run") if "eval/reward" in r]
     assert [r["step"] for r in evals] == [0, 3] and all("eval/task_score" in r for r in evals)
-
-
-def test_preset_raises_the_greedy_reward_on_held_out_prompts(tmp_path):
-    """Seen: eval/reward 0.347 at step 0 -> 0.396 at step 40 (64 held-out prompts, greedy)."""
-    cfg = load_preset("tiny-rloo", ["train.max_steps=40", "train.eval_every=0", "train.save_every=0"])
-    assert Run(cfg, out_dir=tmp_path / "run").run()["status"] == "completed"
-    evals = [r for r in metrics_rows(tmp_path / "run") if "eval/reward" in r]
-    assert [r["step"] for r in evals] == [0, 40]
-    assert evals[-1]["eval/reward"] > evals[0]["eval/reward"] + 0.02, evals
