@@ -134,6 +134,17 @@ class Encoder:
             )
         return full[len(head):]
 
+    # -------------------------------------------------------------- a bare prompt
+
+    @staticmethod
+    def prompt_record(prompt: str | Messages) -> Record:
+        """A prompt given as text or messages (not read from a data file), as a prompt-only row."""
+        return Record("prompt", 0, prompt, shape="prompt-only-conversational" if isinstance(prompt, list) else "prompt-only")
+
+    def render_prompt(self, prompt: str | Messages) -> Rendered:
+        """What the model sees for a bare prompt: templated by the same rules as data rows."""
+        return self.render(self.prompt_record(prompt), ())
+
     # -------------------------------------------------------------- ids
 
     def encode_prompt(self, text: str, templated: bool) -> list[int]:

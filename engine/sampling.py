@@ -148,7 +148,7 @@ class CompletionWriter:
         self.pad_id = int(pad) if pad is not None else 0
 
     def prompt_text(self, prompt: Any) -> str:
-        return self.encoder.prompt_text(prompt)
+        return self.encoder.render_prompt(prompt).prompt
 
     def complete(
         self,
@@ -163,7 +163,7 @@ class CompletionWriter:
         When all completions of a prompt come out identical, that prompt is sampled again
         (up to ``retries`` times): identical answers teach nothing.
         """
-        ids = [self.encoder.encode_prompt(p) for p in prompts]
+        ids = [list(self.encoder.render_prompt(p).prompt_ids) for p in prompts]
         out = self._sample(ids, sampling, check)
         for _ in range(retries):
             same = [i for i, texts in enumerate(out) if len(set(texts)) == 1]

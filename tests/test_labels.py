@@ -115,7 +115,8 @@ def test_the_label_file_loads_unchanged_as_preference_pairs(tmp_path: Path) -> N
     f.append(make("sort: m n\n", "n m", "m m", "edit", edited="b", edit_text="m n"))
     _, tok, _ = load_base(str(builtin_model_path()))
     pairs = load_pairs(str(tmp_path / "l.jsonl"), tok, 64)
-    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("sort: c b a\n", "a b c", "c b a"), ("sort: m n\n", "m n", "m m")]
+    # as the model sees them: the built-in template ends an assistant turn with </s>
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("sort: c b a\n", "a b c</s>", "c b a</s>"), ("sort: m n\n", "m n</s>", "m m</s>")]
     # the sidecar is not mistaken for pairs
     with pytest.raises(DataError, match="missing field 'chosen' and 'rejected'"):
         load_pairs(str(tmp_path / "l.skipped.jsonl"), tok, 64)

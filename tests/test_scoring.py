@@ -7,6 +7,7 @@ run's cached reference log-probs and its own eval accuracy.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -74,7 +75,12 @@ def test_reference_log_probs_equal_the_runs_cached_ones_and_accuracy_equals_its_
     assert cfg is not None
     pairs = scoring.tokenize_pairs(scorer, cfg.data.eval)[: cfg.data.max_eval_examples]
     scores = scoring.score(scorer, pairs, batch_size=8)
-    cached = mx.load(str(dpo_run / "reference.safetensors"))["ref_eval"].tolist()  # DPO's own reference
+    # DPO's own reference values, cached in the run directory by pair content and model identity
+    from engine.reference_cache import FILE_NAME, model_identity, pair_key
+
+    stored = {r["key"]: (r["chosen"], r["rejected"]) for r in map(json.loads, (dpo_run / FILE_NAME).read_text().splitlines())}
+    model_id = model_identity(cfg, {"average": cfg.dpo.loss_type == "ipo"})
+    cached = [stored[pair_key(model_id, p.prompt_ids, p.chosen_ids, p.rejected_ids)] for p in pairs]
     for s, (rc, rr) in zip(scores, cached, strict=True):
         assert s.ref_chosen == pytest.approx(rc, abs=1e-3) and s.ref_rejected == pytest.approx(rr, abs=1e-3)
     last_eval = [r for r in metrics_rows(dpo_run) if "eval/rewards/accuracies" in r][-1]
