@@ -95,7 +95,14 @@ class Prompt:
 
 # ---------------------------------------------------------------- kinds and encoding
 
-KIND_OF_SHAPE = {"completions": "sft", "pairs": "preference", "prompts": "prompt"}
+KIND_OF_SHAPE = {"completions": "sft", "pairs": "preference", "prompts": "prompt", "unpaired": "unpaired"}
+
+
+def record_kind(rec: Record, kind: str) -> str:
+    """An unpaired dataset holds labelled completions (read as SFT rows) or preference pairs."""
+    if kind != "unpaired":
+        return kind
+    return "preference" if rec.rejected is not None else "sft"
 
 
 def data_kind(algorithm: str) -> str | None:
@@ -110,6 +117,7 @@ def data_kind(algorithm: str) -> str | None:
 
 
 def encode(enc: Encoder, rec: Record, kind: str) -> PreferencePair | Completion | Prompt:
+    kind = record_kind(rec, kind)
     if kind == "preference":
         r = enc.render(rec, (rec.chosen, rec.rejected))  # type: ignore[arg-type]
         return PreferencePair(r.prompt_ids, r.answer_ids[0], r.answer_ids[1], r.prompt, r.answers[0], r.answers[1], rec.where, r.truncated)
@@ -123,6 +131,7 @@ def encode(enc: Encoder, rec: Record, kind: str) -> PreferencePair | Completion 
 
 
 def render(enc: Encoder, rec: Record, kind: str) -> Rendered:
+    kind = record_kind(rec, kind)
     answers = {"preference": (rec.chosen, rec.rejected), "sft": (rec.chosen,), "prompt": ()}[kind]
     return enc.render(rec, answers)  # type: ignore[arg-type]
 
@@ -180,7 +189,10 @@ def _check_one_shape(records: list[Record]) -> None:
         return
     first = records[0]
     convo = first.conversational
+    paired = first.rejected is not None
     for rec in records[1:]:
+        if (rec.rejected is not None) != paired:
+            raise DataError(f"{rec.where}: row shape '{rec.shape}' differs from the first row's '{first.shape}' ({first.where}); one dataset, one shape")
         if rec.conversational != convo:
             kind = "conversational" if convo else "plain-text"
             raise DataError(f"{rec.where}: row shape '{rec.shape}' differs from the first row's {kind} shape '{first.shape}' ({first.where}); one dataset, one shape")

@@ -47,6 +47,8 @@ SHAPE_HELP = {
     "text": "SFT plain text (no prompt)",
     "prompt-only": "a prompt string",
     "prompt-only-conversational": "prompt messages",
+    "unpaired-prompt+completion": "unpaired prompt + completion strings with a true/false label (KTO)",
+    "unpaired-conversational-completion": "unpaired prompt + completion messages with a true/false label (KTO)",
 }
 
 
@@ -125,7 +127,25 @@ def parse_record(obj: dict[str, Any], where: str, kind: str, columns: dict[str, 
         return _sft(obj, where, source, line)
     if kind == "prompt":
         return _prompt_only(obj, where, source, line)
+    if kind == "unpaired":
+        return _unpaired(obj, where, source, line)
     raise ValueError(kind)
+
+
+def _unpaired(obj: dict[str, Any], where: str, source: str, line: int) -> Record:
+    """KTO's rows: ``prompt``/``completion``/``label`` (TRL's unpaired preference), or a
+    preference pair (unpaired into a desirable and an undesirable answer by the algorithm)."""
+    if "label" not in obj:
+        if "chosen" in obj or "rejected" in obj:
+            return _preference(obj, where, source, line)
+        raise DataError(f"{where}: missing field 'label' (unpaired rows need 'prompt', 'completion' and a true/false 'label'; or give preference pairs)")
+    label = obj["label"]
+    if not isinstance(label, bool):
+        raise DataError(f"{where}: 'label' must be true or false, found {label!r}")
+    if "completion" not in obj:
+        raise DataError(f"{where}: missing field 'completion' (unpaired rows need 'prompt', 'completion' and 'label')")
+    rec = _sft({k: v for k, v in obj.items() if k != "label"}, where, source, line)
+    return Record(source, line, rec.prompt, rec.chosen, extra={"label": label}, shape="unpaired-" + rec.shape)
 
 
 def _preference(obj: dict[str, Any], where: str, source: str, line: int) -> Record:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.chat_format import Encoder
-from engine.data import RunData, render
+from engine.data import RunData, record_kind, render
 from engine.data_shapes import SHAPE_HELP, Record
 
 SUMMARY_SAMPLE = 2000  # token statistics over at most this many records (seeded sample)
@@ -36,9 +36,13 @@ class RecordView:
     texts: dict[str, str]  # key -> decoded text, special tokens kept
     tokens: dict[str, int]  # key_tokens -> count
     spans: dict[str, list[Span]] = field(default_factory=dict)
+    label: bool | None = None  # KTO's unpaired rows
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.texts, **{f"{k}_tokens": v for k, v in self.tokens.items()}, "where": self.where, "shape": self.shape, "templated": self.templated, "truncated": self.truncated}
+        out = {**self.texts, **{f"{k}_tokens": v for k, v in self.tokens.items()}, "where": self.where, "shape": self.shape, "templated": self.templated, "truncated": self.truncated}
+        if self.label is not None:
+            out["label"] = self.label
+        return out
 
 
 def special_ids(tokenizer: Any) -> frozenset[int]:
@@ -66,12 +70,13 @@ def spans_of(tokenizer: Any, ids: Sequence[int], kind: str, specials: frozenset[
 
 
 def view_record(enc: Encoder, rec: Record, kind: str, specials: frozenset[int]) -> RecordView:
+    kind = record_kind(rec, kind)
     r = render(enc, rec, kind)
     tok = enc.tok
     ids = {"prompt": r.prompt_ids, **dict(zip(ANSWER_KEYS[kind], r.answer_ids, strict=True))}
     texts = {k: tok.decode(list(v), skip_special_tokens=False) for k, v in ids.items()}
     spans = {k: spans_of(tok, v, "prompt" if k == "prompt" else "answer", specials) for k, v in ids.items()}
-    return RecordView(rec.where, rec.shape, r.templated, r.truncated, texts, {k: len(v) for k, v in ids.items()}, spans)
+    return RecordView(rec.where, rec.shape, r.templated, r.truncated, texts, {k: len(v) for k, v in ids.items()}, spans, rec.extra.get("label") if rec.rejected is None and rec.chosen is not None else None)
 
 
 def view_records(data: RunData, role: str, kind: str, n: int) -> list[RecordView]:
@@ -99,12 +104,13 @@ def summarise(data: RunData, role: str, kind: str) -> dict[str, Any]:
     templated = False
     for rec in sample:
         r = render(enc, rec, kind)
+        keys = ANSWER_KEYS[record_kind(rec, kind)]
         templated = templated or r.templated
         truncated += r.truncated
         lengths.setdefault("prompt", []).append(len(r.prompt_ids))
-        for key, ids in zip(ANSWER_KEYS[kind], r.answer_ids, strict=True):
+        for key, ids in zip(keys, r.answer_ids, strict=True):
             lengths.setdefault(key, []).append(len(ids))
-        if kind == "preference":
+        if len(keys) == 2:
             lengths.setdefault("pair", []).append(len(r.prompt_ids) + max(len(a) for a in r.answer_ids))
     source = data.sources.get(role)
     shape = records[0].shape if records else ""

@@ -165,3 +165,29 @@ def test_sft_on_a_llama3_model_with_conversational_rows(tmp_path):
               "--set", "train.save_every=0", "--set", "model.max_length=128")
     assert out.returncode == 0, out.stderr + out.stdout
     assert [r["step"] for r in (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+
+
+def test_kto_reads_unpaired_rows_from_a_dataset_folder(tmp_path):
+    import datasets
+
+    from engine.algorithms.kto import UnpairedRows
+    from engine.chat_format import Encoder
+    from tests.real_formats import write_tokenizer
+
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "completion": [{"role": "assistant", "content": f"a{i}"}], "label": i % 2 == 0} for i in range(6)]
+    (tmp_path / "kto" / "data").mkdir(parents=True)
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "kto" / "data" / "train-00000-of-00001.parquet"))  # trl-lib/kto-mix-14k's shape
+    data = RunData(config_from_dict({"algorithm": "kto", "data": {"train": str(tmp_path / "kto"), "train_split": "train[:4]"}}))
+    recs = data.records("train", "unpaired")
+    assert [r.extra["label"] for r in recs] == [True, False, True, False] and recs[0].shape == "unpaired-conversational-completion"
+    from mlx_lm.utils import load_tokenizer
+
+    write_tokenizer(tmp_path / "tok", "chatml")
+    tok = load_tokenizer(tmp_path / "tok")
+    items = UnpairedRows(recs, Encoder(tok, 256))
+    assert len(items) == 4 and items[1].desirable is False
+    assert tok.decode(list(items[0].answer_ids), skip_special_tokens=False) == "a0<|im_end|>\n"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "completion": "c", "label": "yes"}) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: 'label' must be true or false, found 'yes'"):
+        RunData(config_from_dict({"algorithm": "kto", "data": {"train": str(bad)}})).records("train", "unpaired")

@@ -23,9 +23,9 @@ is set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -33,9 +33,8 @@ import mlx.nn as nn
 from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import BUCKET, DataOrder, collate
 from engine.compile import compile_pays
-from engine.config import resolve_path
-from engine.data import encode, read_rows, resolve_data_file, run_data
-from engine.data_shapes import parse_record
+from engine.data import encode, run_data
+from engine.data_shapes import Record
 from engine.errors import DataError
 from engine.logprobs import shifted_token_logprobs
 from engine.rollout import ReferencePolicy
@@ -56,36 +55,40 @@ class LabelledAnswer:
 # ---------------------------------------------------------------- data
 
 
-def unpaired_file(spec: str, split: str) -> Path | None:
-    """The local file behind ``spec`` when its first row carries a ``label`` (else None)."""
-    if not spec:
-        return None
-    try:
-        file = resolve_data_file(spec, split)
-    except DataError:
-        return None
-    if file.suffix not in (".jsonl", ".json"):
-        return None
-    rows = read_rows(file)
-    return file if rows and "label" in rows[0][1] else None
+class UnpairedRows(Sequence[LabelledAnswer]):
+    """A dataset's rows as labelled answers, tokenised on first use: labelled completions
+    (``prompt``/``completion``/``label``) one each, preference pairs as a desirable (chosen)
+    and an undesirable (rejected) answer — item ``2i`` and ``2i + 1`` of pair ``i``."""
 
+    def __init__(self, records: Sequence[Record], encoder: Any) -> None:
+        self.records = records
+        self.encoder = encoder
+        self.paired = bool(records) and records[0].rejected is not None
+        self._done: dict[int, list[LabelledAnswer]] = {}
 
-def read_unpaired(file: Path, encoder: Any) -> list[LabelledAnswer]:
-    """Rows ``prompt``/``completion``/``label`` (prompt+completion or conversational, as SFT reads)."""
-    out = []
-    for line, obj in read_rows(file):
-        where = f"{file}:{line}"
-        if not isinstance(obj, dict) or "label" not in obj:
-            raise DataError(f"{where}: missing field 'label' (unpaired rows need 'prompt', 'completion' and 'label')")
-        label = obj["label"]
-        if not isinstance(label, bool):
-            raise DataError(f"{where}: 'label' must be true or false, found {label!r}")
-        if "completion" not in obj:
-            raise DataError(f"{where}: missing field 'completion' (unpaired rows need 'prompt', 'completion' and 'label')")
-        rec = parse_record({k: v for k, v in obj.items() if k != "label"}, where, "sft")
-        c = encode(encoder, rec, "sft")
-        out.append(LabelledAnswer(c.prompt_ids, c.completion_ids, label, c.prompt, where))  # type: ignore[union-attr]
-    return out
+    def __len__(self) -> int:
+        return 2 * len(self.records) if self.paired else len(self.records)
+
+    def _of(self, r: int) -> list[LabelledAnswer]:
+        if r not in self._done:
+            rec = self.records[r]
+            if self.paired:
+                self._done[r] = unpair([encode(self.encoder, rec, "preference")])
+            else:
+                c = encode(self.encoder, rec, "sft")
+                self._done[r] = [LabelledAnswer(c.prompt_ids, c.completion_ids, bool(rec.extra["label"]), c.prompt, rec.where)]  # type: ignore[union-attr]
+        return self._done[r]
+
+    @overload
+    def __getitem__(self, i: int) -> LabelledAnswer: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[LabelledAnswer]: ...
+    def __getitem__(self, i: int | slice) -> LabelledAnswer | list[LabelledAnswer]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        return self._of(i // 2)[i % 2] if self.paired else self._of(i)[0]
 
 
 def unpair(pairs: Any) -> list[LabelledAnswer]:
@@ -146,26 +149,16 @@ class Kto(Algorithm):
         cfg, ctx = self.cfg, self.ctx
         ctx.phase("reading data", 0, 0)
         data = run_data(ctx)
-        self.train = self._read(data, "train", resolve_path(cfg, cfg.data.train))
-        self.eval: list[LabelledAnswer] = []
-        self.eval_pairs: list[Any] = []
-        if cfg.data.eval:
-            file = unpaired_file(resolve_path(cfg, cfg.data.eval), "eval")
-            if file is not None:
-                self.eval = read_unpaired(file, data.encoder)[: cfg.data.max_eval_examples]
-            else:
-                self.eval_pairs = list(data.pairs("eval"))[: cfg.data.max_eval_examples]
-                self.eval = unpair(self.eval_pairs)
+        self.train = UnpairedRows(data.records("train", "unpaired"), data.encoder)
+        evals = UnpairedRows(data.records("eval", "unpaired"), data.encoder)
+        self.eval: list[LabelledAnswer] = list(evals)
+        self.eval_pairs = evals.paired  # laid out as chosen, rejected: ranking accuracy is defined
         if not self.train:
             raise DataError(f"{cfg.data.train}: no training rows")
         self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
         self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
         self.reference = ReferencePolicy(ctx.model)
         self.task = TaskScorer.from_config(cfg)
-
-    def _read(self, data: Any, role: str, spec: str) -> list[LabelledAnswer]:
-        file = unpaired_file(spec, role)
-        return read_unpaired(file, data.encoder) if file is not None else unpair(data.pairs(role))
 
     # -------------------------------------------------------------- log-probs
 
