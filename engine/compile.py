@@ -90,14 +90,18 @@ def _checkpointed(call: Callable[..., Any]) -> Callable[..., Any]:
     """
     from engine.logprobs import _PrefixCache
 
-    def wrapped(self: nn.Module, x: mx.array, mask: Any = None, cache: Any = None, **kw: Any) -> mx.array:
+    def wrapped(self: nn.Module, x: mx.array, *args: Any, **kw: Any) -> mx.array:
+        # blocks are called as block(x, mask, cache, ...) with mask and cache positional or by name
+        mask = args[0] if args else kw.pop("mask", None)
+        cache = args[1] if len(args) > 1 else kw.pop("cache", None)
+        rest = args[2:]
         if cache is not None and not isinstance(cache, _PrefixCache):
-            return call(self, x, mask, cache=cache, **kw)
+            return call(self, x, mask, cache, *rest, **kw)
         if cache is None:
 
             def plain(params: Any, h: mx.array) -> mx.array:
                 self.update(params)
-                return call(self, h, mask, cache=None, **kw)
+                return call(self, h, mask, None, *rest, **kw)
 
             return mx.checkpoint(plain)(self.trainable_parameters(), x)
         prefix = cache.prefix or ()
@@ -105,7 +109,7 @@ def _checkpointed(call: Callable[..., Any]) -> Callable[..., Any]:
         def shared(params: Any, h: mx.array, *pre: mx.array) -> tuple[mx.array, mx.array, mx.array]:
             self.update(params)
             inner = _PrefixCache(cache.mask, cache.offset, (pre[0], pre[1]) if pre else None)
-            out = call(self, h, mask, cache=inner, **kw)
+            out = call(self, h, mask, inner, *rest, **kw)
             return out, inner.keys, inner.values  # type: ignore[return-value]
 
         out, cache.keys, cache.values = mx.checkpoint(shared)(self.trainable_parameters(), x, *prefix)
