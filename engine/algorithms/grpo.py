@@ -22,7 +22,8 @@ Extras (TRL names): ``reward_std`` (mean within-group std), ``frac_reward_zero_s
 ``completions/clipped_ratio`` (share cut at max_new_tokens without EOS), ``entropy``,
 ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean`` and
 ``rewards/<function>/mean``. Evaluation generates one greedy completion per eval prompt
-and reports its mean reward (``eval/reward``) and length.
+and reports its mean reward (``eval/reward``) and length, and, when ``data.task_reward``
+names the task's reward, the share answered exactly right (``eval/task_score``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ Panel keys: ``reward`` is the mean score of the sampled completions
 ``policy/clipfrac_avg``, ``loss/policy_avg``, ``loss/value_avg``, ``val/clipfrac_avg``,
 ``val/ratio``, ``val/mean``, ``kl_coef``, ``completions/mean_length``,
 ``completions/clipped_ratio``. Evaluation generates one greedy completion per eval prompt
-and reports its mean score (``eval/reward``).
+and reports its mean score (``eval/reward``) and, when ``data.task_reward`` names the
+task's reward, the share answered exactly right (``eval/task_score``, engine.task_eval).
 """
 
 from __future__ import annotations
