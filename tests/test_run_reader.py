@@ -12,8 +12,8 @@ import engine
 from engine import scoring
 from engine.errors import RunDirError
 from engine.reward_model import find_reward_checkpoint
-from engine.rundir import MANIFEST_NAME, file_entry
 from engine.run_reader import resolve_weights
+from engine.rundir import MANIFEST_NAME, file_entry
 
 
 def weights(folder: Path, tag: str, *, complete: bool = True, head: bool = True) -> Path:

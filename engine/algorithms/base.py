@@ -19,6 +19,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
+from engine.batching import DataOrder
 from engine.compile import compile_pays, value_and_grad_fn
 from engine.errors import NonFiniteError
 
@@ -244,6 +245,11 @@ class Algorithm(ABC):
         """The module whose trainable parameters the optimizer updates."""
         return self.ctx.model
 
+    def data_order(self, n: int) -> DataOrder:
+        """The seeded, resumable order over ``n`` training examples, this rank's share of each batch."""
+        cfg, world = self.cfg, self.ctx.world
+        return DataOrder(n, cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, world.rank, world.size)
+
     def train_size(self) -> int:
         """How many training examples one epoch covers (for ``train.epochs``)."""
         for name in ("train", "prompts", "examples"):
@@ -261,12 +267,16 @@ class Algorithm(ABC):
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able state to resume from (data position, controllers...)."""
-        return {}
+        """JSON-able state to resume from: the data position (``self.order``) where there is
+        one; algorithms with more (controllers, RNG) extend it."""
+        order = getattr(self, "order", None)
+        return {"order": order.state_dict()} if order is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
-        return None
+        order = getattr(self, "order", None)
+        if order is not None and "order" in state:
+            order.load_state_dict(state["order"])
 
     def extra_arrays(self) -> dict[str, mx.array]:
         """Arrays saved with each checkpoint beside the policy (e.g. a value head)."""

@@ -16,15 +16,12 @@ rejected answers (never negative; measured on the data, not on samples from the 
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import (
     BUCKET,
-    DataOrder,
     SharedPromptBatch,
     TokenBatch,
     collate,
@@ -123,10 +120,9 @@ class Dpo(Algorithm):
         ctx.phase("reading data", 0, 0)
         data = run_data(ctx)
         self.train = data.pairs("train")
-        self.eval: list[PreferencePair] = []
-        self.eval = data.pairs("eval")
+        self.eval: list[PreferencePair] = data.pairs("eval")
         per_rank = cfg.train.batch_size // ctx.world.size
-        self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.order = self.data_order(len(self.train))
         self.per_rank = per_rank
         self.average = cfg.dpo.loss_type == "ipo"
         # length buckets keep a compiled step from recompiling; an eager step pads only to the batch's longest row
@@ -290,9 +286,3 @@ class Dpo(Algorithm):
         if self.task is not None:
             metrics.update(self.task.evaluate(self.ctx, [TaskPrompt(p.prompt_ids, p.prompt) for p in self.eval]))
         return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state["order"])

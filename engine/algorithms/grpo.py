@@ -34,7 +34,6 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm, StepResult
-from engine.batching import DataOrder
 from engine.data import Prompt, run_data
 from engine.rewards import parse_reward_names, score_completions
 from engine.rollout import (
@@ -102,9 +101,8 @@ class Grpo(Algorithm):
         ctx.phase("reading data", 0, 0)
         data = run_data(ctx)
         self.prompts = data.prompts("train")
-        self.eval_prompts: list[Prompt] = []
-        self.eval_prompts = data.prompts("eval")
-        self.order = DataOrder(len(self.prompts), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.eval_prompts: list[Prompt] = data.prompts("eval")
+        self.order = self.data_order(len(self.prompts))
         self.eos = eos_token_ids(ctx.tokenizer)
         self.reference = ReferencePolicy(ctx.model) if cfg.grpo.beta > 0 else None
         self.task = TaskScorer.from_config(cfg)
@@ -243,10 +241,3 @@ class Grpo(Algorithm):
         if right:
             out["task_score"] = sum(right) / len(right)
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state["order"])
-

@@ -31,7 +31,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm, StepResult
-from engine.batching import BUCKET, DataOrder, collate
+from engine.batching import BUCKET, collate
 from engine.compile import compile_pays
 from engine.data import encode, run_data
 from engine.data_shapes import Record
@@ -155,7 +155,7 @@ class Kto(Algorithm):
         self.eval_pairs = evals.paired  # laid out as chosen, rejected: ranking accuracy is defined
         if not self.train:
             raise DataError(f"{cfg.data.train}: no training rows")
-        self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.order = self.data_order(len(self.train))
         self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
         self.reference = ReferencePolicy(ctx.model)
         self.task = TaskScorer.from_config(cfg)
@@ -218,9 +218,3 @@ class Kto(Algorithm):
         if self.task is not None:
             metrics.update(self.task.evaluate(self.ctx, [TaskPrompt(r.prompt_ids, r.prompt) for r in self.eval]))
         return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state["order"])

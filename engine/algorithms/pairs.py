@@ -15,14 +15,13 @@ per-token log-prob), the implicit reward these losses rank by, and ``task_score`
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm, StepResult
 from engine.algorithms.dpo import SHARE_PROMPT, pair_batch
-from engine.batching import BUCKET, DataOrder, SharedPromptBatch, TokenBatch
+from engine.batching import BUCKET, SharedPromptBatch, TokenBatch
 from engine.compile import compile_pays
 from engine.data import PreferencePair, run_data
 from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
@@ -63,9 +62,8 @@ class PairLoss(Algorithm):
         ctx.phase("reading data", 0, 0)
         data = run_data(ctx)
         self.train = data.pairs("train")
-        self.eval: list[PreferencePair] = []
-        self.eval = data.pairs("eval")
-        self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.eval: list[PreferencePair] = data.pairs("eval")
+        self.order = self.data_order(len(self.train))
         self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
         self.task = TaskScorer.from_config(cfg)
         self.shared = SHARE_PROMPT and supports_shared_prompt(ctx.model)
@@ -116,9 +114,3 @@ class PairLoss(Algorithm):
         if self.task is not None:
             metrics.update(self.task.evaluate(self.ctx, [TaskPrompt(p.prompt_ids, p.prompt) for p in self.eval]))
         return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state["order"])

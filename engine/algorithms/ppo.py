@@ -45,7 +45,6 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from engine.algorithms.base import Algorithm, StepResult
-from engine.batching import DataOrder
 from engine.config import resolve_path
 from engine.data import Prompt, run_data
 from engine.errors import ConfigError
@@ -227,12 +226,11 @@ class Ppo(Algorithm):
         ctx.phase("reading data", 0, 0)
         data = run_data(ctx)
         self.prompts = data.prompts("train")
-        self.eval_prompts: list[Prompt] = []
-        self.eval_prompts = data.prompts("eval")
+        self.eval_prompts: list[Prompt] = data.prompts("eval")
         per_rank = cfg.train.batch_size // ctx.world.size
         if per_rank < cfg.ppo.num_minibatches:
             raise ConfigError(f"ppo.num_minibatches = {cfg.ppo.num_minibatches} is more than the {per_rank} rollouts per rank and step (train.batch_size / ranks)")
-        self.order = DataOrder(len(self.prompts), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.order = self.data_order(len(self.prompts))
         self.eos = eos_token_ids(ctx.tokenizer)
         self.reference = ReferencePolicy(ctx.model)
         value_lm = self._separate_value_model() if cfg.ppo.value_model == "separate" else None

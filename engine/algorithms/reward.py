@@ -16,14 +16,12 @@ Checkpoints hold the trunk's adapters and the head (``extra.safetensors``), whic
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm, StepResult
 from engine.algorithms.dpo import pair_rows
-from engine.batching import DataOrder, collate
+from engine.batching import collate
 from engine.data import PreferencePair, run_data
 from engine.reward_model import RewardModel
 
@@ -55,9 +53,8 @@ class RewardModelling(Algorithm):
         ctx.phase("reading data", 0, 0)
         data = run_data(ctx)
         self.train = data.pairs("train")
-        self.eval: list[PreferencePair] = []
-        self.eval = data.pairs("eval")
-        self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.eval: list[PreferencePair] = data.pairs("eval")
+        self.order = self.data_order(len(self.train))
         self.model = RewardModel(ctx.model, seed=cfg.train.seed)
         mx.eval(self.model.head.parameters())
 
@@ -116,9 +113,3 @@ class RewardModelling(Algorithm):
 
     def load_extra_arrays(self, arrays: dict[str, mx.array]) -> None:
         self.model.load_head_arrays(arrays)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state["order"])

@@ -30,7 +30,6 @@ import mlx.nn as nn
 
 from engine.algorithms.base import StepResult
 from engine.algorithms.grpo import Grpo, grpo_token_loss, reduce_loss
-from engine.batching import DataOrder
 from engine.data import run_data
 from engine.rewards import parse_reward_names, score_completions
 from engine.rollout import (
@@ -64,7 +63,7 @@ class Rloo(Grpo):
         data = run_data(ctx)
         self.prompts = data.prompts("train")
         self.eval_prompts = data.prompts("eval")
-        self.order = DataOrder(len(self.prompts), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.order = self.data_order(len(self.prompts))
         self.eos = eos_token_ids(ctx.tokenizer)
         self.reference = ReferencePolicy(ctx.model) if cfg.rloo.beta > 0 else None
         self.task = TaskScorer.from_config(cfg)

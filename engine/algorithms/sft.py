@@ -6,13 +6,11 @@ Panel keys: ``reward`` is the mean token accuracy on completion tokens; ``kl`` i
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm, StepResult
-from engine.batching import DataOrder, collate
+from engine.batching import collate
 from engine.data import Completion, run_data
 from engine.logprobs import shifted_token_logprobs
 from engine.task_eval import TaskScorer, from_ids
@@ -27,9 +25,8 @@ class Sft(Algorithm):
         ctx.phase("reading data", 0, 0)
         data = run_data(ctx)
         self.train = data.completions("train")
-        self.eval: list[Completion] = []
-        self.eval = data.completions("eval")
-        self.order = DataOrder(len(self.train), cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, ctx.world.rank, ctx.world.size)
+        self.eval: list[Completion] = data.completions("eval")
+        self.order = self.data_order(len(self.train))
         self.task = TaskScorer.from_config(cfg)
 
     def _rows(self, items: list[Completion]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -83,9 +80,3 @@ class Sft(Algorithm):
         if self.task is not None:
             out.update(self.task.evaluate(self.ctx, from_ids(self.ctx.tokenizer, [c.prompt_ids for c in self.eval])))
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state["order"])
