@@ -245,6 +245,17 @@ class Algorithm(ABC):
         """The module whose trainable parameters the optimizer updates."""
         return self.ctx.model
 
+    def read_data(self, kind: str) -> tuple[Any, list[Any]]:
+        """(train, eval) as ``kind`` ('pairs' | 'completions' | 'prompts') from the run's data
+        (read before the model loaded; train tokenised lazily); sets ``self.order`` over train."""
+        from engine.data import run_data
+
+        self.ctx.phase("reading data", 0, 0)
+        data = run_data(self.ctx)
+        train, evals = getattr(data, kind)("train"), getattr(data, kind)("eval")
+        self.order = self.data_order(len(train))
+        return train, evals
+
     def data_order(self, n: int) -> DataOrder:
         """The seeded, resumable order over ``n`` training examples, this rank's share of each batch."""
         cfg, world = self.cfg, self.ctx.world

@@ -28,7 +28,7 @@ from engine.batching import (
     collate_shared,
 )
 from engine.compile import compile_pays
-from engine.data import PreferencePair, run_data
+from engine.data import PreferencePair
 from engine.logprobs import shared_prompt_stats, shifted_token_stats, supports_shared_prompt
 from engine.reference_cache import FILE_NAME as REFERENCE_FILE
 from engine.reference_cache import ReferenceCache, model_identity, pair_key
@@ -117,12 +117,8 @@ class Dpo(Algorithm):
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
-        ctx.phase("reading data", 0, 0)
-        data = run_data(ctx)
-        self.train = data.pairs("train")
-        self.eval: list[PreferencePair] = data.pairs("eval")
+        self.train, self.eval = self.read_data("pairs")
         per_rank = cfg.train.batch_size // ctx.world.size
-        self.order = self.data_order(len(self.train))
         self.per_rank = per_rank
         self.average = cfg.dpo.loss_type == "ipo"
         # length buckets keep a compiled step from recompiling; an eager step pads only to the batch's longest row

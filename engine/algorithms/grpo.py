@@ -34,7 +34,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm, StepResult
-from engine.data import Prompt, run_data
+from engine.data import Prompt
 from engine.rewards import parse_reward_names, score_completions
 from engine.rollout import (
     CompletionBatch,
@@ -98,11 +98,7 @@ class Grpo(Algorithm):
         cfg, ctx = self.cfg, self.ctx
         require_sampling(cfg)
         self.rewards = parse_reward_names(cfg.grpo.reward_functions, "grpo.reward_functions")
-        ctx.phase("reading data", 0, 0)
-        data = run_data(ctx)
-        self.prompts = data.prompts("train")
-        self.eval_prompts: list[Prompt] = data.prompts("eval")
-        self.order = self.data_order(len(self.prompts))
+        self.prompts, self.eval_prompts = self.read_data("prompts")
         self.eos = eos_token_ids(ctx.tokenizer)
         self.reference = ReferencePolicy(ctx.model) if cfg.grpo.beta > 0 else None
         self.task = TaskScorer.from_config(cfg)

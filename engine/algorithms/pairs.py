@@ -23,7 +23,7 @@ from engine.algorithms.base import Algorithm, StepResult
 from engine.algorithms.dpo import SHARE_PROMPT, pair_batch
 from engine.batching import BUCKET, SharedPromptBatch, TokenBatch
 from engine.compile import compile_pays
-from engine.data import PreferencePair, run_data
+from engine.data import PreferencePair
 from engine.logprobs import shared_prompt_logprobs, shifted_token_logprobs, supports_shared_prompt
 from engine.task_eval import TaskPrompt, TaskScorer
 
@@ -59,11 +59,7 @@ class PairLoss(Algorithm):
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
-        ctx.phase("reading data", 0, 0)
-        data = run_data(ctx)
-        self.train = data.pairs("train")
-        self.eval: list[PreferencePair] = data.pairs("eval")
-        self.order = self.data_order(len(self.train))
+        self.train, self.eval = self.read_data("pairs")
         self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
         self.task = TaskScorer.from_config(cfg)
         self.shared = SHARE_PROMPT and supports_shared_prompt(ctx.model)

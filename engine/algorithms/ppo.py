@@ -46,7 +46,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from engine.algorithms.base import Algorithm, StepResult
 from engine.config import resolve_path
-from engine.data import Prompt, run_data
+from engine.data import Prompt
 from engine.errors import ConfigError
 from engine.rewards import get_reward, score_completions
 from engine.rollout import (
@@ -223,14 +223,10 @@ class Ppo(Algorithm):
         cfg, ctx = self.cfg, self.ctx
         require_sampling(cfg)
         self.source = ScoreSource(self)
-        ctx.phase("reading data", 0, 0)
-        data = run_data(ctx)
-        self.prompts = data.prompts("train")
-        self.eval_prompts: list[Prompt] = data.prompts("eval")
+        self.prompts, self.eval_prompts = self.read_data("prompts")
         per_rank = cfg.train.batch_size // ctx.world.size
         if per_rank < cfg.ppo.num_minibatches:
             raise ConfigError(f"ppo.num_minibatches = {cfg.ppo.num_minibatches} is more than the {per_rank} rollouts per rank and step (train.batch_size / ranks)")
-        self.order = self.data_order(len(self.prompts))
         self.eos = eos_token_ids(ctx.tokenizer)
         self.reference = ReferencePolicy(ctx.model)
         value_lm = self._separate_value_model() if cfg.ppo.value_model == "separate" else None

@@ -22,7 +22,7 @@ import mlx.nn as nn
 from engine.algorithms.base import Algorithm, StepResult
 from engine.algorithms.dpo import pair_rows
 from engine.batching import collate
-from engine.data import PreferencePair, run_data
+from engine.data import PreferencePair
 from engine.reward_model import RewardModel
 
 
@@ -50,11 +50,7 @@ class RewardModelling(Algorithm):
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
-        ctx.phase("reading data", 0, 0)
-        data = run_data(ctx)
-        self.train = data.pairs("train")
-        self.eval: list[PreferencePair] = data.pairs("eval")
-        self.order = self.data_order(len(self.train))
+        self.train, self.eval = self.read_data("pairs")
         self.model = RewardModel(ctx.model, seed=cfg.train.seed)
         mx.eval(self.model.head.parameters())
 

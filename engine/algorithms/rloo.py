@@ -30,7 +30,6 @@ import mlx.nn as nn
 
 from engine.algorithms.base import StepResult
 from engine.algorithms.grpo import Grpo, grpo_token_loss, reduce_loss
-from engine.data import run_data
 from engine.rewards import parse_reward_names, score_completions
 from engine.rollout import (
     CompletionBatch,
@@ -59,11 +58,7 @@ class Rloo(Grpo):
         cfg, ctx = self.cfg, self.ctx
         require_sampling(cfg)
         self.rewards = parse_reward_names(cfg.rloo.reward_functions, "rloo.reward_functions")
-        ctx.phase("reading data", 0, 0)
-        data = run_data(ctx)
-        self.prompts = data.prompts("train")
-        self.eval_prompts = data.prompts("eval")
-        self.order = self.data_order(len(self.prompts))
+        self.prompts, self.eval_prompts = self.read_data("prompts")
         self.eos = eos_token_ids(ctx.tokenizer)
         self.reference = ReferencePolicy(ctx.model) if cfg.rloo.beta > 0 else None
         self.task = TaskScorer.from_config(cfg)

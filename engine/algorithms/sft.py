@@ -11,7 +11,7 @@ import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import collate
-from engine.data import Completion, run_data
+from engine.data import Completion
 from engine.logprobs import shifted_token_logprobs
 from engine.task_eval import TaskScorer, from_ids
 
@@ -21,12 +21,8 @@ class Sft(Algorithm):
     supports_grad_accumulation = True
 
     def setup(self, saved: dict[str, mx.array]) -> None:
-        cfg, ctx = self.cfg, self.ctx
-        ctx.phase("reading data", 0, 0)
-        data = run_data(ctx)
-        self.train = data.completions("train")
-        self.eval: list[Completion] = data.completions("eval")
-        self.order = self.data_order(len(self.train))
+        cfg = self.cfg
+        self.train, self.eval = self.read_data("completions")
         self.task = TaskScorer.from_config(cfg)
 
     def _rows(self, items: list[Completion]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
