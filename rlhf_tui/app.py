@@ -46,8 +46,11 @@ class RlhfApp(App[int]):
         start: bool = False,
         follow_dir: str | None = None,
         initial_screen: Screen | None = None,
+        keymap: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        if keymap:
+            self.set_keymap(keymap)  # the user's keymap.toml (rlhf_tui.keymap)
         self.preset = preset
         self.overrides = list(overrides or [])
         self.runs_root = runs_root
@@ -311,20 +314,25 @@ def make_app(
     start: bool = False,
     follow_dir: str | None = None,
     initial_screen: Screen | None = None,
+    keymap: dict[str, str] | None = None,
 ) -> RlhfApp:
     """The app, as the CLI and the tests build it."""
-    return RlhfApp(preset, overrides=overrides, runs_root=runs_root, start=start, follow_dir=follow_dir, initial_screen=initial_screen)
+    return RlhfApp(preset, overrides=overrides, runs_root=runs_root, start=start, follow_dir=follow_dir, initial_screen=initial_screen, keymap=keymap)
 
 
 def run_app(preset: str, start: bool, overrides: list[str], runs_root: str) -> int:
-    app = make_app(preset, overrides=overrides, runs_root=runs_root, start=start)
+    from rlhf_tui.keymap import load_keymap
+
+    app = make_app(preset, overrides=overrides, runs_root=runs_root, start=start, keymap=load_keymap())
     code = app.run()
     _finish_run(app)
     return int(code or 0)
 
 
 def run_monitor(run_dir: str) -> int:
-    app = make_app(follow_dir=run_dir)
+    from rlhf_tui.keymap import load_keymap
+
+    app = make_app(follow_dir=run_dir, keymap=load_keymap())
     code = app.run()
     return int(code or 0)
 

@@ -333,6 +333,9 @@ def _cmd_app(args: argparse.Namespace) -> int:
     preset = args.preset or DEFAULT_PRESET
     load_preset(preset, args.overrides)  # bad input fails here with one line, before the UI
     from rlhf_tui.app import run_app
+    from rlhf_tui.keymap import load_keymap
+
+    load_keymap()  # a bad keymap.toml too
 
     return run_app(preset=preset, start=args.start, overrides=args.overrides, runs_root=args.runs_root)
 
