@@ -175,29 +175,12 @@ def shared_prompt_logprobs(
     ``answers`` [copies*N, C] right-padded, row ``k*N + i`` answering prompt ``i``.
     Returns (log p(answers[:, j]) [copies*N, C], logits [copies*N, C, V]), float32.
     """
-    n, p = prompts.shape
     c = answers.shape[1]
-    pos = mx.arange(p)
-    pad = prompt_pad[:, None, None, None]  # [N,1,1,1]
-    q_pos, k_pos = pos[None, None, :, None], pos[None, None, None, :]
-    # prompt pass: causal, pad keys hidden (pad queries see themselves so no row is empty)
-    prompt_mask = ((k_pos <= q_pos) & (k_pos >= pad)) | (k_pos == q_pos)
-    layers = model.model.layers
-    caches = [_PrefixCache(prompt_mask, 0) for _ in layers]
-    hidden = model.model(prompts, cache=caches)
+    hidden, caches = _prompt_pass(model, prompts, prompt_pad)
     first = _head(model, hidden[:, -1:, :])  # predicts each answer's first token
-    # answer pass: all real prompt keys, then causal over the answer
-    pad_rep = mx.concatenate([prompt_pad] * copies)[:, None, None, None]
-    a_pos = mx.arange(max(c - 1, 1))
-    see_prompt = mx.broadcast_to(pos[None, None, None, :] >= pad_rep, (copies * n, 1, a_pos.size, p))
-    causal = mx.broadcast_to(a_pos[None, None, None, :] <= a_pos[None, None, :, None], (copies * n, 1, a_pos.size, a_pos.size))
-    answer_mask = mx.concatenate([see_prompt, causal], axis=-1)
-    tiled = [
-        _PrefixCache(answer_mask, p, (mx.concatenate([pc.keys] * copies), mx.concatenate([pc.values] * copies)))  # type: ignore[list-item]
-        for pc in caches
-    ]
     logits_first = mx.concatenate([first] * copies).astype(mx.float32)
     if c > 1:
+        tiled = _answer_caches(caches, prompt_pad, prompts.shape[1], c, copies)
         rest = _head(model, model.model(answers[:, :-1], cache=tiled)).astype(mx.float32)
         logits = mx.concatenate([logits_first, rest], axis=1)
     else:
@@ -218,25 +201,38 @@ def shared_prompt_stats(
     return _shared_prompt(model, prompts, prompt_pad, answers, copies, chunk)
 
 
-def _shared_prompt(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, answers: mx.array, copies: int, chunk: int | None) -> tuple[mx.array, mx.array]:
-    n, p = prompts.shape
-    c = answers.shape[1]
-    pos = mx.arange(p)
-    pad = prompt_pad[:, None, None, None]
+def _prompt_pass(model: nn.Module, prompts: mx.array, prompt_pad: mx.array) -> tuple[mx.array, list[_PrefixCache]]:
+    """Run the left-padded prompts once: causal, pad keys hidden (pad queries see themselves
+    so no row is empty). Returns the hidden states and each layer's filled cache."""
+    pos = mx.arange(prompts.shape[1])
+    pad = prompt_pad[:, None, None, None]  # [N,1,1,1]
     q_pos, k_pos = pos[None, None, :, None], pos[None, None, None, :]
     prompt_mask = ((k_pos <= q_pos) & (k_pos >= pad)) | (k_pos == q_pos)
     caches = [_PrefixCache(prompt_mask, 0) for _ in model.model.layers]
-    hidden = model.model(prompts, cache=caches)
+    return model.model(prompts, cache=caches), caches
+
+
+def _answer_caches(caches: list[_PrefixCache], prompt_pad: mx.array, p: int, c: int, copies: int) -> list[_PrefixCache]:
+    """Each prompt's keys/values tiled ``copies`` times, for the answer pass over ``c - 1``
+    tokens: all real prompt keys, then causal over the answer."""
+    n = prompt_pad.shape[0]
+    pos = mx.arange(p)
+    pad_rep = mx.concatenate([prompt_pad] * copies)[:, None, None, None]
+    a_pos = mx.arange(c - 1)
+    see_prompt = mx.broadcast_to(pos[None, None, None, :] >= pad_rep, (copies * n, 1, a_pos.size, p))
+    causal = mx.broadcast_to(a_pos[None, None, None, :] <= a_pos[None, None, :, None], (copies * n, 1, a_pos.size, a_pos.size))
+    answer_mask = mx.concatenate([see_prompt, causal], axis=-1)
+    return [
+        _PrefixCache(answer_mask, p, (mx.concatenate([pc.keys] * copies), mx.concatenate([pc.values] * copies)))  # type: ignore[list-item]
+        for pc in caches
+    ]
+
+
+def _shared_prompt(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, answers: mx.array, copies: int, chunk: int | None) -> tuple[mx.array, mx.array]:
+    c = answers.shape[1]
+    hidden, caches = _prompt_pass(model, prompts, prompt_pad)
     last = mx.concatenate([hidden[:, -1:, :]] * copies)  # predicts each answer's first token
     if c > 1:
-        pad_rep = mx.concatenate([prompt_pad] * copies)[:, None, None, None]
-        a_pos = mx.arange(c - 1)
-        see_prompt = mx.broadcast_to(pos[None, None, None, :] >= pad_rep, (copies * n, 1, a_pos.size, p))
-        causal = mx.broadcast_to(a_pos[None, None, None, :] <= a_pos[None, None, :, None], (copies * n, 1, a_pos.size, a_pos.size))
-        answer_mask = mx.concatenate([see_prompt, causal], axis=-1)
-        tiled = [
-            _PrefixCache(answer_mask, p, (mx.concatenate([pc.keys] * copies), mx.concatenate([pc.values] * copies)))  # type: ignore[list-item]
-            for pc in caches
-        ]
+        tiled = _answer_caches(caches, prompt_pad, prompts.shape[1], c, copies)
         last = mx.concatenate([last, model.model(answers[:, :-1], cache=tiled)], axis=1)
     return head_logprobs(model, last, answers, chunk)
