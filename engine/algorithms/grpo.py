@@ -96,11 +96,12 @@ class Grpo(Algorithm):
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
+        section = getattr(cfg, self.name)  # grpo, or a subclass's own section (rloo)
         require_sampling(cfg)
-        self.rewards = parse_reward_names(cfg.grpo.reward_functions, "grpo.reward_functions")
+        self.rewards = parse_reward_names(section.reward_functions, f"{self.name}.reward_functions")
         self.prompts, self.eval_prompts = self.read_data("prompts")
         self.eos = eos_token_ids(ctx.tokenizer)
-        self.reference = ReferencePolicy(ctx.model) if cfg.grpo.beta > 0 else None
+        self.reference = ReferencePolicy(ctx.model) if section.beta > 0 else None
         self.task = TaskScorer.from_config(cfg)
 
     # -------------------------------------------------------------- pieces

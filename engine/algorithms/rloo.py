@@ -30,16 +30,12 @@ import mlx.nn as nn
 
 from engine.algorithms.base import StepResult
 from engine.algorithms.grpo import Grpo, grpo_token_loss, reduce_loss
-from engine.rewards import parse_reward_names, score_completions
+from engine.rewards import score_completions
 from engine.rollout import (
     CompletionBatch,
-    ReferencePolicy,
     completion_batch,
-    eos_token_ids,
     pad_id,
-    require_sampling,
 )
-from engine.task_eval import TaskScorer
 
 
 def leave_one_out_advantages(rewards: mx.array, k: int) -> mx.array:
@@ -53,15 +49,6 @@ class Rloo(Grpo):
     """GRPO's rollouts, rewards and evaluation; RLOO's baseline, KL-in-reward and loss."""
 
     name = "rloo"
-
-    def setup(self, saved: dict[str, mx.array]) -> None:
-        cfg, ctx = self.cfg, self.ctx
-        require_sampling(cfg)
-        self.rewards = parse_reward_names(cfg.rloo.reward_functions, "rloo.reward_functions")
-        self.prompts, self.eval_prompts = self.read_data("prompts")
-        self.eos = eos_token_ids(ctx.tokenizer)
-        self.reference = ReferencePolicy(ctx.model) if cfg.rloo.beta > 0 else None
-        self.task = TaskScorer.from_config(cfg)
 
     def loss_fn(  # type: ignore[override]
         self, model: nn.Module, tokens: mx.array, index: mx.array, mask: mx.array, targets: mx.array, adv: mx.array, old_logp: mx.array | None
