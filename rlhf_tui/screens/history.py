@@ -273,15 +273,20 @@ class HistoryScreen(Screen):
         if r is not None:
             self.app.show_samples(run_dir=str(r.path))  # type: ignore[attr-defined]
 
+    def _need_weights(self) -> RunInfo | None:
+        """The selected run when it has trained weights (a checkpoint or the root's copy), else a warning."""
+        r = self._need()
+        if r is not None and not r.checkpoints and not (Path(r.path) / "adapters.safetensors").exists():
+            self.notify(f"{r.id} has no trained weights yet (no checkpoint).", severity="warning")
+            return None
+        return r
+
     def action_fuse(self) -> None:
         from rlhf_tui.screens.dialogs import PromptScreen
         from rlhf_tui.screens.fuse import FuseScreen, default_fuse_dir
 
-        r = self._need()
+        r = self._need_weights()
         if r is None:
-            return
-        if not r.checkpoints and not (Path(r.path) / "adapters.safetensors").exists():
-            self.notify(f"{r.id} has no trained weights yet (no checkpoint).", severity="warning")
             return
 
         def chosen(out: str | None) -> None:
@@ -293,11 +298,8 @@ class HistoryScreen(Screen):
     def action_chat(self) -> None:
         from rlhf_tui.screens.chat import ChatScreen
 
-        r = self._need()
+        r = self._need_weights()
         if r is None:
-            return
-        if not r.checkpoints and not (Path(r.path) / "adapters.safetensors").exists():
-            self.notify(f"{r.id} has no trained weights yet (no checkpoint).", severity="warning")
             return
         self.app.push_screen(ChatScreen(str(r.path)))
 
