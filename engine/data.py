@@ -279,6 +279,7 @@ class RunData:
         self.columns = parse_columns(d.columns)
         self.tokenizer = tokenizer
         self._records: dict[tuple[str, str], list[Record]] = {}
+        self._loaded: dict[str, Any] = {}  # what datasets loaded, per folder or Hub id: loaded once
         self._encoder: Encoder | None = None
         self.sources: dict[str, SourceInfo] = {}
 
@@ -290,7 +291,7 @@ class RunData:
             return self.eval_spec, d.eval_split if same else _plain_split(d.eval_split)
         if self.train_spec and (Path(self.train_spec).expanduser().is_dir() or is_hub_id(self.train_spec)):
             try:
-                splits = available_splits(self.train_spec)
+                splits = available_splits(self.train_spec, self._loaded)
             except DataError:
                 return "", ""
             name = d.eval_split.split("[")[0]
@@ -316,7 +317,7 @@ class RunData:
                     return []
             if Path(spec).expanduser().is_file():
                 split = _plain_split(split)
-            rows = read_split(spec, split, key=key_name, split_key=split_key)
+            rows = read_split(spec, split, key=key_name, split_key=split_key, cache=self._loaded)
             if limit:
                 rows = rows[:limit]
             recs = _parse_all(rows, kind, self.columns)

@@ -73,41 +73,39 @@ def describe_source(spec: str) -> str:
 # ---------------------------------------------------------------- entry point
 
 
-def read_split(spec: str, split: str, *, key: str = "data.train", split_key: str = "data.train_split") -> list[Row]:
-    """Rows of ``split`` of the data that ``spec`` names (a file, folder or Hub id)."""
+def read_split(spec: str, split: str, *, key: str = "data.train", split_key: str = "data.train_split", cache: Loaded | None = None) -> list[Row]:
+    """Rows of ``split`` of the data that ``spec`` names (a file, folder or Hub id). ``cache``
+    keeps what ``datasets`` loaded per spec, so a run reading train, eval and the split names
+    of one dataset loads it once."""
     if not spec:
         raise DataError(f"{key} is empty: name a JSONL/JSON/parquet file, a dataset folder or a Hub dataset id")
     want = SplitSpec.parse(split, split_key)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix in TABLE_SUFFIXES:
-            return _from_datasets(_load_table_file(path), str(path), want, whole_file=True)
+            return _from_datasets(_load_table_file(path), str(path), want, whole_file=True, cache=cache)
         rows = read_json_rows(path)
         return _slice_rows(rows, want, str(path))
     if path.is_dir():
         local = _mlx_lm_layout_file(path, want.name)
         if local is not None:
             return _slice_rows(read_json_rows(local), want, str(local))
-        return _from_datasets(_load_folder(path), str(path), want)
+        return _from_datasets(_load_folder(path), str(path), want, cache=cache)
     if is_hub_id(spec):
-        return _from_datasets(_load_hub(spec), spec, want)
+        return _from_datasets(_load_hub(spec), spec, want, cache=cache)
     raise DataError(f"{spec}: data file not found ({key})")
 
 
-def available_splits(spec: str) -> list[str] | None:
+def available_splits(spec: str, cache: Loaded | None = None) -> list[str] | None:
     """Split names a folder or Hub dataset has (None for a single file)."""
     path = Path(spec).expanduser()
     if path.is_file():
         return None
     if path.is_dir() and any((path / f).exists() for f in ("train.jsonl", "train.json")):
         return [s for s in ("train", "valid", "test", "eval") if (path / f"{s}.jsonl").exists() or (path / f"{s}.json").exists()]
-    loaded = _load_folder(path) if path.is_dir() else _load_hub(spec)
-    return list(loaded().keys())
-
-
-def has_split(spec: str, name: str) -> bool:
-    splits = available_splits(spec)
-    return splits is not None and name in splits
+    if path.is_dir():
+        return list(_splits(str(path), _load_folder(path), cache).keys())
+    return list(_splits(spec, _load_hub(spec), cache).keys())
 
 
 # ---------------------------------------------------------------- local JSON / JSONL
@@ -215,6 +213,15 @@ def absolute_slice(want: SplitSpec, n: int, source: str) -> tuple[int, int]:
 # ---------------------------------------------------------------- datasets-backed sources
 
 Loader = Callable[[], Any]  # returns a DatasetDict (or a dict of split -> Dataset)
+Loaded = dict[str, Any]  # source -> what its loader returned
+
+
+def _splits(source: str, loader: Loader, cache: Loaded | None) -> Any:
+    if cache is None:
+        return loader()
+    if source not in cache:
+        cache[source] = loader()
+    return cache[source]
 
 
 def _import_datasets() -> Any:
@@ -308,8 +315,8 @@ def _load_hub(repo: str) -> Loader:
     return load
 
 
-def _from_datasets(loader: Loader, source: str, want: SplitSpec, whole_file: bool = False) -> list[Row]:
-    splits = loader()
+def _from_datasets(loader: Loader, source: str, want: SplitSpec, whole_file: bool = False, cache: Loaded | None = None) -> list[Row]:
+    splits = _splits(source, loader, cache)
     names = list(splits.keys())
     name = want.name
     if whole_file:
