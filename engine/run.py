@@ -376,7 +376,7 @@ class Run:
         if cfg.train.grad_checkpoint and not enable_grad_checkpoint(policy.model):
             raise ConfigError(f"train.grad_checkpoint = true, but {policy.path.name} has no transformer layers to checkpoint; set it to false")
         if cfg.train.epochs > 0:
-            n = len(data.records("train", data_kind(cfg.algorithm) or "preference")) if data_kind(cfg.algorithm) else algo.train_size()
+            n = algo.train_size()  # what one pass of the data order covers (KTO: each unpaired answer)
             cfg.train.max_steps = max(1, math.ceil(cfg.train.epochs * n / cfg.train.batch_size))
             self._emit(ev.LogLine(f"train.epochs = {cfg.train.epochs:g} over {n:,} examples at batch size {cfg.train.batch_size}: {cfg.train.max_steps:,} steps"))
         if self.directory is not None and self._is_main and not saved:
