@@ -33,7 +33,7 @@ import mlx.nn as nn
 from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import BUCKET, collate
 from engine.compile import compile_pays
-from engine.data import encode, run_data
+from engine.data import LazyEncoded, encode, run_data
 from engine.data_shapes import Record
 from engine.errors import DataError
 from engine.logprobs import shifted_token_logprobs
@@ -61,23 +61,19 @@ class UnpairedRows(Sequence[LabelledAnswer]):
     and an undesirable (rejected) answer — item ``2i`` and ``2i + 1`` of pair ``i``."""
 
     def __init__(self, records: Sequence[Record], encoder: Any) -> None:
-        self.records = records
-        self.encoder = encoder
         self.paired = bool(records) and records[0].rejected is not None
-        self._done: dict[int, list[LabelledAnswer]] = {}
+        self.per_row = 2 if self.paired else 1
+        self.encoder = encoder
+        self._rows = LazyEncoded(records, self._answers)  # each row tokenised once, when first used
 
     def __len__(self) -> int:
-        return 2 * len(self.records) if self.paired else len(self.records)
+        return self.per_row * len(self._rows)
 
-    def _of(self, r: int) -> list[LabelledAnswer]:
-        if r not in self._done:
-            rec = self.records[r]
-            if self.paired:
-                self._done[r] = unpair([encode(self.encoder, rec, "preference")])
-            else:
-                c = encode(self.encoder, rec, "sft")
-                self._done[r] = [LabelledAnswer(c.prompt_ids, c.completion_ids, bool(rec.extra["label"]), c.prompt, rec.where)]  # type: ignore[union-attr]
-        return self._done[r]
+    def _answers(self, rec: Record) -> list[LabelledAnswer]:
+        if self.paired:
+            return unpair([encode(self.encoder, rec, "preference")])
+        c = encode(self.encoder, rec, "sft")
+        return [LabelledAnswer(c.prompt_ids, c.completion_ids, bool(rec.extra["label"]), c.prompt, rec.where)]  # type: ignore[union-attr]
 
     @overload
     def __getitem__(self, i: int) -> LabelledAnswer: ...
@@ -88,7 +84,7 @@ class UnpairedRows(Sequence[LabelledAnswer]):
             return [self[j] for j in range(*i.indices(len(self)))]
         if i < 0:
             i += len(self)
-        return self._of(i // 2)[i % 2] if self.paired else self._of(i)[0]
+        return self._rows[i // self.per_row][i % self.per_row]
 
 
 def unpair(pairs: Any) -> list[LabelledAnswer]:
