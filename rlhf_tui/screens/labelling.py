@@ -1,21 +1,17 @@
 """The labelling screen: a person picks the better of two completions; the labels train the next round.
 
-Completions are sampled in a background thread that keeps ``AHEAD`` prompts ready, so the
-person never waits on the model. Every label is written to the label file at once
-(``engine.labels``: one fsync'd line each); quitting and coming back resumes at the first
-prompt this labeller has not judged. **r** starts a DPO round on the pairs collected so far,
-starting from the weights that wrote them, in the run monitor.
+Completions are sampled in a background thread (``engine.labelling.CompletionQueue``) that
+keeps ``AHEAD`` prompts ready, so the person never waits on the model. Every label is written
+to the label file at once (``engine.labels``: one fsync'd line each); quitting and coming back
+resumes at the first prompt this labeller has not judged. **r** starts a DPO round on the pairs
+collected so far, starting from the weights that wrote them, in the run monitor
+(``engine.labelling.round_config`` / ``prepare_round``).
 """
 
 from __future__ import annotations
 
-import atexit
-import copy
 import getpass
 import json
-import math
-import random
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,17 +28,21 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Label, Static, TextArea
 
-from engine.errors import Cancelled, EngineError
-from engine.labels import PANES, LabelFile, agreements, items_to_relabel, prompt_key, utc_now
+from engine.errors import EngineError
+from engine.labelling import (
+    CompletionQueue,
+    Item,
+    LabelStats,
+    live_snapshot_folder,
+    unlabelled_prompts,
+)
+from engine.labels import PANES, LabelFile, utc_now
 from engine.labels import Label as LabelRecord
 from engine.sampling import ModelChoice, Sampling
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
-    from engine.sampling import CompletionWriter
 
-AHEAD = 6  # prompts kept generated ahead of the person
-BATCH = 4  # prompts sampled together
 DEFAULT_LABEL_FILE = "labels/labels.jsonl"
 
 HELP = """\
@@ -73,15 +73,6 @@ When several labellers share a label file, the bar at the bottom shows how often
 the palette command *relabel the pairs in this file*: the pairs others judged are shown again,
 A/B order shuffled.
 """
-
-
-@dataclass(frozen=True)
-class Item:
-    """A prompt and the two completions shown for it."""
-
-    prompt: Any
-    completions: tuple[str, ...]  # two to four, shown in panes A..D
-    model: ModelChoice
 
 
 class ItemsReady(Message):
@@ -191,17 +182,18 @@ class LabellingScreen(Screen):
         self.relabel = relabel
         self.max_length = max_length
         self.seed = seed
-        self.choice: ModelChoice | None = model if isinstance(model, ModelChoice) else None
-        self.current: Item | None = None
+        # the completion queue owns the generator thread and all it touches; its callbacks run
+        # in that thread, so they only post messages
+        self.queue = CompletionQueue(
+            on_ready=lambda: self.post_message(ItemsReady()),
+            on_loaded=lambda description: self.post_message(ModelLoaded(description)),
+            on_failed=lambda error: self.post_message(GeneratorFailed(error)),
+            seed=seed,
+            max_length=max_length,
+        )
+        self.label_stats = LabelStats(self.labels)  # the file parsed again only when it changes
+        self.choice = model if isinstance(model, ModelChoice) else None
         self.selected = "a"
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ready: deque[Item] = deque()
-        self._pending: deque[Any] = deque()
-        self._generation = 0
-        self._busy = 0  # prompts the generator is sampling now
         self.total_prompts = 0
         self._status = "loading model…"
         self.session_count = 0
@@ -237,13 +229,27 @@ class LabellingScreen(Screen):
         self._start()
         self.set_interval(1.0, self._refresh_stats)
 
+    @property
+    def current(self) -> Item | None:
+        """The item shown."""
+        return self.queue.current
+
+    @property
+    def choice(self) -> ModelChoice | None:
+        """The model writing the completions, once resolved."""
+        return self.queue.choice
+
+    @choice.setter
+    def choice(self, value: ModelChoice | None) -> None:
+        self.queue.choice = value
+
     def _resume_model(self) -> None:
         """Coming back: label with the weights this labeller last labelled (a later round's
         checkpoint) when they started from the same base model and still exist."""
         if self.relabel or self.choice is not None:
             return
         try:
-            mine = [r for r in self.labels.rows() if r.get("labeller") == self.labeller]
+            mine = [r for r in self.label_stats.rows() if r.get("labeller") == self.labeller]
         except EngineError:
             return
         if not mine:
@@ -255,107 +261,37 @@ class LabellingScreen(Screen):
             self.notify(f"Resuming with {checkpoint} (m changes the model).", timeout=6)
 
     def on_unmount(self) -> None:
-        self._stop_generator()  # the thread ends by itself; _join_generators waits for it at exit
+        self._stop_generator()  # the thread ends by itself; engine.labelling waits for it at exit
 
     # ------------------------------------------------------------------ the queue
 
     def _start(self) -> None:
         """(Re)fill the queue: generated completions, or the pairs of the file when relabelling."""
         self._stop_generator()
-        with self._lock:
-            self._generation += 1
-            self._ready.clear()
-            self._busy = 0
-            self.current = None
         try:
             self.labels.repair()
-            rows = self.labels.rows()
+            rows = self.label_stats.rows()
         except (EngineError, OSError) as err:
+            self.queue.clear()
             self._fail(str(err))
             return
         if self.relabel:
-            rng = random.Random(self.seed)
-            placeholder = ModelChoice("relabel", "", None)
-            for prompt, shown in items_to_relabel(rows, self.labeller):
-                order = list(shown)
-                rng.shuffle(order)
-                self._ready.append(Item(prompt, tuple(order), _model_of(rows, prompt, shown) or placeholder))
-            self._status = "nothing left to relabel" if not self._ready else ""
+            self.queue.start_relabel(rows, self.labeller, seed=self.seed)
+            self._status = "nothing left to relabel" if not self.queue.counts().ready else ""
             self._show_next()
             return
         try:
-            from engine.data import load_records
-
-            records = load_records(str(self.prompts_path), "prompt")
+            prompts, self.total_prompts = unlabelled_prompts(self.prompts_path, rows, self.labeller)
         except EngineError as err:
+            self.queue.clear()
             self._fail(str(err))
             return
-        done = {prompt_key(r["prompt"]) for r in rows if r.get("labeller") == self.labeller}
-        with self._lock:
-            self._pending = deque(r.prompt for r in records if prompt_key(r.prompt) not in done)
-        self.total_prompts = len(records)
         self._status = "loading model…"
+        self.queue.start(prompts, self.choice or str(self.model_spec), self.sampling, resolve=self._resolve_in_thread)
         self._show_next()
-        self._generate(self._generation)
 
     def _stop_generator(self) -> None:
-        self._cancel.set()
-        self._wake.set()
-
-    def _generate(self, generation: int) -> None:
-        """Start the generator thread for this generation of the queue.
-
-        A thread of its own rather than a Textual thread worker: workers run on a reused
-        thread pool, and MLX's per-thread streams must be released by the thread that made
-        them when it ends (as ``engine.run.Run`` does).
-        """
-        self._cancel = threading.Event()
-        thread = threading.Thread(target=self._generator_main, args=(generation, self._cancel), name="rlhf-tui-labelling", daemon=True)
-        self._thread = thread
-        _track(thread)
-        thread.start()
-
-    def _generator_main(self, generation: int, cancel: threading.Event) -> None:
-        import mlx.core as mx
-
-        from engine.sampling import CompletionWriter
-        from engine.threads import release_mlx_streams
-
-        def check() -> None:
-            if cancel.is_set():
-                raise Cancelled()
-
-        try:
-            choice = self.choice or self._resolve_in_thread(str(self.model_spec))
-            self.choice = choice
-            mx.random.seed(self.seed)
-            writer: CompletionWriter = CompletionWriter(choice, self.max_length)
-            self.post_message(ModelLoaded(choice.describe()))
-            while not cancel.is_set():
-                with self._lock:
-                    if generation != self._generation:
-                        return
-                    room = AHEAD - len(self._ready)
-                    batch = [self._pending.popleft() for _ in range(min(max(room, 0), BATCH, len(self._pending)))]
-                    self._busy = len(batch)
-                if not batch:
-                    self._wake.wait(0.2)
-                    self._wake.clear()
-                    continue
-                texts = writer.complete(batch, self.sampling, check=check)
-                with self._lock:
-                    if generation != self._generation:
-                        return
-                    self._ready.extend(Item(p, tuple(t), choice) for p, t in zip(batch, texts, strict=True))
-                    self._busy = 0
-                self.post_message(ItemsReady())
-        except Cancelled:
-            return
-        except Exception as err:  # noqa: BLE001 - shown on screen; the app stays up
-            message = str(err) if isinstance(err, EngineError) else f"{type(err).__name__}: {err}"
-            self.post_message(GeneratorFailed(message))
-        finally:
-            release_mlx_streams()
+        self.queue.cancel()
 
     def _resolve_in_thread(self, spec: str) -> ModelChoice:
         """``live``: the app's training run's current weights (saved next to the label file)."""
@@ -366,9 +302,7 @@ class LabellingScreen(Screen):
         run = getattr(self.app, "active_run", None)
         if run is None or run.ctx is None:
             raise EngineError("'live' needs a run training in this app (it has not loaded its model yet, or there is none)")
-        run_id = run.directory.id if run.directory else "run"
-        folder = self.labels.path.with_name(f"{self.labels.path.stem}.models") / f"{run_id}-step-{run.step:06d}"
-        return snapshot_live_run(run, folder)
+        return snapshot_live_run(run, live_snapshot_folder(self.labels.path, run))
 
     @on(ItemsReady)
     def _items_ready(self) -> None:
@@ -394,17 +328,13 @@ class LabellingScreen(Screen):
         self._refresh_stats()
 
     def _show_next(self) -> None:
-        with self._lock:
-            self.current = self._ready.popleft() if self._ready else None
-        self._wake.set()
-        self._show(self.current)
+        self._show(self.queue.advance())
 
     def _show(self, item: Item | None) -> None:
         prompt = self.query_one("#label-prompt-text", Static)
         texts = [self.query_one(f"#text-{pane}", Static) for pane in PANES]
         if item is None:
-            with self._lock:
-                finished = not self._pending and not self._ready and not self._busy
+            finished = self.queue.counts().finished
             if finished and not self._status.startswith("error"):
                 waiting = "All prompts here are labelled. r trains on the pairs; m picks another model."
             else:
@@ -449,18 +379,16 @@ class LabellingScreen(Screen):
         self.query_one("#label-sampling", Static).update(line)
 
     def stats_text(self) -> Text:
-        rows = self.labels.rows()
-        pairs = sum(1 for r in rows if "chosen" in r)
+        summary = self.label_stats.summary()
         out = Text()
         out.append(f"{self.session_count} labelled", style="bold")
-        out.append(f" this session · {pairs} pairs + {len(rows) - pairs} other in file")
+        out.append(f" this session · {summary.pairs} pairs + {summary.others} other in file")
         times = self._label_times
         if len(times) >= 2 and times[-1] > times[0]:
             out.append(f" · {60 * (len(times) - 1) / (times[-1] - times[0]):.1f}/min")
-        with self._lock:
-            ready, left = len(self._ready), len(self._pending)
-        out.append(f" · {ready} ready" + (f", {left} to generate" if not self.relabel else ""))
-        for ag in agreements(rows):
+        counts = self.queue.counts()
+        out.append(f" · {counts.ready} ready" + (f", {counts.pending} to generate" if not self.relabel else ""))
+        for ag in summary.agreements:
             if self.labeller in (ag.labeller_a, ag.labeller_b):
                 other = ag.labeller_b if ag.labeller_a == self.labeller else ag.labeller_a
                 kappa = f", κ {ag.kappa:.2f}" if ag.kappa is not None else ""
@@ -473,8 +401,7 @@ class LabellingScreen(Screen):
         try:
             self.query_one("#label-stats", Static).update(self.stats_text())
             if not self.relabel and self.total_prompts:
-                with self._lock:
-                    left = len(self._pending) + len(self._ready) + (self.current is not None) + self._busy
+                left = self.queue.counts().left
                 self.query_one("#label-prompt").border_subtitle = f"{max(self.total_prompts - left, 0)} of {self.total_prompts} prompts done by {self.labeller}"
             else:
                 self.query_one("#label-prompt").border_subtitle = ""
@@ -549,10 +476,7 @@ class LabellingScreen(Screen):
         model = self.current.model if self.current else (self.choice or ModelChoice("", str(row.get("model", "")), None))
         model = replace(model, base=str(row.get("model", model.base)), adapter_dir=row.get("checkpoint"))
         back = Item(row["prompt"], tuple(row["completions"]), model)  # type: ignore[arg-type]
-        with self._lock:
-            if self.current is not None:
-                self._ready.appendleft(self.current)
-            self.current = back
+        self.queue.put_back(back)
         self._show(back)
         self.notify(f"Undid '{row['label']}' on this prompt.", timeout=3)
 
@@ -589,27 +513,11 @@ class LabellingScreen(Screen):
 
     def round_config(self, algorithm: str = "dpo") -> RunConfig:
         """The config of a training round on the labelled pairs, from the weights that wrote them."""
-        from engine.api import run_config
-        from engine.config import resolve_path
-        from engine.presets import DEFAULT_PRESET, load_preset
+        from engine.labelling import round_config
+        from engine.sampling import resolve_model_choice
 
-        choice = self.choice or (None if self.relabel else _resolve(str(self.model_spec)))
-        if choice is not None and choice.run_dir:
-            cfg = run_config(choice.run_dir)  # the hyperparameters that trained these weights
-        else:
-            cfg = copy.deepcopy(self.base_config) if self.base_config is not None else load_preset(DEFAULT_PRESET)
-            if choice is not None and choice.base and choice.base not in (cfg.model.path, resolve_path(cfg, cfg.model.path)):
-                cfg.model.path = choice.base
-        pairs = len(self.labels.pairs())
-        cfg.algorithm = algorithm
-        cfg.name = f"labels-{algorithm}"
-        cfg.description = f"{algorithm.upper()} on {pairs} labelled pairs from {self.labels.path}"
-        cfg.model.init_from = (choice.adapter_dir or "") if choice is not None else ""
-        cfg.train.batch_size = max(1, min(cfg.train.batch_size, pairs))
-        cfg.train.max_steps = self.round_steps or max(10, min(200, math.ceil(8 * pairs / cfg.train.batch_size)))
-        cfg.train.save_every = 0
-        cfg.train.eval_every = max(cfg.train.max_steps // 2, 1)
-        return cfg
+        choice = self.choice or (None if self.relabel else resolve_model_choice(str(self.model_spec)))
+        return round_config(self.labels, choice, algorithm=algorithm, base_config=self.base_config, round_steps=self.round_steps)
 
     def action_train_round(self, algorithm: str = "dpo") -> None:
         from rlhf_tui.screens.dialogs import ConfirmScreen
@@ -647,8 +555,7 @@ class LabellingScreen(Screen):
 
     def start_round(self, cfg: RunConfig) -> Path | None:
         """Copy the pairs into a new run directory, record where they came from, and start training."""
-        from engine.labels import snapshot_pairs
-        from engine.rundir import RunDirectory, atomic_write_text
+        from engine.labelling import prepare_round
 
         runs_root = getattr(self.app, "runs_root", "runs")
         active = getattr(self.app, "active_run", None)
@@ -656,23 +563,13 @@ class LabellingScreen(Screen):
             self.notify("A run is already training; let it finish or cancel it first.", severity="warning")
             return None
         try:
-            directory = RunDirectory.create(runs_root, cfg.name)
-            record = snapshot_pairs(self.labels.path, directory.path / "train_labels.jsonl")
-            record |= {
-                "algorithm": cfg.algorithm,
-                "base_model": cfg.model.path,
-                "init_from": cfg.model.init_from or None,
-                "skipped_file": str(self.labels.sidecar.resolve()),
-                "started": utc_now(),
-            }
-            atomic_write_text(directory.path / "data_provenance.json", json.dumps(record, indent=2) + "\n")
+            directory = prepare_round(self.labels, cfg, runs_root)
         except EngineError as err:
             self.notify(str(err), title="Cannot start a round", severity="error", timeout=15)
             return None
-        cfg.data.train = str(directory.path / "train_labels.jsonl")
-        self.last_round = str(directory.path)
-        self.app.start_run(cfg, out_dir=str(directory.path))  # type: ignore[attr-defined]
-        return directory.path
+        self.last_round = str(directory)
+        self.app.start_run(cfg, out_dir=str(directory))  # type: ignore[attr-defined]
+        return directory
 
     def action_sampling_settings(self) -> None:
         from rlhf_tui.screens.dialogs import PromptScreen
@@ -762,38 +659,6 @@ def parse_sampling(text: str, base: Sampling) -> Sampling:
         except ValueError:
             raise ValueError(f"{part!r}: {key} must be {'an integer' if kinds[key] is int else 'a number'}") from None
     return replace(base, **values)
-
-
-_GENERATORS: set[threading.Thread] = set()
-_REGISTERED: list[Callable[[], None]] = []
-
-
-def _track(thread: threading.Thread) -> None:
-    if _join_generators not in _REGISTERED:
-        atexit.register(_join_generators)
-        _REGISTERED.append(_join_generators)
-    _GENERATORS.difference_update([t for t in _GENERATORS if not t.is_alive()])
-    _GENERATORS.add(thread)
-
-
-def _join_generators() -> None:
-    """At exit, let cancelled generator threads finish: a thread that still holds MLX
-    streams when the interpreter goes down aborts the process ("terminate called ...")."""
-    for thread in list(_GENERATORS):
-        thread.join(30)
-
-
-def _resolve(spec: str) -> ModelChoice:
-    from engine.sampling import resolve_model_choice
-
-    return resolve_model_choice(spec)
-
-
-def _model_of(rows: list[dict[str, Any]], prompt: Any, completions: tuple[str, ...]) -> ModelChoice | None:
-    for r in rows:
-        if r.get("prompt") == prompt and tuple(r.get("completions", ())) == completions:
-            return ModelChoice("relabel", str(r.get("model", "")), r.get("checkpoint"))
-    return None
 
 
 def _builtin_prompts() -> Path:
