@@ -45,6 +45,56 @@ def value_and_grad_fn(module: nn.Module, loss_fn: Callable[..., Any], compiled: 
     return fn
 
 
+def fused_step_fn(module: nn.Module, optimizer: Any, loss_fn: Callable[..., Any], max_norm: float, average: Callable[[Any], Any]) -> Callable[..., Any] | None:
+    """One compiled call for a whole optimizer step, or None where the loss may not be traced.
+
+    ``f(*args) -> (loss, aux, grad_norm, finite)``: value and gradient, the ranks' average
+    (``average``), clipping to ``max_norm`` (0: none), and the optimizer update, traced once
+    per (module, loss, optimizer). A step whose loss or gradient norm is not finite changes
+    nothing: the new weights and optimizer state are selected on the device
+    (``mx.where(finite, new, old)``), so the host reads the loss once, after the step, instead
+    of waiting between the backward pass and an update launched op by op (on a GPU that
+    wait is the step's idle time; see docs/performance.md).
+    """
+    if not getattr(getattr(loss_fn, "__self__", None), "compilable", False):
+        return None
+    key = (id(module), getattr(loss_fn, "__func__", loss_fn), id(getattr(loss_fn, "__self__", None)), id(optimizer), float(max_norm))
+    fn = _COMPILED.get(key)
+    if fn is not None:
+        return fn
+    import mlx.optimizers as optim
+    from mlx.utils import tree_map
+
+    vag = nn.value_and_grad(module, loss_fn)
+
+    def step(*args: Any) -> tuple[Any, ...]:
+        (loss, aux), grads = vag(module, *args)
+        grads = average(grads)
+        grads, norm = optim.clip_grad_norm(grads, max_norm if max_norm > 0 else float("inf"))
+        finite = mx.isfinite(loss) & mx.isfinite(norm)
+        old_params = module.trainable_parameters()
+        old_state = tree_map(lambda x: x, optimizer.state)
+        optimizer.update(module, grads)
+        module.update(tree_map(lambda new, old: mx.where(finite, new, old), module.trainable_parameters(), old_params))
+        _select_in_place(optimizer.state, old_state, finite)  # in place: the compiled call writes back into these containers
+        return loss, aux, norm, finite
+
+    state = [module.state, optimizer.state]
+    fn = mx.compile(step, inputs=state, outputs=state)
+    _COMPILED[key] = fn
+    return fn
+
+
+def _select_in_place(new: Any, old: Any, keep_new: mx.array) -> None:
+    """Set every array leaf of the dict/list tree ``new`` to ``where(keep_new, new, old)``."""
+    items = new.items() if isinstance(new, dict) else enumerate(new)
+    for k, v in list(items):
+        if isinstance(v, (dict, list)):
+            _select_in_place(v, old[k], keep_new)
+        elif isinstance(v, mx.array):
+            new[k] = mx.where(keep_new, v, old[k])
+
+
 def release_compiled(module: nn.Module) -> int:
     """Forget the compiled steps of ``module`` (a run calls this when it ends); returns how many.
 

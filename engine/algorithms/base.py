@@ -20,7 +20,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_map
 
 from engine.batching import DataOrder
-from engine.compile import compile_pays, value_and_grad_fn
+from engine.compile import compile_pays, fused_step_fn, value_and_grad_fn
 from engine.errors import NonFiniteError
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from engine.models import LoadedModel
 
 LossFn = Callable[..., tuple[mx.array, dict[str, mx.array]]]
+
+# Where the step is compiled (a GPU), compile the optimizer update and clipping into it too
+# (engine.compile.fused_step_fn); benchmarks/gpu_step_levers.py turns it off to compare.
+FUSED_STEP = True
 
 
 class _Fp32State:
@@ -149,7 +153,17 @@ class TrainContext:
         changes. Returns (loss, aux metrics, gradient norm) as Python floats.
         """
         assert self.optimizer is not None, "build_optimizer() first"
-        step_fn = value_and_grad_fn(self.trainable, loss_fn, compile_pays(self.cfg.train.compile))  # compiled on GPU only
+        compiled = compile_pays(self.cfg.train.compile)  # compiled on GPU only
+        fused = fused_step_fn(self.trainable, self.optimizer, loss_fn, self.cfg.train.max_grad_norm, self.world.average_gradients) if compiled and FUSED_STEP else None
+        if fused is not None:
+            loss, aux, norm, finite = fused(*args)
+            mx.eval(loss, norm, aux, finite, self.trainable.parameters(), self.optimizer.state)
+            loss_f, norm_f = float(loss.item()), float(norm.item())
+            metrics = {k: float(v.item()) for k, v in aux.items()}
+            if not bool(finite.item()):
+                self._non_finite(loss_f, norm_f)  # nothing was updated on the device
+            return loss_f, metrics, norm_f
+        step_fn = value_and_grad_fn(self.trainable, loss_fn, compiled)
         (loss, aux), grads = step_fn(*args)
         return self._apply(loss, aux, grads)
 
@@ -179,6 +193,16 @@ class TrainContext:
         assert total_loss is not None
         return self._apply(total_loss, total_aux, total_grads)
 
+    def _non_finite(self, loss: float, norm: float) -> None:
+        """A step whose loss or gradient norm is NaN/inf: stop (the default) or count it as skipped."""
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        value = loss if not math.isfinite(loss) else norm
+        msg = f"step {self.step}: {what} is {value}"
+        if self.cfg.train.on_nan != "skip":
+            raise NonFiniteError(f"{msg}; stopped with the last good checkpoint intact (set train.on_nan = skip to skip such steps)")
+        self.skipped_steps += 1
+        self.alert(f"{msg}; update skipped (train.on_nan = skip)")
+
     def _apply(self, loss: mx.array, aux: dict[str, mx.array], grads: Any) -> tuple[float, dict[str, float], float]:
         module = self.trainable
         assert self.optimizer is not None
@@ -191,14 +215,8 @@ class TrainContext:
         mx.eval(loss, norm, aux)
         loss_f, norm_f = float(loss.item()), float(norm.item())
         if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
-            what = "loss" if not math.isfinite(loss_f) else "gradient norm"
-            value = loss_f if not math.isfinite(loss_f) else norm_f
-            msg = f"step {self.step}: {what} is {value}"
-            if self.cfg.train.on_nan == "skip":
-                self.skipped_steps += 1
-                self.alert(f"{msg}; update skipped (train.on_nan = skip)")
-                return loss_f, {k: float(v.item()) for k, v in aux.items()}, norm_f
-            raise NonFiniteError(f"{msg}; stopped with the last good checkpoint intact (set train.on_nan = skip to skip such steps)")
+            self._non_finite(loss_f, norm_f)
+            return loss_f, {k: float(v.item()) for k, v in aux.items()}, norm_f
         self.optimizer.update(module, grads)
         mx.eval(module.parameters(), self.optimizer.state)
         return loss_f, {k: float(v.item()) for k, v in aux.items()}, norm_f
