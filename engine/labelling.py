@@ -136,6 +136,11 @@ class CompletionQueue:
         with self._lock:
             return list(self._ready)
 
+    def pending_prompts(self) -> list[Any]:
+        """Prompts not sampled yet, in the order they will be."""
+        with self._lock:
+            return list(self._pending)
+
     # -------------------------------------------------------------- filling
 
     def clear(self) -> int:
@@ -237,6 +242,7 @@ class CompletionQueue:
             if cancel.is_set():
                 raise Cancelled()
 
+        batch: list[Any] = []
         try:
             if isinstance(model, ModelChoice):
                 choice = model
@@ -265,10 +271,11 @@ class CompletionQueue:
                     continue
                 texts = writer.complete(batch, sampling, check=check)
                 with self._lock:
-                    if generation != self._generation:
-                        return
+                    if generation != self._generation or cancel.is_set():
+                        return  # refilled or cancelled meanwhile: these completions are stale
                     self._ready.extend(Item(p, tuple(t), choice) for p, t in zip(batch, texts, strict=True))
                     self._busy = 0
+                    batch = []
                 self.on_ready()
         except Cancelled:
             return
@@ -276,6 +283,10 @@ class CompletionQueue:
             if self._is_current(generation):
                 self.on_failed(one_line_error(err))
         finally:
+            with self._lock:
+                if batch and generation == self._generation:
+                    self._pending.extendleft(reversed(batch))  # cancelled mid-sample: still to do
+                    self._busy = 0
             release_mlx_streams()
 
 
