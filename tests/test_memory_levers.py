@@ -56,9 +56,9 @@ def test_accumulated_micro_batches_make_the_whole_batchs_update(tmp_path, preset
 
 
 def test_accumulation_where_an_algorithm_cannot_is_one_line(tmp_path):
-    cfg = load_preset("tiny-grpo", [*quick_overrides(data_dir(tmp_path, "d"), steps=1), "train.grad_accumulation_steps=2"])
+    cfg = load_preset("tiny-ppo", [*quick_overrides(data_dir(tmp_path, "d"), steps=1), "train.grad_accumulation_steps=2"])
     summary = Run(cfg, out_dir=tmp_path / "r").run()
-    assert summary["status"] == "failed" and "train.grad_accumulation_steps = 2: grpo does not accumulate" in summary["error"]
+    assert summary["status"] == "failed" and "train.grad_accumulation_steps = 2: ppo does not accumulate" in summary["error"]
 
 
 @pytest.mark.parametrize("preset", ["tiny-sft", "tiny-reward", "tiny-dpo"])

@@ -15,6 +15,15 @@ all tokens of the batch), ``dr_grpo`` (sum / (completions x generation.max_new_t
 ``generation.max_new_tokens`` without EOS are masked out of the loss when
 ``grpo.mask_truncated_completions`` is on (the default, as TRL).
 
+With ``train.grad_accumulation_steps = k`` the step still generates, scores and normalises
+the advantages of all its completions (whole groups) first; only the loss is split over k
+micro-batches of completions (consecutive, so a group stays together where k divides the
+batch's groups; the loss does not need it). Each micro-batch is normalised by the whole
+batch's completion and token counts (``reduce_loss``'s ``rows`` / ``tokens``), so the
+micro-batches' losses and gradients sum to the un-accumulated step's for every loss type,
+and the token-mean metrics likewise. Reference and old log-probs are computed a
+micro-batch at a time, so no pass holds more than one micro-batch's logits.
+
 Panel keys: ``reward`` is the mean summed score of the sampled completions; ``kl`` is the
 mean per-token k3 KL to the reference (null when ``grpo.beta = 0``: no reference is kept).
 Extras (TRL names): ``reward_std`` (mean within-group std), ``frac_reward_zero_std``,
@@ -77,22 +86,36 @@ def grpo_token_loss(logp: mx.array, old_logp: mx.array, adv: mx.array, eps_low: 
     return -mx.minimum(unclipped, clipped), ratio
 
 
-def reduce_loss(per_token: mx.array, mask: mx.array, loss_type: str, max_new_tokens: int, global_tokens: float | None = None) -> mx.array:
+def reduce_loss(
+    per_token: mx.array,
+    mask: mx.array,
+    loss_type: str,
+    max_new_tokens: int,
+    global_tokens: float | None = None,
+    rows: float | None = None,
+    tokens: float | None = None,
+) -> mx.array:
+    """The loss of ``per_token`` [N, T] under ``loss_type``. When the rows are one micro-batch
+    of a step's batch, ``rows`` and ``tokens`` are the whole batch's completions and masked
+    tokens: each micro-batch then returns its share, and the shares sum to the batch's loss."""
     masked = per_token * mask
+    n = per_token.shape[0] if rows is None else rows
+    n_tok = mask.sum() if tokens is None else mx.array(tokens, dtype=mx.float32)
     if loss_type == "grpo":
-        return (masked.sum(axis=1) / mx.maximum(mask.sum(axis=1), 1.0)).mean()
+        return (masked.sum(axis=1) / mx.maximum(mask.sum(axis=1), 1.0)).sum() / n
     if loss_type == "bnpo":
-        return masked.sum() / mx.maximum(mask.sum(), 1.0)
+        return masked.sum() / mx.maximum(n_tok, 1.0)
     if loss_type == "dr_grpo":
-        return masked.sum() / (per_token.shape[0] * max_new_tokens)
+        return masked.sum() / (n * max_new_tokens)
     if loss_type == "dapo":
-        denom = global_tokens if global_tokens is not None else mask.sum()
-        return masked.sum() / mx.maximum(mx.array(denom, dtype=mx.float32), 1.0)
+        denom = mx.array(global_tokens, dtype=mx.float32) if global_tokens is not None else n_tok
+        return masked.sum() / mx.maximum(denom, 1.0)
     raise ValueError(f"unknown GRPO loss_type {loss_type!r}")
 
 
 class Grpo(Algorithm):
     name = "grpo"
+    supports_grad_accumulation = True  # the loss of a step's completions, split (module docstring)
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -125,7 +148,11 @@ class Grpo(Algorithm):
         old_logp: mx.array | None,
         ref_logp: mx.array | None,
         global_tokens: float | None,
+        rows: float | None = None,
+        n_tokens: float | None = None,
     ) -> tuple[mx.array, dict[str, mx.array]]:
+        """The loss of these completions; ``rows`` / ``n_tokens``: the whole step's counts when
+        they are one micro-batch of it (see ``reduce_loss``), so micro-batch results sum."""
         g = self.cfg.grpo
         batch = CompletionBatch(tokens, index, mask, targets, [])
         logp, ent = self._logprobs(model, batch)
@@ -133,12 +160,12 @@ class Grpo(Algorithm):
         eps_high = g.epsilon_high if g.epsilon_high > 0 else g.epsilon
         per_tok, ratio = grpo_token_loss(logp, old, adv, g.epsilon, eps_high)
         aux: dict[str, mx.array] = {}
-        n_tok = mx.maximum(mask.sum(), 1.0)
+        n_tok = mx.maximum(mask.sum() if n_tokens is None else mx.array(n_tokens, dtype=mx.float32), 1.0)
         if ref_logp is not None:
             kl = k3_kl(logp, ref_logp)
             per_tok = per_tok + g.beta * kl
             aux["kl"] = mx.stop_gradient((kl * mask).sum() / n_tok)
-        loss = reduce_loss(per_tok, mask, g.loss_type, self.cfg.generation.max_new_tokens, global_tokens)
+        loss = reduce_loss(per_tok, mask, g.loss_type, self.cfg.generation.max_new_tokens, global_tokens, rows, n_tokens)
         a = adv[:, None]
         low = ((ratio < 1 - g.epsilon) & (a < 0)).astype(mx.float32)
         high = ((ratio > 1 + eps_high) & (a > 0)).astype(mx.float32)
@@ -153,6 +180,28 @@ class Grpo(Algorithm):
         rollout, texts = sample_completions(self.ctx, [p.prompt_ids for p in rows], self.eos, temperature)
         return rows, rollout, texts
 
+    def _micro_batches(self, rows: list[Prompt], rollout: Any, mask_truncated: bool) -> list[tuple[slice, CompletionBatch]]:
+        """The step's completions as ``train.grad_accumulation_steps`` consecutive micro-batches
+        (one when it is 1), each padded to its own longest row; cut completions masked out
+        when ``mask_truncated`` (no gradient from them)."""
+        out = []
+        for part in self.ctx.micro_batches(list(range(len(rows)))):
+            at = slice(part[0], part[-1] + 1)
+            batch = completion_batch([p.prompt_ids for p in rows[at]], rollout.completion_ids[at], pad_id(self.ctx.tokenizer))
+            if mask_truncated:
+                kept = mx.array([1.0 if f else 0.0 for f in rollout.finished[at]])
+                batch = CompletionBatch(batch.tokens, batch.index, batch.mask * kept[:, None], batch.targets, batch.lengths)
+            out.append((at, batch))
+        return out
+
+    def _no_grad_logprobs(self, model: nn.Module, batches: list[tuple[slice, CompletionBatch]]) -> list[mx.array]:
+        """Per-token log-probs of each micro-batch under ``model``, one micro-batch at a time."""
+        out = []
+        for _, batch in batches:
+            out.append(mx.stop_gradient(self._logprobs(model, batch)[0]))
+            mx.eval(out[-1])
+        return out
+
     # -------------------------------------------------------------- the step
 
     def train_step(self, step: int) -> StepResult:
@@ -162,24 +211,25 @@ class Grpo(Algorithm):
         scores, per_fn = score_completions(self.rewards, [p.text for p in rows], texts, [p.extra for p in rows])
         rewards = mx.array(scores, dtype=mx.float32)
         adv, std = group_advantages(rewards, g.num_generations, g.scale_rewards)
-        batch = completion_batch([p.prompt_ids for p in rows], rollout.completion_ids, pad_id(ctx.tokenizer))
-        if g.mask_truncated_completions:  # cut at max_new_tokens without EOS: no gradient from them
-            kept = mx.array([1.0 if f else 0.0 for f in rollout.finished])
-            batch = CompletionBatch(batch.tokens, batch.index, batch.mask * kept[:, None], batch.targets, batch.lengths)
-        ref_logp = None
+        # advantages over whole groups first; then the loss in micro-batches (one unless accumulating)
+        batches = self._micro_batches(rows, rollout, g.mask_truncated_completions)
+        ref_logp: list[Any] = [None] * len(batches)
         if self.reference is not None:
             with self.reference.active() as ref_model:
-                ref_logp = mx.stop_gradient(self._logprobs(ref_model, batch)[0])
-                mx.eval(ref_logp)
-        old_logp = None
+                ref_logp = self._no_grad_logprobs(ref_model, batches)
+        old_logp: list[Any] = [None] * len(batches)
         if g.num_iterations > 1:
-            old_logp = mx.stop_gradient(self._logprobs(ctx.model, batch)[0])
-            mx.eval(old_logp)
-        global_tokens = ctx.world.sum(float(batch.mask.sum().item())) / ctx.world.size if g.loss_type == "dapo" else None
+            old_logp = self._no_grad_logprobs(ctx.model, batches)
+        tokens = sum(float(b.mask.sum().item()) for _, b in batches)  # this rank's, after masking
+        global_tokens = ctx.world.sum(tokens) / ctx.world.size if g.loss_type == "dapo" else None
+        micro = [
+            (1.0, (b.tokens, b.index, b.mask, b.targets, adv[at], old_logp[j], ref_logp[j], global_tokens, float(len(rows)), tokens))
+            for j, (at, b) in enumerate(batches)
+        ]
         losses, norms, auxes = [], [], []
         for _ in range(g.num_iterations):
             ctx.check()
-            loss, aux, norm = ctx.update(self.loss_fn, batch.tokens, batch.index, batch.mask, batch.targets, adv, old_logp, ref_logp, global_tokens)
+            loss, aux, norm = ctx.update_accumulated(self.loss_fn, micro)  # shares of the batch: weights 1
             losses.append(loss)
             norms.append(norm)
             auxes.append(aux)

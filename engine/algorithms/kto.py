@@ -12,6 +12,14 @@ loss of a desirable answer is ``desirable_weight * (1 - sigmoid(beta * (z - KL))
 undesirable one ``undesirable_weight * (1 - sigmoid(beta * (KL - z)))``, averaged over the
 batch. The reference policy is the starting weights, swapped in (no second model).
 
+With ``train.grad_accumulation_steps = k`` the KL estimate keeps its whole-batch meaning:
+it is computed (no gradient) over the step's whole batch — every row's mismatched answer,
+as without accumulation, and averaged over ranks — before the loss is split over k
+micro-batches of consecutive rows; each micro-batch uses that one estimate, and its loss
+and metrics are divided by the whole batch's row and label counts, so the micro-batches
+sum to the un-accumulated step exactly. (TRL's KTOTrainer, accumulating, estimates the KL
+per micro-batch instead.) The no-gradient passes also run a micro-batch at a time.
+
 Metrics (TRL names): ``kl`` (the estimate, also the panel's ``kl``), ``rewards/chosen`` and
 ``rewards/rejected`` (mean ``beta * z`` of desirable / undesirable answers),
 ``rewards/margins`` (their difference, the panel's ``reward``), ``logps/chosen``,
@@ -100,27 +108,39 @@ def unpair(pairs: Any) -> list[LabelledAnswer]:
 
 
 def kto_terms(
-    logps: mx.array, ref_logps: mx.array, desirable: mx.array, kl: mx.array, beta: float, desirable_weight: float, undesirable_weight: float
+    logps: mx.array,
+    ref_logps: mx.array,
+    desirable: mx.array,
+    kl: mx.array,
+    beta: float,
+    desirable_weight: float,
+    undesirable_weight: float,
+    totals: tuple[float, float, float] | None = None,
 ) -> tuple[mx.array, dict[str, mx.array]]:
-    """Loss and metrics from summed answer log-probs; ``desirable`` is 1.0 / 0.0 per row."""
+    """Loss and metrics from summed answer log-probs; ``desirable`` is 1.0 / 0.0 per row.
+
+    ``totals``: (rows, desirable rows, undesirable rows) of the whole batch when these rows
+    are one micro-batch of it; every value is then this micro-batch's share (``kl`` too), so
+    the micro-batches' values sum to the whole batch's."""
     z = logps - ref_logps
     good_loss = 1 - mx.sigmoid(beta * (z - kl))
     bad_loss = 1 - mx.sigmoid(beta * (kl - z))
     losses = desirable * desirable_weight * good_loss + (1 - desirable) * undesirable_weight * bad_loss
     rewards = mx.stop_gradient(beta * z)
     n_good, n_bad = desirable.sum(), (1 - desirable).sum()
+    n, all_good, all_bad = totals if totals is not None else (losses.size, n_good, n_bad)
 
-    def mean_of(x: mx.array, w: mx.array, n: mx.array) -> mx.array:
+    def mean_of(x: mx.array, w: mx.array, n: Any) -> mx.array:
         return (x * w).sum() / mx.maximum(n, 1.0)
 
-    good_reward, bad_reward = mean_of(rewards, desirable, n_good), mean_of(rewards, 1 - desirable, n_bad)
-    return losses.mean(), {
-        "kl": kl,
+    good_reward, bad_reward = mean_of(rewards, desirable, all_good), mean_of(rewards, 1 - desirable, all_bad)
+    return losses.sum() / n, {
+        "kl": kl if totals is None else kl * (losses.size / n),
         "rewards/chosen": good_reward,
         "rewards/rejected": bad_reward,
         "rewards/margins": good_reward - bad_reward,
-        "logps/chosen": mean_of(mx.stop_gradient(logps), desirable, n_good),
-        "logps/rejected": mean_of(mx.stop_gradient(logps), 1 - desirable, n_bad),
+        "logps/chosen": mean_of(mx.stop_gradient(logps), desirable, all_good),
+        "logps/rejected": mean_of(mx.stop_gradient(logps), 1 - desirable, all_bad),
         "count/chosen": n_good,
         "count/rejected": n_bad,
     }
@@ -140,6 +160,7 @@ def mismatched(rows: list[LabelledAnswer]) -> list[tuple[tuple[int, ...], tuple[
 
 class Kto(Algorithm):
     name = "kto"
+    supports_grad_accumulation = True  # whole-batch KL estimate, the loss split (module docstring)
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -162,35 +183,55 @@ class Kto(Algorithm):
         lp, _ = shifted_token_logprobs(model, tokens)
         return (lp * mask).sum(axis=-1)
 
-    def _no_grad_sums(self, model: nn.Module, rows: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> mx.array:
+    def _no_grad_sums(self, model: nn.Module, rows: list[tuple[tuple[int, ...], tuple[int, ...]]], size: int | None = None) -> mx.array:
         out = []
-        step = max(self.cfg.train.batch_size, 8)
+        step = size or max(self.cfg.train.batch_size, 8)
         for start in range(0, len(rows), step):
             batch = collate(rows[start : start + step], bucket=self.bucket)
             out.append(mx.stop_gradient(self._sums(model, batch.tokens, batch.mask)))
             mx.eval(out[-1])
         return mx.concatenate(out) if out else mx.zeros((0,))
 
-    def loss_fn(self, model: nn.Module, tokens: mx.array, mask: mx.array, ref: mx.array, desirable: mx.array, kl: mx.array) -> tuple[mx.array, dict[str, mx.array]]:
+    def loss_fn(
+        self,
+        model: nn.Module,
+        tokens: mx.array,
+        mask: mx.array,
+        ref: mx.array,
+        desirable: mx.array,
+        kl: mx.array,
+        totals: tuple[float, float, float] | None = None,
+    ) -> tuple[mx.array, dict[str, mx.array]]:
         k = self.cfg.kto
-        return kto_terms(self._sums(model, tokens, mask), ref, desirable, kl, k.beta, k.desirable_weight, k.undesirable_weight)
+        return kto_terms(self._sums(model, tokens, mask), ref, desirable, kl, k.beta, k.desirable_weight, k.undesirable_weight, totals)
 
-    def _batch_inputs(self, rows: list[LabelledAnswer]) -> tuple[Any, mx.array, mx.array, mx.array]:
-        """(batch, reference log-probs, labels, KL estimate) for ``rows`` under the current weights."""
+    def _batch_inputs(self, rows: list[LabelledAnswer], size: int | None = None) -> tuple[mx.array, mx.array, mx.array]:
+        """(reference log-probs, labels, KL estimate) for the whole batch ``rows`` under the
+        current weights; the no-gradient passes run ``size`` rows at a time."""
         pairs = [(r.prompt_ids, r.answer_ids) for r in rows]
         with self.reference.active() as ref_model:
-            ref = self._no_grad_sums(ref_model, pairs)
-            ref_kl = self._no_grad_sums(ref_model, mismatched(rows))
-        kl = kl_estimate(self._no_grad_sums(self.ctx.model, mismatched(rows)), ref_kl)
+            ref = self._no_grad_sums(ref_model, pairs, size)
+            ref_kl = self._no_grad_sums(ref_model, mismatched(rows), size)
+        kl = kl_estimate(self._no_grad_sums(self.ctx.model, mismatched(rows), size), ref_kl)
         kl = self.ctx.world.mean({"kl": float(kl.item())})["kl"]  # TRL gathers the estimate across processes
         desirable = mx.array([1.0 if r.desirable else 0.0 for r in rows])
-        return collate(pairs, bucket=self.bucket), ref, desirable, mx.array(kl, dtype=mx.float32)
+        return ref, desirable, mx.array(kl, dtype=mx.float32)
 
     def train_step(self, step: int) -> StepResult:
         rows = [self.train[i] for i in self.order.next_indices()]
-        batch, ref, desirable, kl = self._batch_inputs(rows)
-        loss, aux, norm = self.ctx.update(self.loss_fn, batch.tokens, batch.mask, ref, desirable, kl)
-        return StepResult(loss, norm, float(batch.num_tokens), reward=aux["rewards/margins"], kl=aux.pop("kl"), extras=dict(aux))
+        chunks = self.ctx.micro_batches(rows)  # train.grad_accumulation_steps
+        ref, desirable, kl = self._batch_inputs(rows, len(chunks[0]) if len(chunks) > 1 else None)
+        good = sum(1.0 for r in rows if r.desirable)
+        totals = (float(len(rows)), good, len(rows) - good)
+        micro, num_tokens, start = [], 0, 0
+        for chunk in chunks:
+            batch = collate([(r.prompt_ids, r.answer_ids) for r in chunk], bucket=self.bucket)
+            end = start + len(chunk)
+            micro.append((1.0, (batch.tokens, batch.mask, ref[start:end], desirable[start:end], kl, totals)))  # shares: weights 1
+            num_tokens += batch.num_tokens
+            start = end
+        loss, aux, norm = self.ctx.update_accumulated(self.loss_fn, micro)
+        return StepResult(loss, norm, float(num_tokens), reward=aux["rewards/margins"], kl=aux.pop("kl"), extras=dict(aux))
 
     def evaluate(self) -> dict[str, float]:
         if not self.eval:

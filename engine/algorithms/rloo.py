@@ -12,6 +12,12 @@ clipped surrogate ``-min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon) * A)``
 ``ratio = pi / pi_old`` (1 on the first of ``rloo.num_iterations`` passes: plain
 REINFORCE, ``-A * log pi``), averaged over each completion's tokens, then over completions.
 
+With ``train.grad_accumulation_steps = k`` (as GRPO): all completions are generated and
+scored, their KL penalties and leave-one-out advantages computed over the full groups (and
+the batch std), then the loss is split over k consecutive micro-batches of completions,
+each divided by the whole batch's completion count (and its metrics by the batch's token
+count), so their sum is the un-accumulated step's loss and gradient.
+
 Panel keys: ``reward`` is the mean score of the sampled completions (before the KL
 penalty); ``kl`` is the mean summed k1 KL of a completion to the reference (null when
 ``rloo.beta = 0``: no reference is kept). Extras (TRL names): ``reward_std``,
@@ -31,11 +37,7 @@ import mlx.nn as nn
 from engine.algorithms.base import StepResult
 from engine.algorithms.grpo import Grpo, grpo_token_loss, reduce_loss
 from engine.rewards import score_completions
-from engine.rollout import (
-    CompletionBatch,
-    completion_batch,
-    pad_id,
-)
+from engine.rollout import CompletionBatch
 
 
 def leave_one_out_advantages(rewards: mx.array, k: int) -> mx.array:
@@ -51,15 +53,26 @@ class Rloo(Grpo):
     name = "rloo"
 
     def loss_fn(  # type: ignore[override]
-        self, model: nn.Module, tokens: mx.array, index: mx.array, mask: mx.array, targets: mx.array, adv: mx.array, old_logp: mx.array | None
+        self,
+        model: nn.Module,
+        tokens: mx.array,
+        index: mx.array,
+        mask: mx.array,
+        targets: mx.array,
+        adv: mx.array,
+        old_logp: mx.array | None,
+        rows: float | None = None,
+        n_tokens: float | None = None,
     ) -> tuple[mx.array, dict[str, mx.array]]:
+        """``rows`` / ``n_tokens``: the whole step's completion and token counts when these
+        completions are one micro-batch of it, so the micro-batches' results sum to the step's."""
         eps = self.cfg.rloo.epsilon
         batch = CompletionBatch(tokens, index, mask, targets, [])
         logp, ent = self._logprobs(model, batch)
         old = mx.stop_gradient(logp) if old_logp is None else old_logp
         per_tok, ratio = grpo_token_loss(logp, old, adv, eps, eps)
-        loss = reduce_loss(per_tok, mask, "grpo", self.cfg.generation.max_new_tokens)
-        n_tok = mx.maximum(mask.sum(), 1.0)
+        loss = reduce_loss(per_tok, mask, "grpo", self.cfg.generation.max_new_tokens, rows=rows)
+        n_tok = mx.maximum(mask.sum() if n_tokens is None else mx.array(n_tokens, dtype=mx.float32), 1.0)
         clipped = ((ratio < 1 - eps) | (ratio > 1 + eps)).astype(mx.float32)
         return loss, {
             "entropy": mx.stop_gradient(ent.sum() / n_tok),
@@ -72,26 +85,28 @@ class Rloo(Grpo):
         rows, rollout, texts = self._rollout(prompts, r.num_generations, cfg.generation.temperature)
         scores, per_fn = score_completions(self.rewards, [p.text for p in rows], texts, [p.extra for p in rows])
         score = mx.array(scores, dtype=mx.float32)
-        batch = completion_batch([p.prompt_ids for p in rows], rollout.completion_ids, pad_id(ctx.tokenizer))
-        old_logp = None
+        batches = self._micro_batches(rows, rollout, False)  # one unless train.grad_accumulation_steps > 1
+        old_logp: list[Any] = [None] * len(batches)
         if r.num_iterations > 1 or self.reference is not None:
-            old_logp = mx.stop_gradient(self._logprobs(ctx.model, batch)[0])
-            mx.eval(old_logp)
+            old_logp = self._no_grad_logprobs(ctx.model, batches)
         seq_kl = None
         reward = score
         if self.reference is not None:
             with self.reference.active() as ref_model:
-                ref_logp = mx.stop_gradient(self._logprobs(ref_model, batch)[0])
-            seq_kl = ((old_logp - ref_logp) * batch.mask).sum(axis=1)  # type: ignore[operator]
+                ref_logp = self._no_grad_logprobs(ref_model, batches)
+            # each completion's summed k1 KL, micro-batch by micro-batch, for the whole batch's rewards
+            seq_kl = mx.concatenate([((o - f) * b.mask).sum(axis=1) for o, f, (_, b) in zip(old_logp, ref_logp, batches, strict=True)])
             reward = score - r.beta * seq_kl
         adv = leave_one_out_advantages(reward, r.num_generations)
         if r.normalize_advantages:
             adv = adv / (mx.sqrt(((adv - adv.mean()) ** 2).sum() / max(adv.size - 1, 1)) + 1e-4)
         mx.eval(adv)
+        n_tokens = sum(float(b.mask.sum().item()) for _, b in batches)
+        micro = [(1.0, (b.tokens, b.index, b.mask, b.targets, adv[at], old_logp[j], float(len(rows)), n_tokens)) for j, (at, b) in enumerate(batches)]
         passes = []
         for _ in range(r.num_iterations):
             ctx.check()
-            passes.append(ctx.update(self.loss_fn, batch.tokens, batch.index, batch.mask, batch.targets, adv, old_logp))
+            passes.append(ctx.update_accumulated(self.loss_fn, micro))  # shares of the batch: weights 1
         self._emit_group_samples(rows, texts, scores, adv, r.num_generations)
         grouped = score.reshape(-1, r.num_generations)
         std = mx.sqrt(((grouped - grouped.mean(axis=1, keepdims=True)) ** 2).sum(axis=1) / max(r.num_generations - 1, 1))
