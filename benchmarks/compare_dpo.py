@@ -53,6 +53,7 @@ def gpu_runs(model: Path, steps: int) -> list[dict]:
         {"name": "ours/lora no-chunk", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--no-chunk"], "blas": False},
         {"name": "ours/full no-chunk", "group": "ablation", "adapter": "full", "cmd": ours + ["--adapter", "full", "--no-chunk"], "blas": False},
         {"name": "ours/lora plain-rows", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--plain"], "blas": False},
+        {"name": "ours/full plain-rows", "group": "ablation", "adapter": "full", "cmd": ours + ["--adapter", "full", "--plain"], "blas": False},
         {"name": "ours/lora no-compile", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--no-compile"], "blas": False},
     ]
     return out

@@ -12,7 +12,10 @@ time, and the peak MLX memory of the timed steps:
 * layout ``shared``: each prompt runs once, both answers attend to its keys (answer queries
   are fewer than keys: no fused attention kernel on CUDA, whose cuDNN path needs as many
   queries as keys); ``plain``: [prompt, answer] rows, causal attention, fused on CUDA;
-* step ``engine``: ``TrainContext.update`` as a run calls it (the default for ``train.compile``).
+* step ``engine``: ``TrainContext.update`` as a run calls it (on a GPU: value, gradient,
+  clipping and the optimizer update in one compiled call); ``:unfused`` compiles only the
+  value and gradient and runs clipping and the update op by op (the engine before 2026-11-29);
+  ``:nocompile`` compiles nothing; ``:ckpt`` adds gradient checkpointing.
 
 Prints one JSON line per variant (``LEVER {...}``) and a table at the end.
 """
@@ -119,7 +122,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variants", default="lora:shared,lora:plain,full:plain,full:shared", help="adapter:layout[:nocompile|:ckpt],...")
+    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
 
@@ -131,6 +134,9 @@ def main() -> None:
     for spec in [v.strip() for v in a.variants.split(",") if v.strip()]:
         adapter, layout, *flags = spec.split(":")
         t0 = time.time()
+        from engine.algorithms import base
+
+        base.FUSED_STEP = "unfused" not in flags
         cfg, ctx, algo = build(a.model, adapter, a.dtype, "nocompile" not in flags, "ckpt" in flags)
         r = {"variant": spec, "device": str(mx.default_device()), **measure(ctx, algo, pairs, layout == "shared", a.warmup, a.steps)}
         r["wall_s"] = time.time() - t0
