@@ -195,11 +195,15 @@ def base_model_path(run_dir: str | Path) -> str:
 
 
 def load_trained(run_dir: str | Path, step: int | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of a trained run, loaded by mlx-lm exactly as
-    ``mlx_lm.load(base, adapter_path=run_dir)`` does (latest weights, or checkpoint ``step``)."""
-    from mlx_lm import load
+    """``(model, tokenizer)`` of a trained run (latest weights, or checkpoint ``step``): the
+    model ``mlx_lm.load(base, adapter_path=run_dir)`` gives, on the base as the run trained
+    it (quantized when it used ``model.quantize``) and with the weights it started from
+    (``model.init_from``) applied first. ``engine.trained_model.load_trained_model`` also
+    says which folder, step and base it loaded."""
+    from engine.trained_model import load_trained_model
 
-    return load(base_model_path(run_dir), adapter_path=str(adapter_path(run_dir, step)))
+    model, tokenizer, _ = load_trained_model(run_dir, step)
+    return model, tokenizer
 
 
 # PairScore lives in engine.scoring (with the inspector's scoring); kept importable from here.

@@ -2,8 +2,9 @@
 
     fuse_run("runs/tiny-dpo-...", "fused/", step=None, dequantize=False)
 
-The base is loaded with ``mlx_lm.load``, the run's weights are applied with mlx-lm's own
-``load_adapters`` (after any ``model.init_from`` weights the run started from), LoRA/DoRA
+The run is loaded by engine.trained_model's one loader (the base through ``mlx_lm.load``,
+quantized as the run trained it, any ``model.init_from`` weights the run started from, then
+the run's weights with mlx-lm's own ``load_adapters``), LoRA/DoRA
 layers are fused with their own ``fuse(dequantize=...)`` as ``mlx_lm fuse`` does, and the
 folder is written by ``mlx_lm.utils.save``: weights, ``config.json``, the tokenizer with its
 chat template. ``mlx_lm.load(out)`` and ``mlx_lm.generate`` use it as it is.
@@ -50,30 +51,6 @@ def weights_step(run_dir: str | Path, folder: Path) -> int | None:
     return None
 
 
-def load_base_as_trained(run_dir: str | Path) -> tuple[Any, Any, dict[str, Any], str]:
-    """``(model, tokenizer, config, base)``: the run's base through ``mlx_lm.load``, quantized
-    as the run trained it when it used ``model.quantize`` (mlx-lm's ``quantize_model``, which
-    also records the quantization in ``config``), so its adapters fit what they were trained on."""
-    import mlx.nn as nn
-    from mlx_lm.utils import load, quantize_model
-
-    from engine.api import base_model_path, run_config
-    from engine.models import QUANT_GROUP_SIZE
-
-    cfg = run_config(run_dir)
-    base = base_model_path(run_dir)
-    trust = cfg.model.trust_remote_code
-    try:
-        model, tokenizer, config = load(base, return_config=True, tokenizer_config={"trust_remote_code": trust}, trust_remote_code=trust)
-    except Exception as err:  # noqa: BLE001 - mlx-lm raises many kinds
-        raise ModelError(f"{base}: cannot load the run's base model: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    quantize = getattr(cfg.model, "quantize", "none")
-    already = any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
-    if quantize != "none" and not already:
-        model, config = quantize_model(model, config, group_size=QUANT_GROUP_SIZE, bits=int(quantize.removesuffix("bit")))
-    return model, tokenizer, config, base
-
-
 def _nothing(phase: str, done: int, total: int) -> None:
     pass
 
@@ -91,11 +68,10 @@ def fuse_run(
     fused in. Returns ``out``. ``progress(phase, done, total)`` is called along the way."""
     import mlx.core as mx
     from mlx.utils import tree_unflatten
-    from mlx_lm.tuner.utils import load_adapters
     from mlx_lm.utils import dequantize_model, save
 
     from engine.api import adapter_path, run_config
-    from engine.models import apply_trained_weights
+    from engine.trained_model import load_trained_model
 
     report = progress or _nothing
     out = Path(out).expanduser()
@@ -107,13 +83,9 @@ def fuse_run(
     if out.resolve() == Path(run_dir).expanduser().resolve() or Path(run_dir).expanduser().resolve() in out.resolve().parents:
         raise RunDirError(f"{out}: the fused model must not go inside the run directory it is made from")
     cfg = run_config(run_dir)
-    acfg = json.loads((folder / "adapter_config.json").read_text())
-    report("loading base model", 0, 4)
-    model, tokenizer, config, base = load_base_as_trained(run_dir)
-    report("applying trained weights", 1, 4)
-    if acfg.get("init_from"):  # the run started from other trained weights: those first
-        apply_trained_weights(model, Path(acfg["init_from"]))
-    load_adapters(model, str(folder))
+    phases = {"loading base model": 0, "applying trained weights": 1}
+    model, tokenizer, info = load_trained_model(folder, progress=lambda phase: report(phase, phases[phase], 4))
+    config, base, acfg = info.config, info.base, info.adapter_config
     report("fusing", 2, 4)
     fused = [(name, m.fuse(dequantize=dequantize)) for name, m in model.named_modules() if hasattr(m, "fuse")]
     if fused:
@@ -143,4 +115,4 @@ def _write_provenance(out: Path, run_dir: str | Path, folder: Path, acfg: dict[s
     (out / "fused_from.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-__all__ = ["base_model_id", "fuse_run", "load_base_as_trained", "weights_step"]
+__all__ = ["base_model_id", "fuse_run", "weights_step"]

@@ -61,12 +61,19 @@ def resolve_model_path(spec: str) -> Path | str:
 
 
 def load_base(spec: str, *, trust_remote_code: bool = False) -> tuple[nn.Module, Any, Path]:
+    model, tokenizer, path, _ = load_base_with_config(spec, trust_remote_code=trust_remote_code)
+    return model, tokenizer, path
+
+
+def load_base_with_config(spec: str, *, trust_remote_code: bool = False) -> tuple[nn.Module, Any, Path, dict[str, Any]]:
+    """``(model, tokenizer, local folder, mlx-lm model config)`` of a base model; one-line ModelError."""
     from mlx_lm.utils import load
 
     where = resolve_model_path(spec)
     try:
-        model, tokenizer = load(
+        model, tokenizer, config = load(
             str(where),
+            return_config=True,
             tokenizer_config={"trust_remote_code": trust_remote_code},
             trust_remote_code=trust_remote_code,
         )
@@ -78,7 +85,7 @@ def load_base(spec: str, *, trust_remote_code: bool = False) -> tuple[nn.Module,
             raise ModelError(f"{where}: cannot load this repo id (offline, or not an mlx-lm model?): {reason}") from None
         raise ModelError(f"{where}: cannot load model: {reason}") from None
     path = Path(where) if not isinstance(where, str) else Path(_hub_path(where))
-    return model, tokenizer, path
+    return model, tokenizer, path, config
 
 
 def _hub_path(repo: str) -> str:
@@ -122,23 +129,22 @@ def attach_trainable(model: nn.Module, adapter_config: dict[str, Any]) -> None:
 
 def set_model_dtype(model: nn.Module, name: str) -> None:
     """``model.dtype``: 'auto' keeps the checkpoint's floating dtype (bf16 stays bf16)."""
-    if name != "auto" and not _is_quantized(model):
+    if name != "auto" and not is_quantized(model):
         model.set_dtype(DTYPES[name])
 
 
 def load_policy(cfg: RunConfig, progress: Progress | None = None) -> LoadedModel:
-    """The model to train, with adapters attached as the config says."""
+    """The model to train: the base (dtype, ``model.quantize``), the weights of
+    ``model.init_from`` baked in (engine.trained_model), adapters attached as the config says."""
+    from engine.trained_model import apply_trained_weights, load_start_model
+
     spec = resolve_path(cfg, cfg.model.path)
     if progress is not None and isinstance(resolve_model_path(spec), str):
         download_model(spec, progress)
-    model, tokenizer, path = load_base(spec, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.quantize != "none" and cfg.model.adapter == "full":
         raise ModelError(f"model.quantize = {cfg.model.quantize!r} needs model.adapter = 'lora' or 'dora' (quantized weights cannot be trained directly)")
-    if not _is_quantized(model):
-        set_model_dtype(model, cfg.model.dtype)
-        if cfg.model.quantize != "none":
-            quantize_base(model, int(cfg.model.quantize.removesuffix("bit")))
-    elif cfg.model.adapter == "full":
+    model, tokenizer, path, _, _ = load_start_model(spec, dtype=cfg.model.dtype, quantize=cfg.model.quantize, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.model.adapter == "full" and is_quantized(model):
         raise ModelError(f"{path}: a quantized model can only be trained with model.adapter = 'lora' or 'dora'")
     acfg = adapter_config_for(cfg, len(model.layers))
     if cfg.model.init_from:
@@ -149,7 +155,7 @@ def load_policy(cfg: RunConfig, progress: Progress | None = None) -> LoadedModel
     return LoadedModel(model, tokenizer, path, acfg)
 
 
-def _is_quantized(model: nn.Module) -> bool:
+def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
 
 
@@ -157,45 +163,6 @@ def trainable_count(model: nn.Module) -> int:
     from mlx.utils import tree_flatten
 
     return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-
-
-def apply_trained_weights(model: nn.Module, folder: Path) -> None:
-    """Bake a run's or checkpoint's trained weights into ``model`` (model.init_from).
-
-    ``folder`` holds ``adapters.safetensors`` + ``adapter_config.json`` (a run directory or a
-    checkpoint). Full weights are loaded as they are; LoRA/DoRA adapters are attached, loaded
-    and fused into the base. A folder that itself started from other weights (its
-    ``adapter_config.json`` has ``init_from``) has those applied first.
-    """
-    from mlx.utils import tree_flatten, tree_unflatten
-
-    folder = Path(folder).expanduser()
-    if (folder / "config.toml").is_file():  # a run directory: its newest checkpoint, the one rule of engine.run_reader
-        from engine.run_reader import resolve_weights
-
-        folder = resolve_weights(folder).folder
-    config_file, weights_file = folder / "adapter_config.json", folder / "adapters.safetensors"
-    if not folder.is_dir() or not config_file.exists() or not weights_file.exists():
-        raise ModelError(f"{folder}: model.init_from needs a run directory or checkpoint folder with adapters.safetensors and adapter_config.json")
-    try:
-        acfg = json.loads(config_file.read_text())
-        kind = acfg["fine_tune_type"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"{config_file}: not an mlx-lm adapter config ({err})") from None
-    if acfg.get("init_from"):
-        apply_trained_weights(model, Path(acfg["init_from"]))
-    if kind != "full":
-        attach_trainable(model, acfg)
-    weights = mx.load(str(weights_file))
-    known = {k for k, _ in tree_flatten(model.parameters())}
-    unknown = sorted(set(weights) - known)
-    if unknown:
-        raise ModelError(f"{weights_file}: {len(unknown)} weights do not fit this base model (e.g. {unknown[0]}); was it trained on another model?")
-    model.load_weights(list(weights.items()), strict=False)
-    if kind != "full":
-        fused = [(name, m.fuse()) for name, m in model.named_modules() if hasattr(m, "fuse")]
-        model.update_modules(tree_unflatten(fused))
-    mx.eval(model.parameters())
 
 
 def load_tokenizer_for(cfg: RunConfig) -> Any:
@@ -223,11 +190,13 @@ def load_tokenizer_for(cfg: RunConfig) -> Any:
         raise ModelError(f"{where}: cannot load the tokenizer ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
-def quantize_base(model: nn.Module, bits: int) -> None:
-    """Quantize the base weights in place, as ``mlx_lm convert -q`` would (QLoRA's base)."""
+def quantize_base(model: nn.Module, bits: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Quantize the base weights in place, as ``mlx_lm convert -q`` would (QLoRA's base);
+    returns ``config`` with the quantization recorded (mlx-lm's ``quantize_model``)."""
     from mlx_lm.utils import quantize_model
 
-    quantize_model(model, {}, group_size=QUANT_GROUP_SIZE, bits=bits)
+    _, config = quantize_model(model, dict(config or {}), group_size=QUANT_GROUP_SIZE, bits=bits)
+    return config
 
 
 def download_model(repo: str, progress: Progress, poll_s: float = 0.5) -> Path:

@@ -10,7 +10,6 @@ the head in ``extra.safetensors`` (``reward_head.weight``, ``reward_head.bias``)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,28 +76,21 @@ def find_reward_checkpoint(path: str | Path) -> Path:
 
 
 def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> tuple[RewardModel, Any, Path]:
-    """(frozen reward model, its tokenizer, its base model path) from a checkpoint or run dir."""
-    from engine.models import apply_trained_weights, attach_trainable, load_base
+    """(frozen reward model, its tokenizer, its base model path) from a checkpoint or run dir:
+    the trunk through engine.trained_model's one loader (base, ``init_from`` chain, the
+    checkpoint's adapters or full weights), the head from ``extra.safetensors``."""
+    from engine.trained_model import load_trained_model, read_adapter_config
 
     ckpt = find_reward_checkpoint(path)
-    try:
-        acfg = json.loads((ckpt / "adapter_config.json").read_text())
-        base = acfg["model"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"{ckpt / 'adapter_config.json'}: unreadable or without 'model' ({err})") from None
+    read_adapter_config(ckpt)  # a one-line ModelError for a garbled checkpoint before anything loads
     extra_file = ckpt / "extra.safetensors"
     extra = dict(mx.load(str(extra_file))) if extra_file.exists() else {}
     if not all(k in extra for k in HEAD_KEYS):
         raise ModelError(f"{ckpt}: not a reward model (no reward head in extra.safetensors; train one with algorithm = \"reward\")")
-    lm, tokenizer, base_path = load_base(base, trust_remote_code=trust_remote_code)
-    if acfg.get("init_from"):  # the reward run started from other trained weights (model.init_from)
-        apply_trained_weights(lm, Path(acfg["init_from"]))
-    attach_trainable(lm, acfg)
-    weights = mx.load(str(ckpt / "adapters.safetensors"))
-    lm.load_weights(list(weights.items()), strict=False)
+    lm, tokenizer, info = load_trained_model(ckpt, trust_remote_code=trust_remote_code)
     rm = RewardModel(lm)
     rm.load_head_arrays(extra)
     rm.freeze()
     rm.eval()
     mx.eval(rm.parameters())
-    return rm, tokenizer, base_path
+    return rm, tokenizer, info.base_path

@@ -132,12 +132,11 @@ class CompletionWriter:
     """A loaded model that samples completions for prompts."""
 
     def __init__(self, choice: ModelChoice, max_length: int = 512) -> None:
-        from engine.models import apply_trained_weights, load_base
+        from engine.trained_model import load_start_model
 
         self.choice = choice
-        self.model, self.tokenizer, _ = load_base(choice.base)
-        if choice.adapter_dir is not None:
-            apply_trained_weights(self.model, Path(choice.adapter_dir))
+        # the base with the chosen weights baked in, as model.init_from starts a run from them
+        self.model, self.tokenizer, _, _, _ = load_start_model(choice.base, init_from=choice.adapter_dir or "")
         self.model.eval()
         from engine.data import Encoder
 

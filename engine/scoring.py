@@ -202,8 +202,6 @@ def checkpoint_scorer(path: str | Path, step: int | None = None, beta: float | N
 
     A checkpoint of a reward run (``algorithm = "reward"``) gives a reward-model scorer.
     """
-    import mlx.core as mx
-
     from engine.config import config_from_dict, load_toml
 
     run_dir, ck = find_checkpoint(path, step)
@@ -217,13 +215,13 @@ def checkpoint_scorer(path: str | Path, step: int | None = None, beta: float | N
         return Scorer(kind="reward", label=f"reward model {label}", tokenizer=tokenizer, max_length=cfg.model.max_length,
                       beta=cfg.dpo.beta if beta is None else beta, reward_model=rm, config=cfg,
                       info={"run_dir": str(run_dir), "checkpoint": str(ck)})
-    try:
-        weights = mx.load(str(ck / "adapters.safetensors"))
-    except Exception as err:  # noqa: BLE001
-        raise ModelError(f"{ck / 'adapters.safetensors'}: cannot read ({err})") from None
-    scorer = weights_scorer(cfg, dict(weights), label=label, beta=beta)
-    scorer.info = {"run_dir": str(run_dir), "checkpoint": str(ck)}
-    return scorer
+    from engine.trained_model import load_trained_model
+
+    # the policy: the checkpoint on its base as training built it (model.dtype, quantize, init_from)
+    policy, tokenizer, _ = load_trained_model(ck, dtype=cfg.model.dtype)
+    return Scorer(kind="policy", label=label, tokenizer=tokenizer, max_length=cfg.model.max_length,
+                  beta=cfg.dpo.beta if beta is None else beta, policy=policy, reference=_fresh_policy(cfg).model,
+                  config=cfg, info={"run_dir": str(run_dir), "checkpoint": str(ck)})
 
 
 def _step_of(ck: Path) -> str:

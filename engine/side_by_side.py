@@ -15,7 +15,6 @@ trained model sees its own earlier answers, the base model its own. No UI code h
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,28 +39,6 @@ class SideBySide:
         return f"base · {self.base_model}"
 
 
-def load_adapted(run_dir: str | Path, step: int | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of a run as mlx-lm loads an adapter path, on the base as the run
-    trained it (quantized when it used ``model.quantize``) and with the weights it started
-    from (``model.init_from``) applied first when it had any."""
-    import mlx.core as mx
-    from mlx_lm.tuner.utils import load_adapters
-
-    from engine.api import adapter_path
-    from engine.fuse import load_base_as_trained
-    from engine.models import apply_trained_weights
-
-    folder = adapter_path(run_dir, step)
-    acfg = json.loads((folder / "adapter_config.json").read_text())
-    model, tokenizer, _, _ = load_base_as_trained(run_dir)
-    if acfg.get("init_from"):
-        apply_trained_weights(model, Path(acfg["init_from"]))
-    load_adapters(model, str(folder))
-    model.eval()
-    mx.eval(model.parameters())  # nothing lazy left: MLX streams end with the thread that made them
-    return model, tokenizer
-
-
 def load_side_by_side(run_dir: str | Path, step: int | None = None, progress: Callable[[str], None] | None = None) -> SideBySide:
     """Load a run's trained model (latest weights or checkpoint ``step``) and its base model."""
     import mlx.core as mx
@@ -69,13 +46,15 @@ def load_side_by_side(run_dir: str | Path, step: int | None = None, progress: Ca
 
     from engine.api import adapter_path, base_model_path, run_config
     from engine.fuse import base_model_id, weights_step
+    from engine.trained_model import load_trained_model
 
     say = progress or (lambda text: None)
     folder = adapter_path(run_dir, step)  # RunDirError (one line) before anything loads
     cfg = run_config(run_dir)
     base = base_model_path(run_dir)
     say("loading the trained model")
-    trained = load_adapted(run_dir, step)
+    model, tokenizer, _ = load_trained_model(folder)  # base as trained, init_from chain, the run's weights
+    trained = (model, tokenizer)
     say("loading the base model")
     base_model, base_tok = load(base, tokenizer_config={"trust_remote_code": cfg.model.trust_remote_code})
     base_model.eval()
@@ -193,4 +172,4 @@ def _stream(pair: SideBySide, conversation: Conversation, max_tokens: int, tempe
             conversation.add_answer(side, answers[side])
 
 
-__all__ = ["AnswerPiece", "Conversation", "SideBySide", "load_adapted", "load_side_by_side", "own_generation_stream", "prompt_tokens", "stream_side_by_side"]
+__all__ = ["AnswerPiece", "Conversation", "SideBySide", "load_side_by_side", "own_generation_stream", "prompt_tokens", "stream_side_by_side"]

@@ -37,7 +37,6 @@ task's reward, the share answered exactly right (``eval/task_score``, engine.tas
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -238,21 +237,14 @@ class Ppo(Algorithm):
         ctx.log(f"ppo: scores from the {self.source.name}; value head on {'a separate copy of the base' if value_lm is not None else 'the policy trunk'}")
 
     def _separate_value_model(self) -> nn.Module:
-        from engine.models import (
-            apply_trained_weights,
-            attach_trainable,
-            load_base,
-            set_model_dtype,
-        )
+        from engine.models import attach_trainable
+        from engine.trained_model import load_start_model
 
         ctx = self.ctx
         ctx.phase("loading value model", 0, 0)
-        lm, _, _ = load_base(str(ctx.policy.path), trust_remote_code=self.cfg.model.trust_remote_code)
-        if not any(isinstance(m, nn.QuantizedLinear) for _, m in lm.named_modules()):
-            set_model_dtype(lm, self.cfg.model.dtype)
         acfg = dict(ctx.policy.adapter_config)
-        if acfg.get("init_from"):  # start where the policy starts (model.init_from)
-            apply_trained_weights(lm, Path(acfg["init_from"]))
+        # the base in model.dtype, started where the policy starts (model.init_from)
+        lm, _, _, _, _ = load_start_model(str(ctx.policy.path), dtype=self.cfg.model.dtype, init_from=acfg.get("init_from") or "", trust_remote_code=self.cfg.model.trust_remote_code)
         attach_trainable(lm, acfg)
         return lm
 
