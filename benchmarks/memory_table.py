@@ -132,6 +132,7 @@ def measure_one(model: Path, algorithm: str) -> None:
         "active_gb": mx.get_active_memory() / 2**30,
         "seconds": time.time() - t0,
         "step_s": [r.get("step_time_s") for r in rows],
+        "active_after_step1_gb": rows[0].get("memory_active_gb") if rows else None,  # weights + optimizer state, what stays
         "device": str(mx.default_device()),
     }
     print("MEMTAB " + json.dumps(out), flush=True)
