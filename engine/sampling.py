@@ -5,8 +5,9 @@
 * a base model: ``builtin:tiny-sorter``, an mlx-lm folder or a Hugging Face repo id;
 * a run directory (``runs/<id>``, holding ``config.toml``): its latest adapters/weights;
 * a checkpoint folder (``runs/<id>/checkpoints/step-N``, or any folder with
-  ``adapters.safetensors`` + ``adapter_config.json``): those weights, loaded exactly as
-  ``mlx_lm.load(base, adapter_path=folder)`` does.
+  ``adapters.safetensors`` + ``adapter_config.json``): those weights baked into the base as
+  ``model.init_from`` starts a run from them (engine.trained_model: their own ``init_from``
+  chain first, LoRA/DoRA fused).
 
 ``snapshot_live_run(run, folder)`` saves a training run's current weights as such a folder,
 so completions (and a later training round) can start from them.
