@@ -27,7 +27,7 @@ import random
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -313,6 +313,58 @@ def unlabelled_prompts(prompts_path: str | Path, rows: Iterable[dict[str, Any]],
     records = load_records(str(prompts_path), "prompt")
     done = {prompt_key(r["prompt"]) for r in rows if r.get("labeller") == labeller}
     return [r.prompt for r in records if prompt_key(r.prompt) not in done], len(records)
+
+
+def resume_checkpoint(rows: Iterable[dict[str, Any]], labeller: str, model_spec: str) -> str | None:
+    """Coming back: the weights ``labeller`` last labelled with (a later round's checkpoint),
+    when they started from ``model_spec`` and the folder still exists; else None."""
+    mine = [r for r in rows if r.get("labeller") == labeller]
+    if not mine:
+        return None
+    last = mine[-1]
+    checkpoint = last.get("checkpoint")
+    if checkpoint and last.get("model") == str(model_spec) and Path(checkpoint).is_dir():
+        return str(checkpoint)
+    return None
+
+
+def undone_item(row: dict[str, Any], model: ModelChoice) -> Item:
+    """An undone label's item, to be judged again: its prompt and completions as shown, under
+    the weights that wrote them (``model`` with the row's base and checkpoint)."""
+    model = replace(model, base=str(row.get("model", model.base)), adapter_dir=row.get("checkpoint"))
+    return Item(row["prompt"], tuple(row["completions"]), model)
+
+
+def parse_sampling(text: str, base: Sampling) -> Sampling:
+    """``temperature=0.8 top_p=0.95 max_tokens=32`` (any subset) over ``base``."""
+    kinds = {"temperature": float, "top_p": float, "max_tokens": int, "n": int}
+    values: dict[str, Any] = {}
+    for part in text.replace(",", " ").split():
+        key, sep, value = part.partition("=")
+        if not sep or key not in kinds:
+            raise ValueError(f"{part!r}: expected temperature=…, top_p=…, max_tokens=… or n=… (completions per prompt, 2-4)")
+        try:
+            values[key] = kinds[key](value)
+        except ValueError:
+            raise ValueError(f"{part!r}: {key} must be {'an integer' if kinds[key] is int else 'a number'}") from None
+    return replace(base, **values)
+
+
+def builtin_prompts() -> Path:
+    """The built-in model's prompts (what the labelling screen offers by default)."""
+    from engine.presets import builtin_dir
+
+    return builtin_dir() / "data" / "sort_prompts.jsonl"
+
+
+def default_labeller() -> str:
+    """The labeller's name when none is given: the user's login name."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "labeller"
 
 
 def live_snapshot_folder(label_path: str | Path, run: Run) -> Path:

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from engine.errors import DataError
-from engine.labelling import CompletionQueue, LabelStats, prepare_round, round_config
+from engine.labelling import (
+    CompletionQueue,
+    LabelStats,
+    parse_sampling,
+    prepare_round,
+    resume_checkpoint,
+    round_config,
+    undone_item,
+)
 from engine.labels import Label, LabelFile
 from engine.sampling import CompletionWriter, ModelChoice, Sampling, resolve_model_choice
 
@@ -258,3 +266,39 @@ def test_the_stats_view_reads_the_file_only_when_it_changes(tmp_path: Path) -> N
     f.append(Label("sort: c b 0\n", ("b c", "c b"), "b", "bob", MODEL, None, {}))  # ada said b too
     s = stats.summary()
     assert len(reads) == 5 and [(a.labeller_a, a.labeller_b, a.shared, a.agreed) for a in s.agreements] == [("ada", "bob", 1, 1)]
+
+
+def test_coming_back_resumes_with_the_weights_last_labelled_from_the_same_start(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "runs" / "r" / "checkpoints" / "step-000002"
+    checkpoint.mkdir(parents=True)
+    f = LabelFile(tmp_path / "labels.jsonl", clock=lambda: T)
+    f.append(Label("sort: b a\n", ("a b", "b a"), "a", "ada", MODEL, None, {}))
+    assert resume_checkpoint(f.rows(), "ada", MODEL) is None  # labelled the base model itself
+    f.append(Label("sort: c a\n", ("a c", "c a"), "a", "ada", MODEL, str(checkpoint), {}))
+    f.append(Label("sort: d a\n", ("a d", "d a"), "a", "bob", MODEL, None, {}))
+    assert resume_checkpoint(f.rows(), "ada", MODEL) == str(checkpoint)  # ada's last label, not bob's
+    assert resume_checkpoint(f.rows(), "ada", "other/model") is None  # started from another model
+    assert resume_checkpoint(f.rows(), "bob", MODEL) is None and resume_checkpoint(f.rows(), "cy", MODEL) is None
+    checkpoint.rmdir()
+    assert resume_checkpoint(f.rows(), "ada", MODEL) is None  # the weights are gone
+
+
+def test_an_undone_label_comes_back_as_shown_under_its_weights(tmp_path: Path) -> None:
+    f = LabelFile(tmp_path / "labels.jsonl", clock=lambda: T)
+    f.append(Label("sort: c b a\n", ("a b c", "c a b", "b a c"), "b", "ada", "/m/base", "/runs/r/ck", {}))
+    row = f.undo("ada")
+    item = undone_item(row, ModelChoice("runs/r", "builtin:tiny-sorter", None, "/runs/r"))
+    assert (item.prompt, item.completions) == ("sort: c b a\n", ("a b c", "c a b", "b a c"))
+    assert item.model == ModelChoice("runs/r", "/m/base", "/runs/r/ck", "/runs/r")
+
+
+def test_sampling_settings_parse_over_the_current_ones() -> None:
+    base = Sampling(temperature=1.0, top_p=1.0, max_tokens=16)
+    assert parse_sampling("temperature=0.8, max_tokens=32", base) == Sampling(0.8, 1.0, 32, 2)
+    assert parse_sampling("n=4 top_p=0.9", base) == Sampling(1.0, 0.9, 16, 4)
+    with pytest.raises(ValueError, match=r"'max_tokens=lots': max_tokens must be an integer"):
+        parse_sampling("max_tokens=lots", base)
+    with pytest.raises(ValueError, match=r"'beam=2': expected temperature="):
+        parse_sampling("beam=2", base)
+    with pytest.raises(ValueError, match=r"n = 5: compare 2 to 4"):
+        parse_sampling("n=5", base)

@@ -10,12 +10,11 @@ collected so far, starting from the weights that wrote them, in the run monitor
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,12 @@ from engine.labelling import (
     CompletionQueue,
     Item,
     LabelStats,
+    builtin_prompts,
+    default_labeller,
     live_snapshot_folder,
+    parse_sampling,
+    resume_checkpoint,
+    undone_item,
     unlabelled_prompts,
 )
 from engine.labels import PANES, LabelFile, utc_now
@@ -175,9 +179,9 @@ class LabellingScreen(Screen):
     ) -> None:
         super().__init__()
         self.labels = LabelFile(label_file, clock=clock)
-        self.prompts_path = Path(prompts) if prompts else _builtin_prompts()
+        self.prompts_path = Path(prompts) if prompts else builtin_prompts()
         self.model_spec = model
-        self.labeller = labeller or _default_labeller()
+        self.labeller = labeller or default_labeller()
         self.sampling = sampling or Sampling()
         self.relabel = relabel
         self.max_length = max_length
@@ -249,14 +253,10 @@ class LabellingScreen(Screen):
         if self.relabel or self.choice is not None:
             return
         try:
-            mine = [r for r in self.label_stats.rows() if r.get("labeller") == self.labeller]
+            checkpoint = resume_checkpoint(self.label_stats.rows(), self.labeller, str(self.model_spec))
         except EngineError:
             return
-        if not mine:
-            return
-        last = mine[-1]
-        checkpoint = last.get("checkpoint")
-        if checkpoint and last.get("model") == str(self.model_spec) and Path(checkpoint).is_dir():
+        if checkpoint:
             self.model_spec = checkpoint
             self.notify(f"Resuming with {checkpoint} (m changes the model).", timeout=6)
 
@@ -474,8 +474,7 @@ class LabellingScreen(Screen):
             return
         self.session_count = max(self.session_count - 1, 0)
         model = self.current.model if self.current else (self.choice or ModelChoice("", str(row.get("model", "")), None))
-        model = replace(model, base=str(row.get("model", model.base)), adapter_dir=row.get("checkpoint"))
-        back = Item(row["prompt"], tuple(row["completions"]), model)  # type: ignore[arg-type]
+        back = undone_item(row, model)
         self.queue.put_back(back)
         self._show(back)
         self.notify(f"Undid '{row['label']}' on this prompt.", timeout=3)
@@ -644,31 +643,3 @@ def labelling_screen_for(cfg: RunConfig | None) -> LabellingScreen:
         sampling=Sampling(cfg.generation.temperature, cfg.generation.top_p, cfg.generation.max_new_tokens),
         base_config=cfg,
     )
-
-
-def parse_sampling(text: str, base: Sampling) -> Sampling:
-    """``temperature=0.8 top_p=0.95 max_tokens=32`` (any subset) over ``base``."""
-    kinds = {"temperature": float, "top_p": float, "max_tokens": int, "n": int}
-    values: dict[str, Any] = {}
-    for part in text.replace(",", " ").split():
-        key, sep, value = part.partition("=")
-        if not sep or key not in kinds:
-            raise ValueError(f"{part!r}: expected temperature=…, top_p=…, max_tokens=… or n=… (completions per prompt, 2-4)")
-        try:
-            values[key] = kinds[key](value)
-        except ValueError:
-            raise ValueError(f"{part!r}: {key} must be {'an integer' if kinds[key] is int else 'a number'}") from None
-    return replace(base, **values)
-
-
-def _builtin_prompts() -> Path:
-    from engine.presets import builtin_dir
-
-    return builtin_dir() / "data" / "sort_prompts.jsonl"
-
-
-def _default_labeller() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "labeller"
