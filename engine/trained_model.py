@@ -112,7 +112,7 @@ def _weights_folder(path: Path) -> Path:
     return resolve_weights(path).folder if is_run_dir(path) else path
 
 
-def apply_trained_weights(model: nn.Module, folder: Path) -> list[Path]:
+def apply_trained_weights(model: nn.Module, folder: Path, _seen: tuple[Path, ...] = ()) -> list[Path]:
     """Bake a run's or checkpoint's trained weights into ``model`` (``model.init_from``).
 
     ``folder`` is a run directory (its newest checkpoint) or a weights folder. The weights
@@ -123,13 +123,15 @@ def apply_trained_weights(model: nn.Module, folder: Path) -> list[Path]:
     from mlx.utils import tree_unflatten
 
     folder = _weights_folder(folder)
+    if folder.resolve() in _seen:
+        raise ModelError(f"{folder}: its model.init_from chain comes back to itself ({' <- '.join(str(p) for p in (*_seen, folder.resolve()))})")
     try:
         acfg = read_adapter_config(folder)
     except ModelError as err:
         if (folder / ADAPTER_CONFIG).is_file() and (folder / ADAPTERS).is_file():
             raise
         raise ModelError(f"{folder}: model.init_from needs a run directory or checkpoint folder with {ADAPTERS} and {ADAPTER_CONFIG}") from err
-    applied = apply_trained_weights(model, Path(acfg["init_from"])) if acfg.get("init_from") else []
+    applied = apply_trained_weights(model, Path(acfg["init_from"]), (*_seen, folder.resolve())) if acfg.get("init_from") else []
     load_folder_weights(model, folder, acfg)
     if acfg.get("fine_tune_type", "lora") != "full":
         fused = [(name, m.fuse()) for name, m in model.named_modules() if hasattr(m, "fuse")]

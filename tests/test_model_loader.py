@@ -181,6 +181,11 @@ def test_what_is_not_trained_weights_fails_in_one_line_naming_it(chain, tmp_path
     with pytest.raises(ModelError) as err:
         load_trained_model(tmp_path / "orphan")
     one_line(err, tmp_path / "gone", "model.init_from")
+    acfg["init_from"] = str(tmp_path / "orphan")  # edited by hand into a loop: an error, not a hang
+    (tmp_path / "orphan" / "adapter_config.json").write_text(json.dumps(acfg))
+    with pytest.raises(ModelError) as err:
+        load_trained_model(tmp_path / "orphan")
+    one_line(err, tmp_path / "orphan", "comes back to itself")
 
     with pytest.raises(EngineError) as err:  # the fuse, chat and API entries say the same
         engine.load_trained(tmp_path / "nowhere")
