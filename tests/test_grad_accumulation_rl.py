@@ -123,14 +123,28 @@ def test_rloo_accumulated_update_equals_the_whole_batch(tmp_path):
     assert_same_metrics(a, b, ("loss", "grad_norm", "kl", "entropy", "clip_ratio/region_mean", "reward_std"))
 
 
+def test_ppo_accumulated_update_equals_the_whole_minibatch(tmp_path):
+    # 4 rollouts, 2 minibatches of 2, each update summed from 2 micro-batches of 1 rollout
+    # weighted by their tokens; two PPO epochs: four updates, the later ones with ratios != 1
+    over = [*prompt_data(tmp_path), "train.max_steps=1", "train.batch_size=4", "train.learning_rate=0.05"]
+    w0 = initial_weights(tmp_path, "tiny-ppo", over)
+    whole, a = run_once(tmp_path, "tiny-ppo", "whole", over)
+    split, b = run_once(tmp_path, "tiny-ppo", "split", [*over, "train.grad_accumulation_steps=2"])
+    assert b[0]["completions/mean_length"] == a[0]["completions/mean_length"] and b[0]["reward"] == a[0]["reward"]  # same rollouts
+    policy = {k: k.removeprefix("policy.") for k in whole if k.startswith("policy.")}  # PolicyWithValue's policy part
+    assert_same_update(w0, {policy[k]: whole[k] for k in policy}, {policy[k]: split[k] for k in policy})
+    assert_same_metrics(a, b, ("loss", "grad_norm", "loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "val/ratio", "policy/entropy_avg"))
+
+
 # ---------------------------------------------------------------- a short run logs as usual
 
 
-@pytest.mark.parametrize("preset", ["tiny-kto", "tiny-grpo", "tiny-rloo"])
+@pytest.mark.parametrize("preset", ["tiny-kto", "tiny-grpo", "tiny-rloo", "tiny-ppo"])
 def test_a_short_accumulating_run_trains_and_logs(tmp_path, preset):
     over = [*quick_overrides(tmp_path, steps=2), "train.batch_size=4"]
     if preset != "tiny-kto":
-        over = [o for o in over if not o.startswith("data.train=")] + prompt_data(tmp_path) + [f"{preset[5:]}.num_generations=4", "train.batch_size=2"]
+        over = [o for o in over if not o.startswith("data.train=")] + prompt_data(tmp_path)
+        over += ["train.batch_size=4"] if preset == "tiny-ppo" else [f"{preset[5:]}.num_generations=4", "train.batch_size=2"]
     cfg = load_preset(preset, [*over, "train.grad_accumulation_steps=2", "train.eval_on_start=false", "data.max_eval_examples=4"])
     assert Run(cfg, out_dir=tmp_path / "run").run()["status"] == "completed"
     train = [r for r in metrics_rows(tmp_path / "run") if "loss" in r]

@@ -55,7 +55,11 @@ def test_accumulated_micro_batches_make_the_whole_batchs_update(tmp_path, preset
     assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
 
 
-def test_accumulation_where_an_algorithm_cannot_is_one_line(tmp_path):
+def test_accumulation_where_an_algorithm_cannot_is_one_line(tmp_path, monkeypatch):
+    from engine.algorithms.ppo import Ppo
+
+    # every built-in algorithm accumulates now; an algorithm that does not is refused in one line
+    monkeypatch.setattr(Ppo, "supports_grad_accumulation", False)
     cfg = load_preset("tiny-ppo", [*quick_overrides(data_dir(tmp_path, "d"), steps=1), "train.grad_accumulation_steps=2"])
     summary = Run(cfg, out_dir=tmp_path / "r").run()
     assert summary["status"] == "failed" and "train.grad_accumulation_steps = 2: ppo does not accumulate" in summary["error"]

@@ -13,7 +13,11 @@ One step:
 5. GAE advantages (``gamma``, ``lam``) and returns ``= advantages + values``; advantages
    whitened over the batch (``ppo.whiten_advantages``);
 6. ``ppo.ppo_epochs`` passes over ``ppo.num_minibatches`` shuffled minibatches, each one
-   optimizer update of the clipped policy loss plus ``vf_coef`` times the clipped value loss;
+   optimizer update of the clipped policy loss plus ``vf_coef`` times the clipped value loss
+   (with ``train.grad_accumulation_steps = k``: the sum of k micro-batches of the minibatch's
+   rollouts, each weighted by its share of the minibatch's completion tokens — every loss term
+   and statistic is a token mean over the minibatch — so it equals the whole minibatch's
+   update; step 3's pass, without gradients, still runs over the whole batch);
 7. the adaptive controller (``ppo.adaptive_kl``) moves ``kl_coef`` towards ``target_kl``:
    ``coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * batch_size / kl_horizon``.
 
@@ -217,6 +221,7 @@ def _same_vocab(a: Any, b: Any) -> bool:
 
 class Ppo(Algorithm):
     name = "ppo"
+    supports_grad_accumulation = True  # each minibatch's update in token-weighted micro-batches (step 6)
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -336,12 +341,15 @@ class Ppo(Algorithm):
             self.rng.shuffle(perm)
             for m in range(p.num_minibatches):
                 ctx.check()
-                rows = mx.array(perm[m * mb_size : (m + 1) * mb_size])
-                loss, aux, norm = ctx.update(
-                    self.loss_fn,
-                    batch.tokens[rows], batch.index[rows], mask[rows], batch.targets[rows],
-                    old_logp[rows], old_values[rows], adv[rows], returns[rows],
-                )
+                # train.grad_accumulation_steps: the minibatch in micro-batches, each weighted by
+                # its share of the minibatch's tokens (the loss and its stats are token means)
+                parts = [mx.array(c) for c in ctx.micro_batches(perm[m * mb_size : (m + 1) * mb_size])]
+                counts = [float(mask[r].sum().item()) for r in parts]
+                micro = [
+                    (c / max(sum(counts), 1.0), (batch.tokens[r], batch.index[r], mask[r], batch.targets[r], old_logp[r], old_values[r], adv[r], returns[r]))
+                    for r, c in zip(parts, counts, strict=True)
+                ]
+                loss, aux, norm = ctx.update_accumulated(self.loss_fn, micro)
                 losses.append(loss)
                 norms.append(norm)
                 stats.append(aux)
