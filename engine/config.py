@@ -70,7 +70,7 @@ class DataConfig:
 class TrainConfig:
     max_steps: int = knob(100, "Number of optimizer steps (train.epochs, when set, decides instead).", min=1, max=10_000_000)
     epochs: float = knob(0.0, "Train for this many passes over the training data instead of max_steps (0 = use max_steps; 1.5 = one and a half).", min=0.0, max=100_000.0)
-    grad_accumulation_steps: int = knob(1, "Split each step's batch into this many micro-batches and sum their gradients before one update (same result, less memory; pairs, completions and prompts alike).", min=1, max=4096)
+    grad_accumulation_steps: int = knob(1, "Split each step's batch (PPO: each minibatch) into this many micro-batches and sum their gradients before one update (same result, less memory; every algorithm; KTO's KL estimate and GRPO/RLOO's rollouts and group advantages still cover the whole batch).", min=1, max=4096)
     batch_size: int = knob(8, "Examples (pairs for preference losses) per optimizer step, across all ranks.", min=1, max=65536)
     learning_rate: float = knob(1e-4, "Peak learning rate.", min=0.0, max=1.0)
     lr_schedule: str = knob("constant", "Learning-rate schedule after warm-up.", choices=("constant", "cosine", "linear"))
