@@ -130,6 +130,25 @@ def test_a_full_fine_tune_run_loads_its_weights(tmp_path):
     assert_same_logprobs(log_softmax(model, tokens), log_softmax(run.ctx.model, tokens), "full loaded vs trained")
 
 
+def test_a_qlora_run_loads_on_its_quantized_base_and_dtype_is_a_choice(chain, tmp_path):
+    """model.quantize: the adapters were trained on the 4-bit base, which the loader rebuilds
+    (and records in the model config, as fuse needs); dtype is only applied when asked."""
+    import mlx.nn as nn
+
+    run = train(tmp_path, "qlora", "model.adapter=lora", "model.quantize=4bit")
+    model, tok, info = load_trained_model(run.directory.path)
+    assert any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+    assert info.config["quantization"]["bits"] == 4
+    tokens = tokens_of(tok)
+    assert_same_logprobs(log_softmax(model, tokens), log_softmax(run.ctx.model, tokens), "qlora loaded vs trained")
+
+    r0 = chain["r0"].directory.path
+    stored, _, _ = load_trained_model(r0)
+    assert stored.layers[0].mlp.up_proj.linear.weight.dtype == mx.float32  # the built-in base as stored
+    half, _, _ = load_trained_model(r0, dtype="bfloat16")  # what scoring asks for with model.dtype
+    assert half.layers[0].mlp.up_proj.linear.weight.dtype == mx.bfloat16
+
+
 def one_line(err: pytest.ExceptionInfo, *names: object) -> str:
     text = str(err.value)
     assert "\n" not in text, text
