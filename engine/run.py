@@ -339,7 +339,7 @@ class Run:
         if cfg.train.grad_accumulation_steps > 1 and not algorithm_class(cfg.algorithm).supports_grad_accumulation:
             raise ConfigError(
                 f"train.grad_accumulation_steps = {cfg.train.grad_accumulation_steps}: {cfg.algorithm} does not accumulate gradients yet; "
-                "lower train.batch_size instead (PPO: ppo.num_minibatches splits each update)"
+                "lower train.batch_size instead"
             )
         self._emit(ev.PhaseChanged("reading data", 0, 0))
         data = check_run_data(cfg)  # files, splits, columns and row shapes: before any model download

@@ -22,7 +22,8 @@ batch's groups; the loss does not need it). Each micro-batch is normalised by th
 batch's completion and token counts (``reduce_loss``'s ``rows`` / ``tokens``), so the
 micro-batches' losses and gradients sum to the un-accumulated step's for every loss type,
 and the token-mean metrics likewise. Reference and old log-probs are computed a
-micro-batch at a time, so no pass holds more than one micro-batch's logits.
+micro-batch at a time, so no log-prob pass holds more than one micro-batch's logits
+(generation still samples the whole step's completions together).
 
 Panel keys: ``reward`` is the mean summed score of the sampled completions; ``kl`` is the
 mean per-token k3 KL to the reference (null when ``grpo.beta = 0``: no reference is kept).
