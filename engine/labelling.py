@@ -367,6 +367,18 @@ def default_labeller() -> str:
         return "labeller"
 
 
+def resolve_labelling_model(spec: str, *, label_path: str | Path, live_run: Run | None = None) -> ModelChoice:
+    """``resolve_model_choice(spec)``, plus ``live``: the current weights of ``live_run`` (the
+    run training in the app), saved next to the label file (``live_snapshot_folder``)."""
+    from engine.sampling import resolve_model_choice, snapshot_live_run
+
+    if spec.strip().lower() != "live":
+        return resolve_model_choice(spec)
+    if live_run is None or live_run.ctx is None:
+        raise EngineError("'live' needs a run training in this app (it has not loaded its model yet, or there is none)")
+    return snapshot_live_run(live_run, live_snapshot_folder(label_path, live_run))
+
+
 def live_snapshot_folder(label_path: str | Path, run: Run) -> Path:
     """Where ``live`` saves a training run's current weights: next to the label file, named by
     the run and its step, so the labels can name them."""

@@ -18,6 +18,7 @@ from engine.labelling import (
     LabelStats,
     parse_sampling,
     prepare_round,
+    resolve_labelling_model,
     resume_checkpoint,
     round_config,
     undone_item,
@@ -302,3 +303,11 @@ def test_sampling_settings_parse_over_the_current_ones() -> None:
         parse_sampling("beam=2", base)
     with pytest.raises(ValueError, match=r"n = 5: compare 2 to 4"):
         parse_sampling("n=5", base)
+
+
+def test_live_needs_a_run_that_has_loaded_its_model(tmp_path: Path) -> None:
+    from engine.errors import EngineError
+
+    with pytest.raises(EngineError, match=r"^'live' needs a run training in this app"):
+        resolve_labelling_model("live", label_path=tmp_path / "labels.jsonl", live_run=None)
+    assert resolve_labelling_model(MODEL, label_path=tmp_path / "labels.jsonl") == ModelChoice(MODEL, MODEL, None)

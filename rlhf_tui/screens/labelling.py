@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,8 @@ from engine.labelling import (
     LabelStats,
     builtin_prompts,
     default_labeller,
-    live_snapshot_folder,
     parse_sampling,
+    resolve_labelling_model,
     resume_checkpoint,
     undone_item,
     unlabelled_prompts,
@@ -287,22 +288,17 @@ class LabellingScreen(Screen):
             self._fail(str(err))
             return
         self._status = "loading model…"
-        self.queue.start(prompts, self.choice or str(self.model_spec), self.sampling, resolve=self._resolve_in_thread)
+        self.queue.start(prompts, self.choice or str(self.model_spec), self.sampling, resolve=self._resolver())
         self._show_next()
 
     def _stop_generator(self) -> None:
         self.queue.cancel()
 
-    def _resolve_in_thread(self, spec: str) -> ModelChoice:
-        """``live``: the app's training run's current weights (saved next to the label file)."""
-        from engine.sampling import resolve_model_choice, snapshot_live_run
-
-        if spec.strip().lower() != "live":
-            return resolve_model_choice(spec)
+    def _resolver(self) -> Callable[[str], ModelChoice]:
+        """Resolves a model spec in the generator thread; ``live`` is the app's training run's
+        current weights (saved next to the label file)."""
         run = getattr(self.app, "active_run", None)
-        if run is None or run.ctx is None:
-            raise EngineError("'live' needs a run training in this app (it has not loaded its model yet, or there is none)")
-        return snapshot_live_run(run, live_snapshot_folder(self.labels.path, run))
+        return partial(resolve_labelling_model, label_path=self.labels.path, live_run=run)
 
     @on(ItemsReady)
     def _items_ready(self) -> None:
