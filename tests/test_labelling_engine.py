@@ -311,3 +311,20 @@ def test_live_needs_a_run_that_has_loaded_its_model(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match=r"^'live' needs a run training in this app"):
         resolve_labelling_model("live", label_path=tmp_path / "labels.jsonl", live_run=None)
     assert resolve_labelling_model(MODEL, label_path=tmp_path / "labels.jsonl") == ModelChoice(MODEL, MODEL, None)
+
+
+def test_labelling_while_the_queue_refills_shows_every_prompt_once_in_order() -> None:
+    ev = Events()
+    q = ev.queue(ahead=2, batch=1)  # small: the labeller keeps catching up with the generator
+    q.start(PROMPTS, MODEL, Sampling(max_tokens=4))
+    shown = []
+    while len(shown) < len(PROMPTS):
+        ev.wait(lambda: q.counts().ready > 0 or "failed" in ev.kinds(), "the next item")
+        item = q.advance()
+        shown.append(item.prompt)
+        assert q.counts().ready <= 2  # never more than `ahead` waiting
+    assert shown == PROMPTS
+    ev.wait(lambda: q.counts().busy == 0, "the generator idle")
+    assert q.counts().finished and q.advance() is None
+    q.cancel()
+    assert q.join(WAIT)
