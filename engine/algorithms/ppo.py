@@ -17,7 +17,7 @@ One step:
    (with ``train.grad_accumulation_steps = k``: the sum of k micro-batches of the minibatch's
    rollouts, each weighted by its share of the minibatch's completion tokens — every loss term
    and statistic is a token mean over the minibatch — so it equals the whole minibatch's
-   update; step 3's pass, without gradients, still runs over the whole batch);
+   update; step 3's passes then run a micro-batch at a time too);
 7. the adaptive controller (``ppo.adaptive_kl``) moves ``kl_coef`` towards ``target_kl``:
    ``coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * batch_size / kl_horizon``.
 
@@ -315,13 +315,21 @@ class Ppo(Algorithm):
         mask = batch.mask
 
         ctx.phase("scoring rollouts", 0, 0)
-        logits, values = self.module(batch.tokens[:, :-1])
-        old_logp, ent = completion_logprobs(logits, batch, self._temperature())
-        old_values = gather_positions(values, batch.index) * mask
+        # one pass, or a micro-batch at a time with train.grad_accumulation_steps (less memory)
+        parts = [mx.array(c) for c in ctx.micro_batches(list(range(batch.tokens.shape[0])))]
+        subs = [CompletionBatch(batch.tokens[r], batch.index[r], mask[r], batch.targets[r], []) for r in parts]
+        scored = []
+        for sub in subs:
+            logits, values = self.module(sub.tokens[:, :-1])
+            lp, e = completion_logprobs(logits, sub, self._temperature())
+            scored.append(tuple(mx.stop_gradient(a) for a in (lp, gather_positions(values, sub.index) * sub.mask, e)))
+            mx.eval(scored[-1])
         with self.reference.active() as ref_model:
-            ref_logp, _ = completion_logprobs(ref_model(batch.tokens[:, :-1]), batch, self._temperature())
-        old_logp, ref_logp, old_values, ent = (mx.stop_gradient(a) for a in (old_logp, ref_logp, old_values, ent))
-        mx.eval(old_logp, ref_logp, old_values, ent)
+            for sub in subs:
+                scored.append((mx.stop_gradient(completion_logprobs(ref_model(sub.tokens[:, :-1]), sub, self._temperature())[0]),))
+                mx.eval(scored[-1])
+        old_logp, old_values, ent = (mx.concatenate([s[i] for s in scored[: len(subs)]]) for i in range(3))
+        ref_logp = mx.concatenate([s[0] for s in scored[len(subs) :]])
 
         kl = kl_per_token(old_logp, ref_logp, p.kl_estimator) * mask
         kl_coef = self.kl_ctl.value
