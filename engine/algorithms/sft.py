@@ -19,6 +19,10 @@ from engine.task_eval import TaskScorer, from_ids
 class Sft(Algorithm):
     name = "sft"
     supports_grad_accumulation = True
+    # loss_fn reads nothing back to the host and collate buckets its lengths; on an H200
+    # (1B 4-bit LoRA, 1 x 1,024 tokens, checkpointed) compiling made the step 0.164 -> 0.099 s
+    # and its peak 7.96 -> 5.27 GB above the resting weights (docs/performance.md)
+    compilable = True
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg = self.cfg
