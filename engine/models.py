@@ -99,7 +99,7 @@ def _hub_path(repo: str) -> str:
 
 def adapter_config_for(cfg: RunConfig, num_layers: int) -> dict[str, Any]:
     layers = num_layers if cfg.model.lora_layers < 0 else min(cfg.model.lora_layers, num_layers)
-    return {
+    out: dict[str, Any] = {
         "fine_tune_type": cfg.model.adapter,
         "num_layers": layers,
         "lora_parameters": {
@@ -108,6 +108,9 @@ def adapter_config_for(cfg: RunConfig, num_layers: int) -> dict[str, Any]:
             "dropout": cfg.model.lora_dropout,
         },
     }
+    if cfg.model.quantize != "none":  # a checkpoint copied out of its run still loads on the base it trained on
+        out["quantize"] = cfg.model.quantize
+    return out
 
 
 def attach_trainable(model: nn.Module, adapter_config: dict[str, Any]) -> None:

@@ -174,7 +174,10 @@ def _base_spec(weights: TrainedWeights, acfg: dict[str, Any]) -> tuple[str, str,
     base = acfg.get("model")
     if not isinstance(base, str) or not base:
         raise ModelError(f"{weights.folder / ADAPTER_CONFIG}: names no base model ('model') and the folder is not in a run directory")
-    return base, "none", False
+    quantize = acfg.get("quantize", "none")
+    if quantize not in ("none", "4bit", "8bit"):
+        raise ModelError(f"{weights.folder / ADAPTER_CONFIG}: quantize = {quantize!r}; expected '4bit' or '8bit'")
+    return base, quantize, False
 
 
 def load_trained_model(

@@ -142,6 +142,13 @@ def test_a_qlora_run_loads_on_its_quantized_base_and_dtype_is_a_choice(chain, tm
     tokens = tokens_of(tok)
     assert_same_logprobs(log_softmax(model, tokens), log_softmax(run.ctx.model, tokens), "qlora loaded vs trained")
 
+    # a checkpoint copied out of its run: its adapter_config.json says the base was quantized
+    loose = tmp_path / "loose-qlora"
+    shutil.copytree(info.folder, loose)
+    assert json.loads((loose / "adapter_config.json").read_text())["quantize"] == "4bit"
+    loose_model, _, _ = load_trained_model(loose)
+    assert_same_logprobs(log_softmax(loose_model, tokens), log_softmax(run.ctx.model, tokens), "qlora copied out of its run")
+
     r0 = chain["r0"].directory.path
     stored, _, _ = load_trained_model(r0)
     assert stored.layers[0].mlp.up_proj.linear.weight.dtype == mx.float32  # the built-in base as stored
