@@ -36,3 +36,35 @@ def report(
         **(extra or {}),
     }
     print(PREFIX + json.dumps(row), flush=True)
+
+
+def trl_step_timer(cuda: bool):
+    """A transformers ``TrainerCallback`` that times each optimizer step (wall and CPU; the GPU
+    synchronised at both ends on CUDA). Its ``step_times``, ``step_cpu`` and ``first`` (the
+    wall clock when step 1 began) feed :func:`report`. Imported by the TRL peers only."""
+    from transformers import TrainerCallback
+
+    def sync() -> None:
+        if cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.step_times: list[float] = []
+            self.step_cpu: list[float] = []
+            self.first: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kw):
+            sync()
+            if not self.first:
+                self.first.append(time.time())
+            self.t, self.c = time.perf_counter(), cpu_seconds()
+
+        def on_step_end(self, args, state, control, **kw):
+            sync()
+            self.step_times.append(time.perf_counter() - self.t)
+            self.step_cpu.append(cpu_seconds() - self.c)
+
+    return StepTimer()

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import cpu_seconds, report  # noqa: E402
+from common import report, trl_step_timer  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +41,7 @@ def main() -> None:
 
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
@@ -78,29 +77,13 @@ def main() -> None:
         seed=0,
         disable_tqdm=True,
     )
-    step_times: list[float] = []
-    step_cpu: list[float] = []
-    first: list[float] = []
-
-    class Timing(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if a.device == "cuda":
-                torch.cuda.synchronize()
-            if not first:
-                first.append(time.time())
-            self.t, self.c = time.perf_counter(), cpu_seconds()
-
-        def on_step_end(self, args, state, control, **kw):
-            if a.device == "cuda":
-                torch.cuda.synchronize()
-            step_times.append(time.perf_counter() - self.t)
-            step_cpu.append(cpu_seconds() - self.c)
+    timer = trl_step_timer(a.device == "cuda")
 
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config, callbacks=[Timing()])
+        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_config, callbacks=[timer])
     padding_free = bool(getattr(trainer, "padding_free", a.padding_free))
     for w in caught:
         if "padding_free" in str(w.message) or "liger" in str(w.message).lower():
@@ -111,9 +94,9 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated() / 2**30 if a.device == "cuda" else None
     report(
         framework="TRL" + (" (precomputed ref)" if a.precompute_ref else "") + (" (liger)" if liger else "") + (" (padding-free)" if padding_free else ""),
-        first_step_start=first[0],
-        step_times=step_times,
-        step_cpu=step_cpu,
+        first_step_start=timer.first[0],
+        step_times=timer.step_times,
+        step_cpu=timer.step_cpu,
         peak_gb=peak,
         extra={"final_loss": out.training_loss, "torch": torch.__version__, "threads": torch.get_num_threads(), "liger": liger, "padding_free": padding_free, "precompute_ref": a.precompute_ref},
     )

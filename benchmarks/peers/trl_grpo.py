@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import cpu_seconds, report  # noqa: E402
+from common import report, trl_step_timer  # noqa: E402
 
 
 def length_reward(completions, **kw):
@@ -78,39 +77,24 @@ def main() -> None:
         seed=0,
         disable_tqdm=True,
     )
-    step_times: list[float] = []
-    step_cpu: list[float] = []
-    first: list[float] = []
     completion_tokens: list[float] = []
+    timer = trl_step_timer(a.device == "cuda")
 
-    class Timing(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if a.device == "cuda":
-                torch.cuda.synchronize()
-            if not first:
-                first.append(time.time())
-            self.t, self.c = time.perf_counter(), cpu_seconds()
-
-        def on_step_end(self, args, state, control, **kw):
-            if a.device == "cuda":
-                torch.cuda.synchronize()
-            step_times.append(time.perf_counter() - self.t)
-            step_cpu.append(cpu_seconds() - self.c)
-
+    class Lengths(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
                 completion_tokens.append(float(logs["completions/mean_length"]))
 
-    trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data, processing_class=tok, peft_config=peft_config, callbacks=[Timing()])
+    trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data, processing_class=tok, peft_config=peft_config, callbacks=[timer, Lengths()])
     if a.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**30 if a.device == "cuda" else None
     report(
         framework="TRL GRPOTrainer" + (" (liger)" if liger else ""),
-        first_step_start=first[0],
-        step_times=step_times,
-        step_cpu=step_cpu,
+        first_step_start=timer.first[0],
+        step_times=timer.step_times,
+        step_cpu=timer.step_cpu,
         peak_gb=peak,
         extra={"torch": torch.__version__, "mean_completion_tokens": completion_tokens, "prompts": a.prompts, "generations": a.generations, "new": a.new},
     )
