@@ -5,16 +5,13 @@
 Same model, same prompts, same number of new tokens per prompt (EOS is masked out of the
 sampling distribution so every row generates exactly ``--new`` tokens in both modes).
 Prints generated tokens per second for each and the ratio (target: batched >= 5x), and the
-same ratio in CPU time (steadier than wall time on a shared CPU). Then times the batched loop
-with and without pipelining (``engine.rollout.PIPELINE``: the host reads the previous
-token's stop flag while the device computes this one), alternated ``--repeats`` times.
+same ratio in CPU time (steadier than wall time on a shared CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,7 +27,6 @@ def main() -> None:
     ap.add_argument("--prompt-words", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--no-sequential", dest="sequential", action="store_false", help="time one prompt alone instead of every prompt one by one")
-    ap.add_argument("--repeats", type=int, default=3, help="batched runs with and without the pipelined loop, alternated (0: skip)")
     a = ap.parse_args()
 
     import mlx.core as mx
@@ -48,18 +44,6 @@ def main() -> None:
     t, c = time.perf_counter(), time.process_time()
     batched = generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos)
     t_batched, c_batched = time.perf_counter() - t, time.process_time() - c
-    # the same batch with the host reading each token's stop flag before building the next
-    # token's graph (the loop before 2026-11-29), alternated with the pipelined loop
-    from engine import rollout
-
-    piped, unpiped = [t_batched], []
-    for _ in range(a.repeats):
-        for flag, times in ((False, unpiped), (True, piped)):
-            rollout.PIPELINE = flag
-            t = time.perf_counter()
-            generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos)
-            times.append(time.perf_counter() - t)
-    rollout.PIPELINE = True
     t, c = time.perf_counter(), time.process_time()
     seq = generate_one_by_one(model, prompts if a.sequential else prompts[:1], max_new_tokens=a.new, eos_ids=no_eos)
     t_seq, c_seq = time.perf_counter() - t, time.process_time() - c
@@ -75,9 +59,6 @@ def main() -> None:
         "sequential_cpu_s": c_seq,
     }
     res["speedup"] = res["batched_tokens_per_s"] / res["sequential_tokens_per_s"]
-    if unpiped:
-        res["pipelined_s"], res["unpipelined_s"] = statistics.median(piped), statistics.median(unpiped)
-        res["pipelined_over_unpipelined"] = res["pipelined_s"] / res["unpipelined_s"]
     res["speedup_cpu_time"] = (c_seq / seq.num_tokens) / (c_batched / batched.num_tokens)  # steadier on a shared CPU
     print("BENCH_RESULT " + json.dumps(res))
 
