@@ -114,4 +114,11 @@ class RunFailed(Event):
 
 
 TERMINAL_EVENTS = (RunFinished, RunCancelled, RunFailed)
+# a run's status once it has ended ('status' in summary.json), one per terminal event
+FINAL_STATUSES = ("completed", "cancelled", "failed")
+
+
+def final_status(event: Event) -> str:
+    """The summary status a terminal event stands for: completed, cancelled or failed."""
+    return {RunFinished: "completed", RunCancelled: "cancelled"}.get(type(event), "failed")
 

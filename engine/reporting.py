@@ -289,8 +289,7 @@ class Reporters:
                 self._each(lambda t: t.row(event.step, values, event.time))
         elif isinstance(event, ev.TERMINAL_EVENTS):
             self._flush_samples()
-            status = {ev.RunFinished: "completed", ev.RunCancelled: "cancelled"}.get(type(event), "failed")
-            self._close_all(status)
+            self._close_all(ev.final_status(event))
 
     def _close_all(self, status: str) -> None:
         trackers, self.trackers = self.trackers, []

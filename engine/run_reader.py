@@ -162,7 +162,7 @@ class RunFollower:
         out = out + metrics + terminal  # RunStarted (events.log) before metric rows; the end last
         if not terminal and not out:
             summary = self.directory.read_summary()
-            if summary and summary.get("status") in ("completed", "cancelled", "failed"):
+            if summary and summary.get("status") in ev.FINAL_STATUSES:
                 self._quiet_polls_with_summary += 1
                 if self._quiet_polls_with_summary >= 2:
                     out.append(terminal_from_summary(summary))

@@ -244,9 +244,9 @@ class RunState:
             self.status = "paused"
         elif isinstance(event, ev.RunResumed):
             self.status = "running"
-        elif isinstance(event, ev.RunFinished | ev.RunCancelled | ev.RunFailed):
+        elif isinstance(event, ev.TERMINAL_EVENTS):
             self.summary = dict(event.summary)
-            self.status = {ev.RunFinished: "completed", ev.RunCancelled: "cancelled"}.get(type(event), "failed")
+            self.status = ev.final_status(event)
             self.phase = ""
             if isinstance(event, ev.RunFailed):
                 self.error, self.traceback = event.error, event.traceback
@@ -301,7 +301,7 @@ class RunState:
 
     @property
     def ended(self) -> bool:
-        return self.status in ("completed", "cancelled", "failed")
+        return self.status in ev.FINAL_STATUSES
 
     @property
     def fraction(self) -> float:
