@@ -242,6 +242,7 @@ class ProgressPrinter:
 
     def __call__(self, e: Any) -> None:
         from engine import events as ev
+        from rlhf_tui.monitoring import duration
 
         if isinstance(e, ev.RunFailed):
             self.traceback = e.traceback
@@ -259,7 +260,7 @@ class ProgressPrinter:
             done = e.step - self.start_step
             rate = (time.time() - self.t0) / max(done, 1)
             eta = rate * (self.total - e.step)
-            text = f"step {e.step:>5}/{self.total}  loss {_f(m.get('loss'))}  kl {_f(m.get('kl'))}  reward {_f(m.get('reward'))}  {_f(m.get('tokens_per_sec'), 0)} tok/s  ETA {_dur(eta)}{self.last_eval}"
+            text = f"step {e.step:>5}/{self.total}  loss {_f(m.get('loss'))}  kl {_f(m.get('kl'))}  reward {_f(m.get('reward'))}  {_f(m.get('tokens_per_sec'), 0)} tok/s  ETA {duration(eta)}{self.last_eval}"
             if self.tty:
                 self._live(text)
             elif time.time() - self.last_print >= 2.0 or e.step == self.total:
@@ -289,9 +290,11 @@ class ProgressPrinter:
 
 
 def _summary_line(s: dict[str, Any]) -> str:
+    from rlhf_tui.monitoring import duration
+
     ev_ = s.get("final_eval") or {}
     extra = "".join(f"  {k} {_f(v)}" for k, v in ev_.items() if k in ("eval/task_score", "eval/rewards/accuracies", "eval/accuracy", "eval/reward", "eval/loss"))
-    return f"{s.get('status')}: {s.get('steps')} steps in {_dur(s.get('elapsed_s', 0))}{extra} -> {s.get('run_dir')}"
+    return f"{s.get('status')}: {s.get('steps')} steps in {duration(s.get('elapsed_s', 0))}{extra} -> {s.get('run_dir')}"
 
 
 def _f(v: Any, digits: int = 4) -> str:
@@ -301,13 +304,6 @@ def _f(v: Any, digits: int = 4) -> str:
         return f"{float(v):.{digits}f}" if digits else f"{float(v):,.0f}"
     except (TypeError, ValueError):
         return str(v)
-
-
-def _dur(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 # ------------------------------------------------------------------ other commands
