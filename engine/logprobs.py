@@ -116,30 +116,40 @@ def supports_chunked_head(model: nn.Module) -> bool:
     return getattr(model, "args", None) is not None and inner is not None and hasattr(inner, "embed_tokens")
 
 
-def _chunk_stats(head: Callable[[mx.array], mx.array], hidden: mx.array, targets: mx.array) -> tuple[mx.array, mx.array]:
+def _chunk_stats(head: Callable[[mx.array], mx.array], hidden: mx.array, targets: mx.array, temperature: float = 1.0, second: str = "mean") -> tuple[mx.array, mx.array]:
     logits = head(hidden).astype(mx.float32)
+    if temperature != 1.0:
+        logits = logits / temperature
     logz = mx.logsumexp(logits, axis=-1)
     picked = mx.take_along_axis(logits, mx.stop_gradient(targets)[..., None], axis=-1).squeeze(-1)  # (checkpoint differentiates every input)
+    if second == "entropy":  # a metric: no gradient flows through it
+        logp = mx.stop_gradient(logits - logz[..., None])
+        return picked - logz, -(mx.exp(logp) * logp).sum(axis=-1)
     return picked - logz, mx.stop_gradient(logits).mean(axis=-1)
 
 
-def head_logprobs(model: nn.Module, hidden: mx.array, targets: mx.array, chunk: int | None = None) -> tuple[mx.array, mx.array]:
+def head_logprobs(
+    model: nn.Module, hidden: mx.array, targets: mx.array, chunk: int | None = None, *, temperature: float = 1.0, second: str = "mean"
+) -> tuple[mx.array, mx.array]:
     """(log p(target), mean logit) per position from hidden states [R, T, D], targets [R, T].
 
     With ``chunk`` (default CHUNK_POSITIONS) > 0 the output layer runs on that many positions
     at a time, checkpointed, so no [R, T, V] float32 array is materialised; 0 writes the
     logits out (the numbers agree to float rounding: tests/test_chunked_logprobs.py).
+    ``temperature`` divides the logits first (the sampling distribution, as TRL scores
+    rollouts); ``second = "entropy"`` returns each position's entropy (no gradient) instead of
+    the mean logit.
     """
     chunk = CHUNK_POSITIONS if chunk is None else chunk
     module, head = _head_module(model)
     r, t, d = hidden.shape
     if chunk <= 0:
-        return _chunk_stats(head, hidden, targets)
+        return _chunk_stats(head, hidden, targets, temperature, second)
     flat_h, flat_t = hidden.reshape(r * t, d), targets.reshape(r * t)
 
     def inner(params: Any, h: mx.array, tg: mx.array) -> tuple[mx.array, mx.array]:
         module.update(params)
-        return _chunk_stats(head, h, tg)
+        return _chunk_stats(head, h, tg, temperature, second)
 
     step = max(chunk, 1)
     fn = mx.checkpoint(inner)

@@ -222,6 +222,22 @@ def gather_positions(x: mx.array, index: mx.array) -> mx.array:
     return mx.take_along_axis(x, idx, axis=1)
 
 
+def completion_stats(model: nn.Module, batch: CompletionBatch, temperature: float = 1.0) -> tuple[mx.array, mx.array]:
+    """``completion_logprobs`` of ``model`` on ``batch`` without writing out its logits.
+
+    The blocks run on every position, but the output layer only on the completion positions,
+    a chunk at a time under ``mx.checkpoint`` (``engine.logprobs.head_logprobs``): no
+    [rows, positions, vocabulary] float32 array is held, and the prompt positions' logits are
+    never computed. Models whose output layer cannot be run apart fall back to the logits."""
+    from engine.logprobs import head_logprobs, supports_chunked_head
+
+    if not supports_chunked_head(model):
+        return completion_logprobs(model(batch.tokens[:, :-1]), batch, temperature)
+    hidden = gather_positions(model.model(batch.tokens[:, :-1]), batch.index)
+    lp, ent = head_logprobs(model, hidden, batch.targets, temperature=temperature if temperature > 0 else 1.0, second="entropy")
+    return lp * batch.mask, ent * batch.mask
+
+
 def completion_logprobs(logits: mx.array, batch: CompletionBatch, temperature: float = 1.0) -> tuple[mx.array, mx.array]:
     """Per-token log-probs [N, T] of the completion tokens and the entropy [N, T], float32.
 

@@ -119,3 +119,48 @@ def test_chunk_zero_writes_out_the_logits_and_agrees() -> None:
     a, _ = head_logprobs(model, hidden, targets, chunk=0)
     b, _ = head_logprobs(model, hidden, targets, chunk=3)
     assert np.abs(np.array(a) - np.array(b)).max() <= logit_bound(model, hidden)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_completion_stats_equal_the_written_out_completion_logprobs_and_entropy(tied: bool) -> None:
+    """GRPO/RLOO score rollouts through the chunked output layer on completion positions only;
+    log-probs, entropy (a metric) and a policy-gradient loss's gradients match the logits path."""
+    from engine.rollout import completion_batch, completion_logprobs, completion_stats
+
+    model = tiny_llama(tied, seed=5)
+    rnd = np.random.default_rng(7)
+    prompts = [[int(t) for t in rnd.integers(3, VOCAB, rnd.integers(2, 9))] for _ in range(5)]
+    completions = [[int(t) for t in rnd.integers(3, VOCAB, rnd.integers(1, 8))] for _ in range(5)]
+    batch = completion_batch(prompts, completions)
+    temperature = 0.7
+    want_lp, want_ent = completion_logprobs(model(batch.tokens[:, :-1]), batch, temperature)
+    lp, ent = completion_stats(model, batch, temperature)
+    hidden = model.model(batch.tokens[:, :-1]) / temperature  # the tempered logits' rounding bound
+    tol = logit_bound(model, hidden) * 2
+    m = np.array(batch.mask) > 0
+    assert np.abs(np.array(lp)[m] - np.array(want_lp)[m]).max() <= tol
+    # entropy: sum over the vocabulary of p * log p, each log p within tol: |delta H| <= tol * (1 + max |log p|)
+    lg = np.array(want_lp)  # (only for the scale of log p)
+    assert np.abs(np.array(ent)[m] - np.array(want_ent)[m]).max() <= tol * (1 + np.log(VOCAB) + np.abs(lg).max())
+    assert np.all(np.array(ent)[~m] == 0) and np.all(np.array(lp)[~m] == 0)
+    # written out independently: entropy of the tempered softmax with NumPy in float64
+    logits = np.array(model(batch.tokens[:, :-1]), dtype=np.float64) / temperature
+    picked = np.take_along_axis(logits, np.array(batch.index)[..., None], axis=1)
+    logp = picked - np.log(np.exp(picked).sum(-1, keepdims=True))
+    numpy_ent = -(np.exp(logp) * logp).sum(-1)
+    assert np.abs(np.array(ent)[m] - numpy_ent[m]).max() <= tol * (1 + np.log(VOCAB) + np.abs(logp).max()) + 8 * EPS * np.log(VOCAB)
+
+    adv = mx.array(rnd.normal(size=(5, 1)).astype(np.float32))
+
+    def loss(chunked: bool):
+        def f(mdl: Model) -> mx.array:
+            out = completion_stats(mdl, batch, temperature)[0] if chunked else completion_logprobs(mdl(batch.tokens[:, :-1]), batch, temperature)[0]
+            return -(out * adv).sum() / batch.mask.sum()
+
+        return nn.value_and_grad(model, f)(model)
+
+    (l_full, g_full), (l_chunk, g_chunk) = loss(False), loss(True)
+    assert abs(float(l_full) - float(l_chunk)) <= tol
+    a = np.concatenate([np.array(v).ravel() for _, v in tree_flatten(g_full)])
+    b = np.concatenate([np.array(v).ravel() for _, v in tree_flatten(g_chunk)])
+    assert np.linalg.norm(a - b) <= 4 * HIDDEN * EPS * np.linalg.norm(a) / temperature

@@ -50,7 +50,7 @@ from engine.rollout import (
     CompletionBatch,
     ReferencePolicy,
     completion_batch,
-    completion_logprobs,
+    completion_stats,
     eos_token_ids,
     pad_id,
     require_sampling,
@@ -135,8 +135,7 @@ class Grpo(Algorithm):
         return t if t > 0 else 1.0
 
     def _logprobs(self, model: nn.Module, batch: CompletionBatch) -> tuple[mx.array, mx.array]:
-        logits = model(batch.tokens[:, :-1])
-        return completion_logprobs(logits, batch, self._temperature())
+        return completion_stats(model, batch, self._temperature())  # the logits are never written out whole
 
     def loss_fn(
         self,
