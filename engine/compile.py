@@ -45,20 +45,27 @@ def value_and_grad_fn(module: nn.Module, loss_fn: Callable[..., Any], compiled: 
     return fn
 
 
-def fused_step_fn(module: nn.Module, optimizer: Any, loss_fn: Callable[..., Any], max_norm: float, average: Callable[[Any], Any]) -> Callable[..., Any] | None:
+def fused_step_fn(
+    module: nn.Module, optimizer: Any, loss_fn: Callable[..., Any], max_norm: float, average: Callable[[Any], Any], *, keep_on_non_finite: bool = True
+) -> Callable[..., Any] | None:
     """One compiled call for a whole optimizer step, or None where the loss may not be traced.
 
     ``f(*args) -> (loss, aux, grad_norm, finite)``: value and gradient, the ranks' average
     (``average``), clipping to ``max_norm`` (0: none), and the optimizer update, traced once
-    per (module, loss, optimizer). A step whose loss or gradient norm is not finite changes
-    nothing: the new weights and optimizer state are selected on the device
-    (``mx.where(finite, new, old)``), so the host reads the loss once, after the step, instead
-    of waiting between the backward pass and an update launched op by op (on a GPU that
-    wait is the step's idle time; see docs/performance.md).
+    per (module, loss, optimizer). The host reads the loss once, after the step, instead of
+    waiting between the backward pass and an update launched op by op (on a GPU that wait is
+    the step's idle time; see docs/performance.md). With ``keep_on_non_finite`` a step whose
+    loss or gradient norm is not finite changes nothing: the new weights and optimizer state
+    are selected on the device (``mx.where(finite, new, old)``), which holds the old ones
+    until the update is done (one more copy of what the optimizer updates: ``train.on_nan =
+    "skip"`` needs it). Without it such a step's update is applied and the caller must stop
+    the run without saving those weights (``train.on_nan = "stop"``: the last checkpoint is
+    the good state).
     """
     if not getattr(getattr(loss_fn, "__self__", None), "compilable", False):
         return None
-    key = (id(module), getattr(loss_fn, "__func__", loss_fn), id(getattr(loss_fn, "__self__", None)), id(optimizer), float(max_norm))
+    # the optimizer's state dict is captured: a replaced one must not reuse this trace
+    key = (id(module), getattr(loss_fn, "__func__", loss_fn), id(getattr(loss_fn, "__self__", None)), id(optimizer), id(optimizer.state), float(max_norm), keep_on_non_finite)
     fn = _COMPILED.get(key)
     if fn is not None:
         return fn
@@ -72,6 +79,9 @@ def fused_step_fn(module: nn.Module, optimizer: Any, loss_fn: Callable[..., Any]
         grads = average(grads)
         grads, norm = optim.clip_grad_norm(grads, max_norm if max_norm > 0 else float("inf"))
         finite = mx.isfinite(loss) & mx.isfinite(norm)
+        if not keep_on_non_finite:
+            optimizer.update(module, grads)
+            return loss, aux, norm, finite
         old_params = module.trainable_parameters()
         old_state = tree_map(lambda x: x, optimizer.state)
         optimizer.update(module, grads)

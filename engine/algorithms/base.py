@@ -154,14 +154,17 @@ class TrainContext:
         """
         assert self.optimizer is not None, "build_optimizer() first"
         compiled = compile_pays(self.cfg.train.compile)  # compiled on GPU only
-        fused = fused_step_fn(self.trainable, self.optimizer, loss_fn, self.cfg.train.max_grad_norm, self.world.average_gradients) if compiled and FUSED_STEP else None
+        fused = None
+        if compiled and FUSED_STEP:
+            skip = self.cfg.train.on_nan == "skip"  # keep the old weights on the device only where the run goes on
+            fused = fused_step_fn(self.trainable, self.optimizer, loss_fn, self.cfg.train.max_grad_norm, self.world.average_gradients, keep_on_non_finite=skip)
         if fused is not None:
             loss, aux, norm, finite = fused(*args)
             mx.eval(loss, norm, aux, finite, self.trainable.parameters(), self.optimizer.state)
             loss_f, norm_f = float(loss.item()), float(norm.item())
             metrics = {k: float(v.item()) for k, v in aux.items()}
             if not bool(finite.item()):
-                self._non_finite(loss_f, norm_f)  # nothing was updated on the device
+                self._non_finite(loss_f, norm_f)  # skip: nothing was updated; stop: raises, and the run saves nothing more
             return loss_f, metrics, norm_f
         step_fn = value_and_grad_fn(self.trainable, loss_fn, compiled)
         (loss, aux), grads = step_fn(*args)
