@@ -133,11 +133,13 @@ class CompletionWriter:
     """A loaded model that samples completions for prompts."""
 
     def __init__(self, choice: ModelChoice, max_length: int = 512) -> None:
-        from engine.trained_model import load_start_model
+        from engine.trained_model import load_start_model, trained_quantize
 
         self.choice = choice
-        # the base with the chosen weights baked in, as model.init_from starts a run from them
-        self.model, self.tokenizer, _, _, _ = load_start_model(choice.base, init_from=choice.adapter_dir or "")
+        # the base (quantized as those weights were trained on it) with the chosen weights
+        # baked in, as model.init_from starts a run from them
+        quantize = trained_quantize(choice.adapter_dir) if choice.adapter_dir else "none"
+        self.model, self.tokenizer, _, _, _ = load_start_model(choice.base, quantize=quantize, init_from=choice.adapter_dir or "")
         self.model.eval()
         from engine.data import Encoder
 

@@ -98,8 +98,11 @@ def load_folder_weights(model: nn.Module, folder: Path, acfg: dict[str, Any] | N
     weights_file = folder / ADAPTERS
     try:
         load_adapters(model, str(folder))
-    except ValueError as err:  # mlx-lm lists every weight that does not fit, one per line
-        lines = [x.strip() for x in str(err).splitlines()[1:] if x.strip()] or [str(err)]
+    except ValueError as err:
+        text = str(err)
+        if "incompatible" not in text.splitlines()[0]:  # e.g. more LoRA layers asked for than the model has
+            raise ModelError(f"{folder / ADAPTER_CONFIG}: {text.splitlines()[0] if text else type(err).__name__}") from None
+        lines = [x.strip() for x in text.splitlines()[1:] if x.strip()] or [text]  # mlx-lm lists every weight that does not fit
         raise ModelError(f"{weights_file}: {len(lines)} weights do not fit this base model (e.g. {lines[0]}); was it trained on another model?") from None
     except Exception as err:  # noqa: BLE001 - a truncated or foreign safetensors file
         raise ModelError(f"{weights_file}: cannot read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
@@ -160,6 +163,12 @@ def load_start_model(
             config = quantize_base(model, int(quantize.removesuffix("bit")), config)
     applied = apply_trained_weights(model, Path(init_from)) if init_from else []
     return model, tokenizer, path, config, applied
+
+
+def trained_quantize(path: str | Path) -> str:
+    """``model.quantize`` of the run or checkpoint at ``path``: what its base was trained as."""
+    weights = resolve_weights(path)
+    return _base_spec(weights, read_adapter_config(weights.folder))[1]
 
 
 def _base_spec(weights: TrainedWeights, acfg: dict[str, Any]) -> tuple[str, str, bool]:

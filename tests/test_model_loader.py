@@ -148,6 +148,11 @@ def test_a_qlora_run_loads_on_its_quantized_base_and_dtype_is_a_choice(chain, tm
     assert json.loads((loose / "adapter_config.json").read_text())["quantize"] == "4bit"
     loose_model, _, _ = load_trained_model(loose)
     assert_same_logprobs(log_softmax(loose_model, tokens), log_softmax(run.ctx.model, tokens), "qlora copied out of its run")
+    # the labelling sampler starts from the same 4-bit base the adapters were trained on
+    from engine.sampling import CompletionWriter, ModelChoice
+
+    writer = CompletionWriter(ModelChoice("qlora", "builtin:tiny-sorter", str(run.directory.path), str(run.directory.path)))
+    assert any(isinstance(m, nn.QuantizedLinear) for _, m in writer.model.named_modules())
 
     r0 = chain["r0"].directory.path
     stored, _, _ = load_trained_model(r0)
