@@ -6,8 +6,10 @@ It owns its generator thread and every piece of state that thread touches (pendi
 ready items, the item shown, the resolved model) behind one lock. Each ``start`` (new model,
 sampling or labeller) begins a new *generation* of the queue: whatever an older generation's
 thread produces afterwards is dropped. A UI learns what happened through three callbacks,
-called from the generator thread: ``on_ready()`` (items were queued), ``on_loaded(description)``
-(the model is loaded) and ``on_failed(error)`` (one line; the queue stops).
+called from the generator thread with the generation they belong to: ``on_ready(generation)``
+(items were queued), ``on_loaded(description, generation)`` (the model is loaded) and
+``on_failed(error, generation)`` (one line; the queue stops). A UI that handles them later,
+on its own thread, drops those whose generation is no longer ``queue.generation``.
 
 ``LabelStats`` answers "what is in the label file" for a status line polled every second; it
 parses the file again only when the file (or its sidecar) changed on disk.
@@ -80,9 +82,9 @@ class CompletionQueue:
     def __init__(
         self,
         *,
-        on_ready: Callable[[], None] = _no_event,
-        on_loaded: Callable[[str], None] = _no_event,
-        on_failed: Callable[[str], None] = _no_event,
+        on_ready: Callable[[int], None] = _no_event,
+        on_loaded: Callable[[str, int], None] = _no_event,
+        on_failed: Callable[[str, int], None] = _no_event,
         ahead: int = AHEAD,
         batch: int = BATCH,
         seed: int = 0,
@@ -163,8 +165,7 @@ class CompletionQueue:
         generation = self.clear()
         with self._lock:
             self._pending.extend(prompts)
-            if isinstance(model, ModelChoice):
-                self._choice = model
+            self._choice = model if isinstance(model, ModelChoice) else None  # a spec: known once resolved
         cancel = self._cancel = threading.Event()
         thread = threading.Thread(
             target=self._main, args=(generation, cancel, model, sampling, resolve), name="rlhf-tui-labelling", daemon=True
@@ -257,7 +258,7 @@ class CompletionQueue:
             writer = CompletionWriter(choice, self.max_length)
             check()
             if self._is_current(generation):
-                self.on_loaded(choice.describe())
+                self.on_loaded(choice.describe(), generation)
             while not cancel.is_set():
                 with self._lock:
                     if generation != self._generation:
@@ -276,12 +277,12 @@ class CompletionQueue:
                     self._ready.extend(Item(p, tuple(t), choice) for p, t in zip(batch, texts, strict=True))
                     self._busy = 0
                     batch = []
-                self.on_ready()
+                self.on_ready(generation)
         except Cancelled:
             return
         except Exception as err:  # noqa: BLE001 - reported to the UI; the app stays up
             if self._is_current(generation):
-                self.on_failed(one_line_error(err))
+                self.on_failed(one_line_error(err), generation)
         finally:
             with self._lock:
                 if batch and generation == self._generation:

@@ -39,19 +39,21 @@ class Events:
 
     def __init__(self) -> None:
         self.log: list[tuple[str, str]] = []
+        self.generations: list[int] = []  # the generation each event was reported for
         self.changed = threading.Condition()
 
-    def _add(self, kind: str, text: str = "") -> None:
+    def _add(self, kind: str, text: str = "", generation: int = -1) -> None:
         with self.changed:
             self.log.append((kind, text))
+            self.generations.append(generation)
             self.changed.notify_all()
 
     def queue(self, **kw) -> CompletionQueue:
         kw.setdefault("max_length", 64)
         return CompletionQueue(
-            on_ready=lambda: self._add("ready"),
-            on_loaded=lambda d: self._add("loaded", d),
-            on_failed=lambda e: self._add("failed", e),
+            on_ready=lambda g: self._add("ready", "", g),
+            on_loaded=lambda d, g: self._add("loaded", d, g),
+            on_failed=lambda e, g: self._add("failed", e, g),
             **kw,
         )
 
@@ -67,10 +69,11 @@ class Events:
 def test_the_queue_fills_ahead_with_the_writers_completions_in_prompt_order() -> None:
     ev = Events()
     q = ev.queue(ahead=6, batch=4, seed=0)
-    q.start(PROMPTS, MODEL, SAMPLING)
+    generation = q.start(PROMPTS, MODEL, SAMPLING)
     ev.wait(lambda: q.counts().ready == 6, "six items ready")
     ev.wait(lambda: q.counts().busy == 0, "the generator idle with the queue full")
     assert q.counts().ready == 6 and q.counts().pending == 1  # it stops at `ahead`
+    assert set(ev.generations) == {generation} == {q.generation}  # every event names its generation
     assert ev.log[0] == ("loaded", MODEL) and q.choice == ModelChoice(MODEL, MODEL, None)
     items = q.ready_items()
     assert [i.prompt for i in items] == PROMPTS[:6]

@@ -80,18 +80,23 @@ A/B order shuffled.
 """
 
 
+@dataclass
 class ItemsReady(Message):
     """The generator thread queued new items."""
+
+    generation: int = -1
 
 
 @dataclass
 class GeneratorFailed(Message):
     error: str
+    generation: int = -1
 
 
 @dataclass
 class ModelLoaded(Message):
     description: str
+    generation: int = -1
 
 
 class EditScreen(ModalScreen[str | None]):
@@ -190,9 +195,9 @@ class LabellingScreen(Screen):
         # the completion queue owns the generator thread and all it touches; its callbacks run
         # in that thread, so they only post messages
         self.queue = CompletionQueue(
-            on_ready=lambda: self.post_message(ItemsReady()),
-            on_loaded=lambda description: self.post_message(ModelLoaded(description)),
-            on_failed=lambda error: self.post_message(GeneratorFailed(error)),
+            on_ready=lambda generation: self.post_message(ItemsReady(generation)),
+            on_loaded=lambda description, generation: self.post_message(ModelLoaded(description, generation)),
+            on_failed=lambda error, generation: self.post_message(GeneratorFailed(error, generation)),
             seed=seed,
             max_length=max_length,
         )
@@ -306,15 +311,22 @@ class LabellingScreen(Screen):
             self._show_next()
         self._refresh_stats()
 
+    def _stale(self, message: ItemsReady | ModelLoaded | GeneratorFailed) -> bool:
+        """Posted by a queue generation that a refill has since replaced."""
+        return message.generation not in (-1, self.queue.generation)
+
     @on(ModelLoaded)
     def _model_loaded(self, message: ModelLoaded) -> None:
+        if self._stale(message):
+            return
         self._status = "generating…"
         self._refresh_sampling_line()
         self._refresh_stats()
 
     @on(GeneratorFailed)
     def _generator_failed(self, message: GeneratorFailed) -> None:
-        self._fail(message.error)
+        if not self._stale(message):
+            self._fail(message.error)
 
     def _fail(self, error: str) -> None:
         self._status = f"error: {error}"
