@@ -50,7 +50,7 @@ def fused_step_fn(
 ) -> Callable[..., Any] | None:
     """One compiled call for a whole optimizer step, or None where the loss may not be traced.
 
-    ``f(*args) -> (loss, aux, grad_norm, finite)``: value and gradient, the ranks' average
+    ``f(*args) -> (loss, aux, grad_norm)``: value and gradient, the ranks' average
     (``average``), clipping to ``max_norm`` (0: none), and the optimizer update, traced once
     per (module, loss, optimizer). The host reads the loss once, after the step, instead of
     waiting between the backward pass and an update launched op by op (on a GPU that wait is
@@ -78,16 +78,16 @@ def fused_step_fn(
         (loss, aux), grads = vag(module, *args)
         grads = average(grads)
         grads, norm = optim.clip_grad_norm(grads, max_norm if max_norm > 0 else float("inf"))
-        finite = mx.isfinite(loss) & mx.isfinite(norm)
         if not keep_on_non_finite:
             optimizer.update(module, grads)
-            return loss, aux, norm, finite
+            return loss, aux, norm
+        finite = mx.isfinite(loss) & mx.isfinite(norm)
         old_params = module.trainable_parameters()
         old_state = tree_map(lambda x: x, optimizer.state)
         optimizer.update(module, grads)
         module.update(tree_map(lambda new, old: mx.where(finite, new, old), module.trainable_parameters(), old_params))
         _select_in_place(optimizer.state, old_state, finite)  # in place: the compiled call writes back into these containers
-        return loss, aux, norm, finite
+        return loss, aux, norm
 
     state = [module.state, optimizer.state]
     fn = mx.compile(step, inputs=state, outputs=state)

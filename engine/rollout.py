@@ -23,7 +23,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from engine.logprobs import entropy_from_logits, token_logprobs
+from engine.logprobs import (
+    entropy_from_logits,
+    head_logprobs,
+    supports_chunked_head,
+    token_logprobs,
+)
 
 
 @dataclass
@@ -229,8 +234,6 @@ def completion_stats(model: nn.Module, batch: CompletionBatch, temperature: floa
     a chunk at a time under ``mx.checkpoint`` (``engine.logprobs.head_logprobs``): no
     [rows, positions, vocabulary] float32 array is held, and the prompt positions' logits are
     never computed. Models whose output layer cannot be run apart fall back to the logits."""
-    from engine.logprobs import head_logprobs, supports_chunked_head
-
     if not supports_chunked_head(model):
         return completion_logprobs(model(batch.tokens[:, :-1]), batch, temperature)
     hidden = gather_positions(model.model(batch.tokens[:, :-1]), batch.index)

@@ -168,7 +168,19 @@ def load_start_model(
 def trained_quantize(path: str | Path) -> str:
     """``model.quantize`` of the run or checkpoint at ``path``: what its base was trained as."""
     weights = resolve_weights(path)
-    return _base_spec(weights, read_adapter_config(weights.folder))[1]
+    if weights.run_dir is not None:
+        from engine.api import run_config
+
+        return run_config(weights.run_dir).model.quantize
+    return _recorded_quantize(weights, read_adapter_config(weights.folder))
+
+
+def _recorded_quantize(weights: TrainedWeights, acfg: dict[str, Any]) -> str:
+    """The ``quantize`` a weights folder's adapter config records (written since runs record it)."""
+    quantize = acfg.get("quantize", "none")
+    if quantize not in ("none", "4bit", "8bit"):
+        raise ModelError(f"{weights.folder / ADAPTER_CONFIG}: quantize = {quantize!r}; expected '4bit' or '8bit'")
+    return quantize
 
 
 def _base_spec(weights: TrainedWeights, acfg: dict[str, Any]) -> tuple[str, str, bool]:
@@ -183,10 +195,7 @@ def _base_spec(weights: TrainedWeights, acfg: dict[str, Any]) -> tuple[str, str,
     base = acfg.get("model")
     if not isinstance(base, str) or not base:
         raise ModelError(f"{weights.folder / ADAPTER_CONFIG}: names no base model ('model') and the folder is not in a run directory")
-    quantize = acfg.get("quantize", "none")
-    if quantize not in ("none", "4bit", "8bit"):
-        raise ModelError(f"{weights.folder / ADAPTER_CONFIG}: quantize = {quantize!r}; expected '4bit' or '8bit'")
-    return base, quantize, False
+    return base, _recorded_quantize(weights, acfg), False
 
 
 def load_trained_model(

@@ -159,13 +159,10 @@ class TrainContext:
             skip = self.cfg.train.on_nan == "skip"  # keep the old weights on the device only where the run goes on
             fused = fused_step_fn(self.trainable, self.optimizer, loss_fn, self.cfg.train.max_grad_norm, self.world.average_gradients, keep_on_non_finite=skip)
         if fused is not None:
-            loss, aux, norm, finite = fused(*args)
-            mx.eval(loss, norm, aux, finite, self.trainable.parameters(), self.optimizer.state)
-            loss_f, norm_f = float(loss.item()), float(norm.item())
-            metrics = {k: float(v.item()) for k, v in aux.items()}
-            if not bool(finite.item()):
-                self._non_finite(loss_f, norm_f)  # skip: nothing was updated; stop: raises, and the run saves nothing more
-            return loss_f, metrics, norm_f
+            loss, aux, norm = fused(*args)
+            mx.eval(loss, norm, aux, self.trainable.parameters(), self.optimizer.state)
+            # non-finite: skip had nothing updated on the device; stop raises, and the run saves nothing more
+            return self._host_values(loss, norm, aux)[:3]
         step_fn = value_and_grad_fn(self.trainable, loss_fn, compiled)
         (loss, aux), grads = step_fn(*args)
         return self._apply(loss, aux, grads)
@@ -196,15 +193,19 @@ class TrainContext:
         assert total_loss is not None
         return self._apply(total_loss, total_aux, total_grads)
 
-    def _non_finite(self, loss: float, norm: float) -> None:
-        """A step whose loss or gradient norm is NaN/inf: stop (the default) or count it as skipped."""
-        what = "loss" if not math.isfinite(loss) else "gradient norm"
-        value = loss if not math.isfinite(loss) else norm
-        msg = f"step {self.step}: {what} is {value}"
-        if self.cfg.train.on_nan != "skip":
-            raise NonFiniteError(f"{msg}; stopped with the last good checkpoint intact (set train.on_nan = skip to skip such steps)")
-        self.skipped_steps += 1
-        self.alert(f"{msg}; update skipped (train.on_nan = skip)")
+    def _host_values(self, loss: mx.array, norm: mx.array, aux: dict[str, mx.array]) -> tuple[float, dict[str, float], float, bool]:
+        """(loss, aux metrics, gradient norm) as floats, and whether the step was finite. A
+        NaN/inf loss or norm stops the run (the default) or is counted as skipped."""
+        loss_f, norm_f = float(loss.item()), float(norm.item())
+        finite = math.isfinite(loss_f) and math.isfinite(norm_f)
+        if not finite:
+            what = "loss" if not math.isfinite(loss_f) else "gradient norm"
+            msg = f"step {self.step}: {what} is {loss_f if not math.isfinite(loss_f) else norm_f}"
+            if self.cfg.train.on_nan != "skip":
+                raise NonFiniteError(f"{msg}; stopped with the last good checkpoint intact (set train.on_nan = skip to skip such steps)")
+            self.skipped_steps += 1
+            self.alert(f"{msg}; update skipped (train.on_nan = skip)")
+        return loss_f, {k: float(v.item()) for k, v in aux.items()}, norm_f, finite
 
     def _apply(self, loss: mx.array, aux: dict[str, mx.array], grads: Any) -> tuple[float, dict[str, float], float]:
         module = self.trainable
@@ -216,13 +217,11 @@ class TrainContext:
         else:
             norm = optim.clip_grad_norm(grads, float("inf"))[1]
         mx.eval(loss, norm, aux)
-        loss_f, norm_f = float(loss.item()), float(norm.item())
-        if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
-            self._non_finite(loss_f, norm_f)
-            return loss_f, {k: float(v.item()) for k, v in aux.items()}, norm_f
-        self.optimizer.update(module, grads)
-        mx.eval(module.parameters(), self.optimizer.state)
-        return loss_f, {k: float(v.item()) for k, v in aux.items()}, norm_f
+        loss_f, metrics, norm_f, finite = self._host_values(loss, norm, aux)
+        if finite:
+            self.optimizer.update(module, grads)
+            mx.eval(module.parameters(), self.optimizer.state)
+        return loss_f, metrics, norm_f
 
 
 @dataclass
