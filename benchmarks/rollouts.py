@@ -5,7 +5,9 @@
 Same model, same prompts, same number of new tokens per prompt (EOS is masked out of the
 sampling distribution so every row generates exactly ``--new`` tokens in both modes).
 Prints generated tokens per second for each and the ratio (target: batched >= 5x), and the
-same ratio in CPU time (steadier than wall time on a shared CPU).
+same ratio in CPU time (steadier than wall time on a shared CPU). ``--compiled`` also times
+the batch with the compiled decode step (engine.decode; warmed up on the same shapes first,
+so its trace and kernel JIT are not counted) and prints its ratio to the eager batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--compiled", action="store_true", help="also time the compiled decode step")
     ap.add_argument("--no-sequential", dest="sequential", action="store_false", help="time one prompt alone instead of every prompt one by one")
     a = ap.parse_args()
 
@@ -44,6 +47,12 @@ def main() -> None:
     t, c = time.perf_counter(), time.process_time()
     batched = generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos)
     t_batched, c_batched = time.perf_counter() - t, time.process_time() - c
+    compiled = None
+    if a.compiled:
+        generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos, compiled=True)  # trace + JIT
+        t, c = time.perf_counter(), time.process_time()
+        out = generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos, compiled=True)
+        compiled = (out.num_tokens, time.perf_counter() - t, time.process_time() - c)
     t, c = time.perf_counter(), time.process_time()
     seq = generate_one_by_one(model, prompts if a.sequential else prompts[:1], max_new_tokens=a.new, eos_ids=no_eos)
     t_seq, c_seq = time.perf_counter() - t, time.process_time() - c
@@ -58,6 +67,12 @@ def main() -> None:
         "batched_cpu_s": c_batched,
         "sequential_cpu_s": c_seq,
     }
+    if compiled is not None:
+        res["compiled_tokens_per_s"] = compiled[0] / compiled[1]
+        res["compiled_s"], res["compiled_cpu_s"] = compiled[1], compiled[2]
+        res["compiled_vs_batched_time"] = compiled[1] / t_batched
+        res["compiled_ms_per_token_step"] = 1000 * compiled[1] / a.new
+        res["batched_ms_per_token_step"] = 1000 * t_batched / a.new
     res["speedup"] = res["batched_tokens_per_s"] / res["sequential_tokens_per_s"]
     res["speedup_cpu_time"] = (c_seq / seq.num_tokens) / (c_batched / batched.num_tokens)  # steadier on a shared CPU
     print("BENCH_RESULT " + json.dumps(res))

@@ -83,8 +83,13 @@ def generate(
     top_p: float = 1.0,
     pad_id: int = 0,
     check: Callable[[], None] | None = None,
+    compiled: bool = False,
 ) -> Rollout:
-    """Generate a completion for every prompt in one batch (KV cache, per-row EOS)."""
+    """Generate a completion for every prompt in one batch (KV cache, per-row EOS).
+
+    With ``compiled`` the tokens after the first come from one traced decode step over a
+    fixed-size cache (``engine.decode``): the same tokens, without the per-token host work
+    of building the model's graph (on a GPU that work sets the token rate)."""
     prompts = [list(p) for p in prompts]
     if not prompts:
         return Rollout([], [], [], [])
@@ -102,6 +107,8 @@ def generate(
         return Rollout(prompts, [r.completion_ids[0] for r in rows], [r.finished[0] for r in rows], [r.logprobs[0] for r in rows])
     tokens = mx.array([[pad_id] * n + p for n, p in zip(left, prompts, strict=True)], dtype=mx.int32)
     logits = model(tokens, cache=cache)[:, -1, :]
+    if compiled:
+        return _generate_static(model, prompts, cache, logits, width, max_new_tokens, eos, temperature, top_p, pad_id, check)
     done = mx.zeros((len(prompts),), dtype=mx.bool_)
     out_tokens: list[mx.array] = []
     out_logps: list[mx.array] = []
@@ -125,6 +132,56 @@ def generate(
         # an H200 (64 rows x 256 tokens, 1B): the loop is host-bound, not device-bound.
         if bool(done.all().item()):
             break
+    return _collect(prompts, out_tokens, out_logps, out_live, eos)
+
+
+def _generate_static(
+    model: nn.Module, prompts: list[list[int]], cache: list, logits: mx.array, width: int, max_new_tokens: int,
+    eos: mx.array, temperature: float, top_p: float, pad_id: int, check: Callable[[], None] | None,
+) -> Rollout:
+    """``generate``'s loop with the compiled decode step (``engine.decode``)."""
+    from engine.decode import cache_length, static_caches
+
+    step = _decode_step(model, eos, temperature, top_p, pad_id)
+    if check is not None:
+        check()
+    tok, logp = sample_tokens(logits, temperature, top_p)
+    live = mx.ones((len(prompts),), dtype=mx.bool_)
+    tok = tok.astype(mx.int32)
+    done = (tok[:, None] == eos[None, :]).any(axis=-1)
+    out_tokens, out_logps, out_live = [tok], [logp], [live]
+    caches = static_caches(cache, cache_length(width, max_new_tokens))
+    keys, values = [c.keys for c in caches], [c.values for c in caches]
+    left, idx = caches[0].left_padding, caches[0].idx
+    mx.eval(done, keys, values)
+    for _ in range(1, max_new_tokens):
+        if bool(done.all().item()):
+            break
+        if check is not None:
+            check()
+        tok, logp, live, done, keys, values, idx = step(tok, done, keys, values, left, idx)
+        out_tokens.append(tok)
+        out_logps.append(logp)
+        out_live.append(live)
+        mx.async_eval(tok, done)
+    return _collect(prompts, out_tokens, out_logps, out_live, eos)
+
+
+def _decode_step(model: nn.Module, eos: mx.array, temperature: float, top_p: float, pad_id: int) -> Callable[..., Any]:
+    """The compiled decode step for these sampling settings, traced once per model (see
+    ``engine.compile.release_compiled``, which forgets it when the run ends)."""
+    from engine.compile import _COMPILED
+    from engine.decode import decode_step_fn
+
+    key = (id(model), "decode", float(temperature), float(top_p), tuple(eos.tolist()), int(pad_id))
+    fn = _COMPILED.get(key)
+    if fn is None:
+        fn = decode_step_fn(model, lambda logits: sample_tokens(logits, temperature, top_p), eos, pad_id, compiled=True)
+        _COMPILED[key] = fn
+    return fn
+
+
+def _collect(prompts: list[list[int]], out_tokens: list[mx.array], out_logps: list[mx.array], out_live: list[mx.array], eos: mx.array) -> Rollout:
     toks = mx.stack(out_tokens, axis=1).tolist()
     logps = mx.stack(out_logps, axis=1).tolist()
     lives = mx.stack(out_live, axis=1).tolist()
@@ -291,6 +348,8 @@ def sample_completions(ctx: Any, prompt_ids: Sequence[Sequence[int]], eos_ids: s
     ``ctx`` is the algorithm's TrainContext: its model, tokenizer, config, progress and
     pause/cancel hooks are used. Returns the rollout and the decoded completion texts.
     """
+    from engine.compile import compile_pays
+
     gen = ctx.cfg.generation
     ctx.phase("generating", 0, len(prompt_ids))
     rollout = generate(
@@ -302,6 +361,7 @@ def sample_completions(ctx: Any, prompt_ids: Sequence[Sequence[int]], eos_ids: s
         top_p=gen.top_p,
         pad_id=pad_id(ctx.tokenizer),
         check=ctx.check,
+        compiled=compile_pays(ctx.cfg.train.compile),  # on a GPU: one traced decode step
     )
     ctx.phase("generating", len(prompt_ids), len(prompt_ids))
     return rollout, [decode_completion(ctx.tokenizer, c, eos_ids) for c in rollout.completion_ids]
