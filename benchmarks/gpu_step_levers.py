@@ -15,7 +15,9 @@ time, and the peak MLX memory of the timed steps:
 * step ``engine``: ``TrainContext.update`` as a run calls it (on a GPU: value, gradient,
   clipping and the optimizer update in one compiled call); ``:unfused`` compiles only the
   value and gradient and runs clipping and the update op by op (the engine before 2026-11-29);
-  ``:nocompile`` compiles nothing; ``:ckpt`` adds gradient checkpointing.
+  ``:nocompile`` compiles nothing; ``:ckpt`` adds gradient checkpointing; ``:notile`` keeps
+  lengths at multiples of 16 instead of padding the model's input to a multiple of 128 on
+  CUDA (``engine.batching.CUDA_ATTENTION_TILE``: cuDNN's fused attention backward needs it).
 
 Prints one JSON line per variant (``LEVER {...}``) and a table at the end.
 """
@@ -122,7 +124,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt],...")
+    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
 
@@ -137,6 +139,9 @@ def main() -> None:
         from engine.algorithms import base
 
         base.FUSED_STEP = "unfused" not in flags
+        from engine import batching
+
+        batching.CUDA_ATTENTION_TILE = 1 if "notile" in flags else 128
         cfg, ctx, algo = build(a.model, adapter, a.dtype, "nocompile" not in flags, "ckpt" in flags)
         r = {"variant": spec, "device": str(mx.default_device()), **measure(ctx, algo, pairs, layout == "shared", a.warmup, a.steps)}
         r["wall_s"] = time.time() - t0

@@ -10,9 +10,34 @@ import mlx.core as mx
 
 BUCKET = 16  # pad lengths up to a multiple of this so compiled steps see few shapes
 
+# MLX's CUDA attention (cuDNN) has a fused backward pass only for query lengths that are a
+# multiple of 128; other lengths differentiate the written-out attention (scores for every
+# query and key). On CUDA, bucketed lengths are padded so that the model's input is such a
+# multiple (benchmarks/gpu_step_levers.py sets this to 1 to compare).
+CUDA_ATTENTION_TILE = 128
 
-def bucket_length(n: int, bucket: int = BUCKET) -> int:
-    return max(bucket, -(-n // bucket) * bucket)
+
+def attention_tile() -> int:
+    """The query-length multiple that gets fused attention gradients here (1: any length)."""
+    try:
+        on_cuda = mx.default_device().type == mx.DeviceType.gpu and mx.cuda.is_available()
+    except AttributeError:  # an MLX without the CUDA module
+        on_cuda = False
+    return CUDA_ATTENTION_TILE if on_cuda else 1
+
+
+def bucket_length(n: int, bucket: int = BUCKET, shift: int = 0) -> int:
+    """``n`` rounded up to a multiple of ``bucket`` (``bucket=1``: exactly ``n``). Where the
+    attention has a tile (CUDA), a bucketed length is padded further so that ``length - shift``
+    is a multiple of it, when that adds at most an eighth: ``shift`` is how much shorter than
+    the padded rows the model's input is (1 where the last token is only a target)."""
+    width = max(bucket, -(-n // bucket) * bucket)
+    tile = attention_tile() if bucket > 1 else 1
+    if tile > 1:
+        tiled = shift + -(-(width - shift) // tile) * tile
+        if (tiled - width) * 8 <= width:  # padding up to 1/8 more tokens buys the fused backward
+            width = tiled
+    return width
 
 
 class DataOrder:
@@ -76,7 +101,7 @@ def collate(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0
     # the first token has nothing to predict it: an empty prompt lends it from the completion
     rows = [(p, c) if len(p) else (list(c[:1]), list(c[1:])) for p, c in rows]
     lengths = [len(p) + len(c) for p, c in rows]
-    width = bucket_length(max(lengths), bucket)
+    width = bucket_length(max(lengths), bucket, shift=1)  # the model sees tokens[:, :-1]
     toks, masks = [], []
     for (p, c), n in zip(rows, lengths, strict=True):
         seq = list(p) + list(c)
@@ -115,7 +140,7 @@ def collate_shared(
     if n == 0 or len(answers) % n or any(len(p) == 0 for p in prompts) or any(len(a) == 0 for a in answers):
         raise ValueError("shared-prompt batches need non-empty prompts and answers, a whole number of answers per prompt")
     p_width = bucket_length(max(len(p) for p in prompts), bucket)
-    c_width = bucket_length(max(len(a) for a in answers), bucket)
+    c_width = bucket_length(max(len(a) for a in answers), bucket, shift=1)  # the answer pass runs C - 1 tokens
     prompt_rows = [[pad_id] * (p_width - len(p)) + list(p) for p in prompts]
     answer_rows = [list(a) + [pad_id] * (c_width - len(a)) for a in answers]
     mask = [[1.0] * len(a) + [0.0] * (c_width - len(a)) for a in answers]

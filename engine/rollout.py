@@ -267,7 +267,10 @@ def completion_batch(
     rows = [(list(p), list(c)) for p, c in zip(prompts, completions, strict=True)]
     width = max(len(p) + max(len(c), 1) for p, c in rows)
     width = max(width, 2)
-    width = -(-width // width_multiple) * width_multiple
+    if width_multiple > 1:
+        from engine.batching import bucket_length
+
+        width = bucket_length(width, width_multiple, shift=1)  # the model sees tokens[:, :-1]
     t_max = max(max(len(c) for _, c in rows), 1, min_completion)
     toks, idx, mask, tgt = [], [], [], []
     for p, c in rows:

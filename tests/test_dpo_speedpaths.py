@@ -125,3 +125,20 @@ def test_length_buckets_give_few_shapes():
         sb = collate_shared([p for p, _ in rows], [c for _, c in rows] * 2)
         assert sb.prompts.shape[1] % 16 == 0 and sb.answers.shape[1] % 16 == 0
     assert all(s[1] % 16 == 0 for s in shapes)
+
+
+def test_on_cuda_bucketed_lengths_make_the_model_input_a_multiple_of_the_attention_tile(monkeypatch):
+    # cuDNN's fused attention backward needs query lengths that are multiples of 128: the
+    # answer pass runs C - 1 tokens and a plain row's input is L - 1 tokens
+    from engine import batching
+
+    monkeypatch.setattr(batching, "attention_tile", lambda: 128)
+    shared = batching.collate_shared([[5] * 500], [[6] * 250, [7] * 256])
+    assert shared.prompts.shape[1] == 512 and shared.answers.shape[1] - 1 == 256
+    assert shared.mask.sum().item() == 506  # padding stays masked
+    rows = batching.collate([([5] * 600, [6] * 400)])
+    assert rows.tokens.shape[1] - 1 == 1024 and rows.mask.shape[1] == 1024
+    assert batching.bucket_length(770, shift=1) == 784  # a tile would add more than an eighth: bucket only
+    assert batching.bucket_length(37, 1, shift=1) == 37  # bucket 1 (eager): exact lengths
+    monkeypatch.setattr(batching, "attention_tile", lambda: 1)
+    assert batching.collate_shared([[5] * 500], [[6] * 250, [7] * 256]).answers.shape[1] == 256
