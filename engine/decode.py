@@ -48,12 +48,13 @@ class StaticCache:
         return self.keys, self.values
 
     def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> mx.array:
-        """[B, 1, n, length]: a query sees its row's real tokens up to and including itself."""
-        if window_size is not None:
-            raise ValueError("sliding-window attention is not supported by the static decode cache")
+        """[B, 1, n, length]: a query sees its row's real tokens up to and including itself
+        (and, with ``window_size``, only the last ``window_size`` of them, as mlx-lm's mask)."""
         pos = mx.arange(self.keys.shape[2])[None, None, :]
         query = (self.idx + mx.arange(n))[None, :, None]
         mask = (pos <= query) & (pos >= self.left_padding[:, None, None])
+        if window_size is not None:
+            mask = mask & (query < pos + window_size)
         return mask[:, None]
 
 

@@ -47,6 +47,11 @@ def test_static_cache_mask_hides_padding_and_the_unwritten_tail():
     assert mask[0, 0, 0].tolist() == [True] * 6 + [False] * 2  # row 0: positions 0..5 (5 = itself)
     assert mask[1, 0, 0].tolist() == [False] * 3 + [True] * 3 + [False] * 2  # row 1: padding 0..2 hidden
     assert c.offset.tolist() == [5, 2]  # RoPE positions do not count the padding
+    # a sliding window of 3 keeps the query and the two keys before it, as mlx-lm's mask does
+    from mlx_lm.models.base import create_causal_mask
+
+    assert c.make_mask(1, window_size=3)[0, 0, 0].tolist() == [False] * 3 + [True] * 3 + [False] * 2
+    assert create_causal_mask(1, offset=5, window_size=3)[0].tolist() == [False] * 3 + [True] * 3
     k = mx.ones((2, 1, 1, 4))
     keys, _ = c.update_and_fetch(k, k)
     assert keys[:, 0, :, 0].tolist() == [[0, 0, 0, 0, 0, 1, 0, 0]] * 2  # written at idx
