@@ -96,12 +96,14 @@ class TokenBatch:
     completion_tokens: int
 
 
-def collate(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0, bucket: int = BUCKET) -> TokenBatch:
-    """Pad ``(prompt_ids, completion_ids)`` rows to one bucketed length (``bucket=1``: the longest row)."""
+def collate(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0, bucket: int = BUCKET, shift: int = 1) -> TokenBatch:
+    """Pad ``(prompt_ids, completion_ids)`` rows to one bucketed length (``bucket=1``: the longest
+    row). ``shift``: the model sees ``tokens[:, :-1]`` (1, a language model's targets) or all
+    of ``tokens`` (0, a reward model), for ``bucket_length``'s attention tile."""
     # the first token has nothing to predict it: an empty prompt lends it from the completion
     rows = [(p, c) if len(p) else (list(c[:1]), list(c[1:])) for p, c in rows]
     lengths = [len(p) + len(c) for p, c in rows]
-    width = bucket_length(max(lengths), bucket, shift=1)  # the model sees tokens[:, :-1]
+    width = bucket_length(max(lengths), bucket, shift=shift)
     toks, masks = [], []
     for (p, c), n in zip(rows, lengths, strict=True):
         seq = list(p) + list(c)

@@ -50,7 +50,7 @@ class RewardModel(nn.Module):
         out = []
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
-            batch = collate(part)
+            batch = collate(part, shift=0)  # the reward model reads every token
             lengths = mx.array([len(p) + len(c) for p, c in part])
             scores = mx.stop_gradient(self(batch.tokens, lengths))
             mx.eval(scores)

@@ -126,7 +126,7 @@ def generate(
         if i + 1 == max_new_tokens:
             break  # the last token's successor is never sampled: no forward pass for it
         logits = model(tok[:, None], cache=cache)[:, -1, :]
-        mx.async_eval(logits, done)
+        mx.async_eval(logits, logp, done)  # logp: else its whole log-softmax stays alive
         # Reading ``done`` waits for this token. Reading the previous token's flag instead (so
         # the host builds the next graph while the device works) was measured 1.10x slower on
         # an H200 (64 rows x 256 tokens, 1B): the loop is host-bound, not device-bound.
@@ -143,7 +143,7 @@ def _generate_static(
     eos: mx.array, temperature: float, top_p: float, pad_id: int, check: Callable[[], None] | None,
 ) -> Rollout:
     """``generate``'s loop with the compiled decode step (``engine.decode``)."""
-    from engine.decode import cache_length, static_caches
+    from engine import decode
 
     step = _decode_step(model, eos, temperature, top_p, pad_id)
     if check is not None:
@@ -153,9 +153,13 @@ def _generate_static(
     tok = tok.astype(mx.int32)
     done = (tok[:, None] == eos[None, :]).any(axis=-1)
     out_tokens, out_logps, out_live = [tok], [logp], [live]
-    caches = static_caches(cache, cache_length(width, max_new_tokens))
+    full = decode.cache_length(width, max_new_tokens)
+    length = min(full, decode.cache_length(width, decode.SEGMENT))
+    caches = decode.static_caches(cache, length)
+    cache.clear()  # the caller's list too: the prefill's buffers are not held beside their copies
     keys, values = [c.keys for c in caches], [c.values for c in caches]
     left, idx = caches[0].left_padding, caches[0].idx
+    del caches
     mx.eval(done, keys, values)
     for i in range(1, max_new_tokens):
         # Reading ``done`` makes the host wait for the device; every SYNC_EVERY tokens the
@@ -165,11 +169,15 @@ def _generate_static(
             break
         if check is not None:
             check()
+        if width + i - 1 >= length:  # this step writes position width + i - 1: grow the buffers
+            extra = min(full, length + decode.SEGMENT) - length
+            keys, values, length = decode.grow(keys, extra), decode.grow(values, extra), length + extra
         tok, logp, live, done, keys, values, idx = step(tok, done, keys, values, left, idx)
         out_tokens.append(tok)
         out_logps.append(logp)
         out_live.append(live)
-        mx.async_eval(tok, done)
+        # logp too: left lazy, each step would keep its [rows, vocabulary] log-softmax alive
+        mx.async_eval(tok, logp, done)
     return _collect(prompts, out_tokens, out_logps, out_live, eos)
 
 
@@ -260,18 +268,19 @@ class CompletionBatch:
 
 
 def completion_batch(
-    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int = 0, *, width_multiple: int = 1, min_completion: int = 0
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int = 0, *, multiple: int = 1
 ) -> CompletionBatch:
-    """``width_multiple`` rounds the row length up and ``min_completion`` pads the completion
-    axis, so that a compiled step sees few shapes (the padding is masked out)."""
+    """``multiple`` rounds the row length and the completion axis up, so that a compiled step
+    sees few shapes (the padding is masked out)."""
     rows = [(list(p), list(c)) for p, c in zip(prompts, completions, strict=True)]
     width = max(len(p) + max(len(c), 1) for p, c in rows)
     width = max(width, 2)
-    if width_multiple > 1:
+    t_max = max(max(len(c) for _, c in rows), 1)
+    if multiple > 1:
         from engine.batching import bucket_length
 
-        width = bucket_length(width, width_multiple, shift=1)  # the model sees tokens[:, :-1]
-    t_max = max(max(len(c) for _, c in rows), 1, min_completion)
+        width = bucket_length(width, multiple, shift=1)  # the model sees tokens[:, :-1]
+        t_max = -(-t_max // multiple) * multiple  # only the output layer runs on this axis: no tile
     toks, idx, mask, tgt = [], [], [], []
     for p, c in rows:
         seq = p + c

@@ -85,6 +85,22 @@ def test_greedy_compiled_equals_growing_cache_across_eos_and_weight_updates(tiny
     assert release_compiled(model) >= 1 and not [k for k in _COMPILED if k[0] == id(model)]
 
 
+def test_the_cache_grows_by_segments_and_decodes_the_same(tiny, monkeypatch):
+    from engine import decode
+
+    model, tok, prompts = tiny
+    monkeypatch.setattr(decode, "ROUND", 2)
+    monkeypatch.setattr(decode, "SEGMENT", 2)  # 10 new tokens: the buffers grow three times or more
+    grown = []
+    real_grow = decode.grow
+    monkeypatch.setattr(decode, "grow", lambda arrays, extra: grown.append(extra) or real_grow(arrays, extra))
+    eager = generate(model, prompts, max_new_tokens=10, eos_ids={-1}, temperature=0.0)
+    comp = generate(model, prompts, max_new_tokens=10, eos_ids={-1}, temperature=0.0, compiled=True)
+    assert len(grown) >= 6 and set(grown) == {2}  # keys and values grew three times or more
+    _same(eager, comp)
+    release_compiled(model)
+
+
 def test_sampled_compiled_rollout_draws_the_same_tokens_for_the_same_seed(tiny):
     model, tok, prompts = tiny
     mx.random.seed(11)

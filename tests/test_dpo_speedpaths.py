@@ -112,7 +112,10 @@ def test_shared_prompt_gives_the_same_dpo_loss_and_gradients_as_the_plain_batch(
     assert any(float(mx.abs(g).max().item()) > 0 for g in flat_s.values())
 
 
-def test_length_buckets_give_few_shapes():
+def test_length_buckets_give_few_shapes(monkeypatch):
+    from engine import batching
+
+    monkeypatch.setattr(batching, "attention_tile", lambda: 1)  # as off CUDA (the tile has its own test)
     rnd = random.Random(0)
     lengths = [rnd.randint(1, 200) for _ in range(500)]
     widths = {bucket_length(n) for n in lengths}
@@ -140,5 +143,6 @@ def test_on_cuda_bucketed_lengths_make_the_model_input_a_multiple_of_the_attenti
     assert rows.tokens.shape[1] - 1 == 1024 and rows.mask.shape[1] == 1024
     assert batching.bucket_length(770, shift=1) == 784  # a tile would add more than an eighth: bucket only
     assert batching.bucket_length(37, 1, shift=1) == 37  # bucket 1 (eager): exact lengths
+    assert batching.collate([([5] * 100, [6] * 28)], shift=0).tokens.shape[1] == 128  # a reward model reads all 128
     monkeypatch.setattr(batching, "attention_tile", lambda: 1)
     assert batching.collate_shared([[5] * 500], [[6] * 250, [7] * 256]).answers.shape[1] == 256

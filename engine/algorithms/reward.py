@@ -69,7 +69,7 @@ class RewardModelling(Algorithm):
     @staticmethod
     def _batch(pairs: list[PreferencePair]) -> tuple[mx.array, mx.array, int]:
         rows = pair_rows(pairs)
-        batch = collate(rows)
+        batch = collate(rows, shift=0)  # the reward model reads every token
         lengths = mx.array([len(p) + len(c) for p, c in rows])
         return batch.tokens, lengths, batch.num_tokens
 
