@@ -17,7 +17,9 @@ time, and the peak MLX memory of the timed steps:
   value and gradient and runs clipping and the update op by op (the engine before 2026-11-29);
   ``:nocompile`` compiles nothing; ``:ckpt`` adds gradient checkpointing; ``:notile`` keeps
   lengths at multiples of 16 instead of padding the model's input to a multiple of 128 on
-  CUDA (``engine.batching.CUDA_ATTENTION_TILE``: cuDNN's fused attention backward needs it).
+  CUDA (``engine.batching.CUDA_ATTENTION_TILE``: cuDNN's fused attention backward needs it);
+  ``:fp32lora`` runs LoRA's low-rank product in float32 as mlx-lm's layer does (the engine runs
+  it in the activations' dtype: ``engine.lora_precision``).
 
 Prints one JSON line per variant (``LEVER {...}``) and a table at the end.
 """
@@ -124,7 +126,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile],...")
+    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:fp32lora],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
 
@@ -142,6 +144,9 @@ def main() -> None:
         from engine import batching
 
         batching.CUDA_ATTENTION_TILE = 1 if "notile" in flags else 128
+        from engine import lora_precision
+
+        lora_precision.ENABLED = "fp32lora" not in flags
         cfg, ctx, algo = build(a.model, adapter, a.dtype, "nocompile" not in flags, "ckpt" in flags)
         r = {"variant": spec, "device": str(mx.default_device()), **measure(ctx, algo, pairs, layout == "shared", a.warmup, a.steps)}
         r["wall_s"] = time.time() - t0

@@ -128,6 +128,9 @@ def attach_trainable(model: nn.Module, adapter_config: dict[str, Any]) -> None:
         adapter_config["lora_parameters"],
         use_dora=(kind == "dora"),
     )
+    from engine.lora_precision import lora_in_activation_dtype
+
+    lora_in_activation_dtype(model)  # a bf16 model's adapters compute in bf16, their weights stay float32
 
 
 def set_model_dtype(model: nn.Module, name: str) -> None:
