@@ -127,11 +127,13 @@ def write_pairs(path: Path, n: int, vocab_size: int, prompt_len: int, answer_len
             fh.write(json.dumps(row) + "\n")
 
 
-def build(out: Path, size: str = "small", seed: int = 0, pairs: int = 128, prompt_len: int = 120, answer_len: int = 72) -> Path:
+def build(out: Path, size: str = "small", seed: int = 0, pairs: int = 128, prompt_len: int = 120, answer_len: int = 72, layers: int = 0) -> Path:
     from safetensors.numpy import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = llama_config(size)
+    if layers:
+        cfg["num_hidden_layers"] = layers
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD}))
     save_file(random_weights(cfg, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -150,8 +152,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=120)
     ap.add_argument("--answer-len", type=int, default=72)
+    ap.add_argument("--layers", type=int, default=0, help="override the size's number of blocks")
     a = ap.parse_args()
-    path = build(Path(a.out), a.size, pairs=a.pairs, prompt_len=a.prompt_len, answer_len=a.answer_len)
+    path = build(Path(a.out), a.size, pairs=a.pairs, prompt_len=a.prompt_len, answer_len=a.answer_len, layers=a.layers)
     from safetensors import safe_open
 
     with safe_open(str(path / "model.safetensors"), "numpy") as f:
