@@ -199,12 +199,13 @@ class Grpo(Algorithm):
         return out
 
     def _shape_buckets(self) -> dict[str, int]:
-        """Padding for a compiled step (GPU): rows to a multiple of 64 tokens and every
-        completion axis to ``generation.max_new_tokens``, so a run traces its step a few times
-        rather than at every new length. Eager (CPU): none."""
+        """Padding for a compiled step (GPU): rows and the completion axis to multiples of 64
+        tokens, so a run traces its step a few times rather than at every new length (the
+        output layer runs on the completion axis: padding it to ``max_new_tokens`` would cost
+        short completions more than a trace). Eager (CPU): none."""
         if not compile_pays(self.cfg.train.compile):
             return {}
-        return {"width_multiple": 64, "min_completion": self.cfg.generation.max_new_tokens}
+        return {"multiple": 64}
 
     def _no_grad_logprobs(self, model: nn.Module, batches: list[tuple[slice, CompletionBatch]]) -> list[mx.array]:
         """Per-token log-probs of each micro-batch under ``model``, one micro-batch at a time."""
