@@ -18,32 +18,45 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.tuner.lora import LoRALinear
 
 ENABLED = True  # benchmarks/gpu_step_levers.py turns it off to compare
 
+_CLASSES: dict[str, type] = {}
 
-class ActivationDtypeLoRALinear(LoRALinear):
-    """``LoRALinear`` whose low-rank product runs in the input's dtype (see the module doc)."""
 
-    def __call__(self, x: mx.array) -> mx.array:
-        y = self.linear(x)
-        a, b = self.lora_a, self.lora_b
-        if a.dtype != x.dtype:
-            a, b = a.astype(x.dtype), b.astype(x.dtype)
-        z = (self.dropout(x) @ a) @ b
-        return y + (self.scale * z).astype(x.dtype)
+def _forward(self: nn.Module, x: mx.array) -> mx.array:
+    y = self.linear(x)
+    a, b = self.lora_a, self.lora_b
+    if a.dtype != x.dtype:
+        a, b = a.astype(x.dtype), b.astype(x.dtype)
+    z = (self.dropout(x) @ a) @ b
+    return y + (self.scale * z).astype(x.dtype)
+
+
+def activation_dtype_lora_class() -> type:
+    """``LoRALinear`` whose low-rank product runs in the input's dtype (see the module doc).
+
+    Built on first use: importing mlx-lm's tuner loads Rich, which the engine's modules must
+    not load at import time."""
+    if "lora" not in _CLASSES:
+        from mlx_lm.tuner.lora import LoRALinear
+
+        _CLASSES["lora"] = type("ActivationDtypeLoRALinear", (LoRALinear,), {"__call__": _forward, "__doc__": activation_dtype_lora_class.__doc__})
+    return _CLASSES["lora"]
 
 
 def lora_in_activation_dtype(model: nn.Module) -> int:
     """Make every plain ``LoRALinear`` of ``model`` compute in its input's dtype; returns how many.
 
     The layers keep their parameters and names (saved adapters load in mlx-lm as they are)."""
-    n = 0
     if not ENABLED:
-        return n
+        return 0
+    from mlx_lm.tuner.lora import LoRALinear
+
+    cls = activation_dtype_lora_class()
+    n = 0
     for _, module in model.named_modules():
         if type(module) is LoRALinear:
-            module.__class__ = ActivationDtypeLoRALinear
+            module.__class__ = cls
             n += 1
     return n

@@ -17,7 +17,7 @@ from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
 
 from engine.builtin import builtin_model_path
-from engine.lora_precision import ActivationDtypeLoRALinear
+from engine.lora_precision import activation_dtype_lora_class
 from engine.models import load_policy
 from engine.presets import load_preset
 
@@ -34,7 +34,7 @@ def _adapters(model):
 def test_a_bf16_models_lora_layers_compute_in_bf16_with_float32_weights():
     model = _policy("lora", "bfloat16")
     layers = _adapters(model)
-    assert layers and all(type(m) is ActivationDtypeLoRALinear for m in layers)
+    assert layers and all(type(m) is activation_dtype_lora_class() for m in layers)
     assert {v.dtype for _, v in tree_flatten(model.trainable_parameters())} == {mx.float32}
     assert all(k.endswith(("lora_a", "lora_b")) for k, _ in tree_flatten(model.trainable_parameters()))  # names as mlx-lm saves them
     dora = _policy("dora", "bfloat16")
@@ -49,7 +49,7 @@ def _pair(dtype):
     ref.lora_b = mx.random.normal(ref.lora_b.shape) * 0.1  # a trained adapter: the product is not zero
     ours = LoRALinear.from_base(base, r=4, scale=2.0)
     ours.update(ref.parameters())
-    ours.__class__ = ActivationDtypeLoRALinear
+    ours.__class__ = activation_dtype_lora_class()
     x = (mx.random.normal((3, 5, 32))).astype(dtype)
     return ref, ours, x
 
