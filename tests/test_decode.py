@@ -126,3 +126,21 @@ def test_real_architectures_decode_the_same_with_the_static_cache(tmp_path, fmt,
     comp = generate(model, prompts, max_new_tokens=6, eos_ids=eos, temperature=0.0, compiled=True)
     _same(eager, comp)
     release_compiled(model)
+
+
+def test_a_4bit_lora_model_in_bf16_decodes_the_same_compiled():
+    # QLoRA as a Mac user trains GRPO: quantized base, bf16 activations, LoRA in bf16
+    from engine.models import load_policy
+    from engine.presets import load_preset
+
+    cfg = load_preset("tiny-dpo", [f"model.path={builtin_model_path()}", "model.adapter=lora", "model.dtype=bfloat16", "model.quantize=4bit"])
+    pol = load_policy(cfg)
+    model, tok = pol.model, pol.tokenizer
+    assert type(model.model.layers[0].self_attn.q_proj.linear).__name__ == "QuantizedLinear"
+    lines = (builtin_dir() / "data" / "sort_prompts_eval.jsonl").read_text().splitlines()[:4]
+    prompts = [list(tok.encode(json.loads(line)["prompt"])) for line in lines]
+    prompts[0] = prompts[0][-2:]
+    eager = generate(model, prompts, max_new_tokens=8, eos_ids={tok.eos_token_id}, temperature=0.0)
+    comp = generate(model, prompts, max_new_tokens=8, eos_ids={tok.eos_token_id}, temperature=0.0, compiled=True)
+    _same(eager, comp)
+    release_compiled(model)
