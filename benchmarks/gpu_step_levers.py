@@ -19,7 +19,8 @@ time, and the peak MLX memory of the timed steps:
   lengths at multiples of 16 instead of padding the model's input to a multiple of 128 on
   CUDA (``engine.batching.CUDA_ATTENTION_TILE``: cuDNN's fused attention backward needs it);
   ``:fp32lora`` runs LoRA's low-rank product in float32 as mlx-lm's layer does (the engine runs
-  it in the activations' dtype: ``engine.lora_precision``).
+  it in the activations' dtype: ``engine.lora_precision``); ``:modelstate`` keeps Adam's state in
+  the weights' dtype (``train.optimizer_state = "model"``, as TRL keeps it for a bf16 model).
 
 Prints one JSON line per variant (``LEVER {...}``) and a table at the end.
 """
@@ -55,7 +56,7 @@ def make_pairs(n: int, prompt_len: int, answer_len: int, vocab: int, seed: int) 
     return out
 
 
-def build(model_dir: str, adapter: str, dtype: str, compiled: bool, grad_checkpoint: bool):
+def build(model_dir: str, adapter: str, dtype: str, compiled: bool, grad_checkpoint: bool, extra: tuple[str, ...] = ()):
     from engine.algorithms.base import TrainContext
     from engine.algorithms.dpo import Dpo
     from engine.compile import enable_grad_checkpoint
@@ -73,6 +74,7 @@ def build(model_dir: str, adapter: str, dtype: str, compiled: bool, grad_checkpo
             f"train.compile={'true' if compiled else 'false'}",
             "train.learning_rate=1e-5",
             "train.max_grad_norm=1.0",
+            *extra,
         ],
     )
     policy = load_policy(cfg)
@@ -126,7 +128,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:fp32lora],...")
+    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:fp32lora|:modelstate],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
 
@@ -147,7 +149,8 @@ def main() -> None:
         from engine import lora_precision
 
         lora_precision.ENABLED = "fp32lora" not in flags
-        cfg, ctx, algo = build(a.model, adapter, a.dtype, "nocompile" not in flags, "ckpt" in flags)
+        extra = ("train.optimizer_state=model",) if "modelstate" in flags else ()
+        cfg, ctx, algo = build(a.model, adapter, a.dtype, "nocompile" not in flags, "ckpt" in flags, extra)
         r = {"variant": spec, "device": str(mx.default_device()), **measure(ctx, algo, pairs, layout == "shared", a.warmup, a.steps)}
         r["wall_s"] = time.time() - t0
         rows.append(r)

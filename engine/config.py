@@ -75,7 +75,14 @@ class TrainConfig:
     learning_rate: float = knob(1e-4, "Peak learning rate.", min=0.0, max=1.0)
     lr_schedule: str = knob("constant", "Learning-rate schedule after warm-up.", choices=("constant", "cosine", "linear"))
     warmup_steps: int = knob(0, "Linear warm-up steps from 0 to the peak learning rate.", min=0, max=10_000_000)
-    optimizer: str = knob("adamw", "Optimizer (state kept in float32).", choices=("adamw", "adam", "sgd"))
+    optimizer: str = knob("adamw", "Optimizer (its state's precision: train.optimizer_state).", choices=("adamw", "adam", "sgd"))
+    optimizer_state: str = knob(
+        "float32",
+        "Adam/AdamW state for bf16/fp16 weights: float32 (moments and a float32 master copy of the weights, 12 bytes a trained "
+        "parameter; updates smaller than bf16's rounding step still count) or model (moments in the weights' dtype, updates "
+        "applied to the weights directly, as PyTorch/TRL with a bf16 model: 4 bytes a parameter). float32 weights: no difference.",
+        choices=("float32", "model"),
+    )
     weight_decay: float = knob(0.0, "Decoupled weight decay (adamw).", min=0.0, max=1.0)
     adam_bias_correction: bool = knob(True, "Adam/AdamW bias correction of the moments (PyTorch's and TRL's semantics); false: MLX's default, early updates several times larger.")
     max_grad_norm: float = knob(1.0, "Clip the global gradient norm to this value (0 = no clipping).", min=0.0, max=1e6)

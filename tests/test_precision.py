@@ -124,3 +124,26 @@ def test_optimizer_state_is_float32_with_bfloat16_weights(tmp_path):
     assert moments and set(moments.values()) == {mx.float32}
     masters = {k: v.dtype for k, v in state.items() if k.endswith(".master")}
     assert masters and set(masters.values()) == {mx.float32}  # float32 master weights
+
+
+def test_optimizer_state_in_the_models_dtype_holds_a_third_of_the_bytes(tmp_path):
+    # train.optimizer_state = model: moments in bf16 and no master copy, as PyTorch/TRL keep
+    # AdamW's state for a bf16 model: 2 + 2 bytes a trained parameter against 4 + 4 + 4
+    train = slice_jsonl(DATA / "sort_train.jsonl", tmp_path / "train.jsonl", 16)
+    states = {}
+    for mode in ("float32", "model"):
+        cfg = engine.load_preset(
+            "tiny-dpo",
+            overrides=["model.dtype=bfloat16", "train.max_steps=1", "train.batch_size=8", f"data.train={train}", "data.eval=",
+                       f"train.optimizer_state={mode}"],
+        )
+        run = engine.Run(cfg, out_dir=tmp_path / mode)
+        run.run()
+        assert run.status == "completed", run.summary.get("error")
+        states[mode] = mx.load(str(next((tmp_path / mode / "checkpoints").iterdir()) / "optimizer.safetensors"))
+    small = states["model"]
+    assert {v.dtype for k, v in small.items() if k.endswith((".m", ".v"))} == {mx.bfloat16}
+    assert not [k for k in small if k.endswith(".master")]
+    params = sum(v.size for k, v in states["float32"].items() if k.endswith(".master"))
+    nbytes = {mode: sum(v.nbytes for k, v in s.items() if k.endswith((".m", ".v", ".master"))) for mode, s in states.items()}
+    assert nbytes["float32"] == 12 * params and nbytes["model"] == 4 * params

@@ -112,10 +112,11 @@ class TrainContext:
         # GRPO make several updates per step (see apply_schedule)
         self._schedule = lr if callable(lr) else None
         start = float(lr(0).item()) if callable(lr) else float(lr)
+        fp32 = t.optimizer_state == "float32"  # else MLX's own: moments in the weights' dtype, no master copy
         if t.optimizer == "adamw":
-            opt: optim.Optimizer = Fp32AdamW(learning_rate=start, weight_decay=t.weight_decay, bias_correction=t.adam_bias_correction)
+            opt: optim.Optimizer = (Fp32AdamW if fp32 else optim.AdamW)(learning_rate=start, weight_decay=t.weight_decay, bias_correction=t.adam_bias_correction)
         elif t.optimizer == "adam":
-            opt = Fp32Adam(learning_rate=start, bias_correction=t.adam_bias_correction)
+            opt = (Fp32Adam if fp32 else optim.Adam)(learning_rate=start, bias_correction=t.adam_bias_correction)
         else:
             opt = optim.SGD(learning_rate=start)
         # initialise from the parameters: MLX otherwise initialises lazily from the first
