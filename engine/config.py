@@ -80,7 +80,9 @@ class TrainConfig:
         "float32",
         "Adam/AdamW state for bf16/fp16 weights: float32 (moments and a float32 master copy of the weights, 12 bytes a trained "
         "parameter; updates smaller than bf16's rounding step still count) or model (moments in the weights' dtype, updates "
-        "applied to the weights directly, as PyTorch/TRL with a bf16 model: 4 bytes a parameter). float32 weights: no difference.",
+        "applied to the weights directly, as PyTorch/TRL with a bf16 model: 4 bytes a parameter; weight decay and the second "
+        "moment's decay mostly round away in bf16, as they do there). float32 weights (and LoRA/DoRA adapters, which are "
+        "float32): no difference. Fixed for a run: a resume cannot change it.",
         choices=("float32", "model"),
     )
     weight_decay: float = knob(0.0, "Decoupled weight decay (adamw).", min=0.0, max=1.0)

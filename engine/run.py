@@ -696,4 +696,5 @@ def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
 
 
 # what a checkpoint means: a resume may change anything else (max_steps, learning rate, ...)
-SAME_RUN_KEYS = ("algorithm", "model.path", "model.adapter", "model.lora_rank", "model.lora_layers", "model.quantize")
+# (the weights' dtype and the optimizer state's layout: a checkpoint's state is restored as saved)
+SAME_RUN_KEYS = ("algorithm", "model.path", "model.adapter", "model.lora_rank", "model.lora_layers", "model.quantize", "model.dtype", "train.optimizer_state")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import engine
+from engine.errors import RunDirError
 from engine.presets import load_preset
 from engine.run import Run
 from tests.helpers import cli, metrics_rows, quick_overrides
@@ -223,6 +226,9 @@ def test_resume_refuses_overrides_that_make_it_another_run(tmp_path):
     assert len(lines) == 1 and "algorithm: sft -> dpo; model.lora_rank: 8 -> 4" in lines[0], out.stderr
     assert "max_steps" not in lines[0]  # what a resume may change is not listed
     assert (rr / "summary.json").read_bytes() == summary
+    # the optimizer state's layout and the weights' dtype: the saved state is restored as it is
+    with pytest.raises(RunDirError, match=r"model.dtype: auto -> bfloat16; train.optimizer_state: float32 -> model"):
+        resume_run(rr, ["model.dtype=bfloat16", "train.optimizer_state=model"])
 
     # a config.toml that no longer matches its checkpoints (an old clobbered folder) is caught too
     text = (rr / "config.toml").read_text()
