@@ -7,9 +7,9 @@ per layer per token. On a GPU that host work, not the device, sets the token rat
 the cache is allocated at a fixed length (prompt width + up to SEGMENT new tokens, rounded
 up so that batches of similar prompts share a trace; it grows by SEGMENT positions when a
 row gets there, so short completions do not pay for ``max_new_tokens`` of attention and
-memory); a token writes its keys and values at an array index (``mx.slice_update``), attends over the whole buffer under a mask that hides
-the left padding and the positions not yet written, and takes its RoPE position from an
-array. Nothing about a step depends on which token it is, so the step (forward, sampling,
+memory); a token writes its keys and values at an array index (``mx.slice_update``),
+attends over the whole buffer under a mask that hides the left padding and the positions
+not yet written, and takes its RoPE position from an array. Nothing about a step depends on which token it is, so the step (forward, sampling,
 EOS bookkeeping) is compiled once with ``mx.compile`` and replayed for every token.
 
 Only models whose layers all use mlx-lm's plain ``KVCache`` and build their mask through
@@ -76,22 +76,19 @@ def static_caches(batch_caches: list, length: int) -> list[StaticCache]:
     for c in batch_caches:
         k, v = c.keys_and_values()
         used = k.shape[2]
-        pad_k = mx.zeros((*k.shape[:2], length - used, k.shape[3]), dtype=k.dtype)
-        pad_v = mx.zeros((*v.shape[:2], length - used, v.shape[3]), dtype=v.dtype)
-        out.append(StaticCache(mx.concatenate([k, pad_k], axis=2), mx.concatenate([v, pad_v], axis=2), c.left_padding.astype(mx.int32), mx.array(used, dtype=mx.int32)))
+        k, v = grow([k, v], length - used)
+        out.append(StaticCache(k, v, c.left_padding.astype(mx.int32), mx.array(used, dtype=mx.int32)))
     return out
 
 
-def decode_step_fn(
-    model: nn.Module, sample: Callable[[mx.array], tuple[mx.array, mx.array]], eos: mx.array, pad_id: int, *, compiled: bool
-) -> Callable[..., Any]:
+def decode_step_fn(model: nn.Module, sample: Callable[[mx.array], tuple[mx.array, mx.array]], eos: mx.array, pad_id: int) -> Callable[..., Any]:
     """``step(tok, done, keys, values, left, idx) -> (next_tok, logp, live, done, keys, values, idx + 1)``.
 
     ``tok`` [B] is the token just sampled (its successor's distribution is computed);
     ``sample`` draws from logits [B, V] and returns (tokens, their log-probs). Rows that are
-    ``done`` emit ``pad_id`` and stay done. With ``compiled`` the step is traced once per
-    cache shape (``mx.compile``), the model's weights and the random state being inputs, so
-    a trained adapter and a fresh seed are seen at every call.
+    ``done`` emit ``pad_id`` and stay done. The step is traced once per cache shape
+    (``mx.compile``), the model's weights and the random state being inputs, so a trained
+    adapter and a fresh seed are seen at every call.
     """
 
     def step(tok: mx.array, done: mx.array, keys: list[mx.array], values: list[mx.array], left: mx.array, idx: mx.array) -> tuple[Any, ...]:
@@ -103,7 +100,5 @@ def decode_step_fn(
         done = mx.logical_or(done, (nxt[:, None] == eos[None, :]).any(axis=-1))
         return nxt, logp, live, done, [c.keys for c in caches], [c.values for c in caches], idx + 1
 
-    if not compiled:
-        return step
     state = [model.state, mx.random.state]
     return mx.compile(step, inputs=state, outputs=[mx.random.state])

@@ -16,12 +16,12 @@ them (their magnitude rescaling is computed from the weights' norms).
 
 from __future__ import annotations
 
+from functools import cache
+
 import mlx.core as mx
 import mlx.nn as nn
 
 ENABLED = True  # benchmarks/gpu_step_levers.py turns it off to compare
-
-_CLASSES: dict[str, type] = {}
 
 
 def _forward(self: nn.Module, x: mx.array) -> mx.array:
@@ -33,16 +33,15 @@ def _forward(self: nn.Module, x: mx.array) -> mx.array:
     return y + (self.scale * z).astype(x.dtype)
 
 
+@cache
 def activation_dtype_lora_class() -> type:
     """``LoRALinear`` whose low-rank product runs in the input's dtype (see the module doc).
 
     Built on first use: importing mlx-lm's tuner loads Rich, which the engine's modules must
     not load at import time."""
-    if "lora" not in _CLASSES:
-        from mlx_lm.tuner.lora import LoRALinear
+    from mlx_lm.tuner.lora import LoRALinear
 
-        _CLASSES["lora"] = type("ActivationDtypeLoRALinear", (LoRALinear,), {"__call__": _forward, "__doc__": activation_dtype_lora_class.__doc__})
-    return _CLASSES["lora"]
+    return type("ActivationDtypeLoRALinear", (LoRALinear,), {"__call__": _forward, "__doc__": "LoRALinear with its product in the input's dtype."})
 
 
 def lora_in_activation_dtype(model: nn.Module) -> int:

@@ -190,7 +190,7 @@ def _decode_step(model: nn.Module, eos: mx.array, temperature: float, top_p: flo
     key = (id(model), "decode", float(temperature), float(top_p), tuple(eos.tolist()), int(pad_id))
     fn = _COMPILED.get(key)
     if fn is None:
-        fn = decode_step_fn(model, lambda logits: sample_tokens(logits, temperature, top_p), eos, pad_id, compiled=True)
+        fn = decode_step_fn(model, lambda logits: sample_tokens(logits, temperature, top_p), eos, pad_id)
         _COMPILED[key] = fn
     return fn
 

@@ -151,9 +151,9 @@ class Grpo(Algorithm):
         adv: mx.array,
         old_logp: mx.array | None,
         ref_logp: mx.array | None,
-        global_tokens: float | None,
-        rows: float | None = None,
-        n_tokens: float | None = None,
+        global_tokens: mx.array | None,
+        rows: mx.array | None = None,
+        n_tokens: mx.array | None = None,
     ) -> tuple[mx.array, dict[str, mx.array]]:
         """The loss of these completions; ``rows`` / ``n_tokens``: the whole step's counts when
         they are one micro-batch of it (see ``reduce_loss``), so micro-batch results sum."""

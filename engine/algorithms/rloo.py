@@ -61,8 +61,8 @@ class Rloo(Grpo):
         targets: mx.array,
         adv: mx.array,
         old_logp: mx.array | None,
-        rows: float | None = None,
-        n_tokens: float | None = None,
+        rows: mx.array | None = None,
+        n_tokens: mx.array | None = None,
     ) -> tuple[mx.array, dict[str, mx.array]]:
         """``rows`` / ``n_tokens``: the whole step's completion and token counts when these
         completions are one micro-batch of it, so the micro-batches' results sum to the step's."""
