@@ -55,6 +55,8 @@ def gpu_runs(model: Path, steps: int) -> list[dict]:
         {"name": "ours/lora plain-rows", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--plain"], "blas": False},
         {"name": "ours/full plain-rows", "group": "ablation", "adapter": "full", "cmd": ours + ["--adapter", "full", "--plain"], "blas": False},
         {"name": "ours/lora no-compile", "group": "ablation", "adapter": "lora", "cmd": ours + ["--adapter", "lora", "--no-compile"], "blas": False},
+        # Adam's moments in bf16 and no float32 master copy, as TRL keeps them for a bf16 model
+        {"name": "ours/full model-state", "group": "ablation", "adapter": "full", "cmd": ours + ["--adapter", "full", "--set", "train.optimizer_state=model"], "blas": False},
     ]
     return out
 

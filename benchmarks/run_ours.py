@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--pairs", type=int, default=0, help="train on the first N pairs only (0 = all)")
     ap.add_argument("--out", default="")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one more preset override (repeatable), e.g. train.optimizer_state=model")
     a = ap.parse_args()
 
     import mlx.core as mx
@@ -72,6 +73,7 @@ def main() -> None:
             "train.learning_rate=1e-5",
             "train.eval_every=0",
             "train.save_every=0",
+            *a.set,
         ],
     )
     out = a.out or tempfile.mkdtemp(prefix="bench-ours-")
@@ -92,7 +94,7 @@ def main() -> None:
         raise SystemExit(f"run {summary['status']}: {summary.get('error')}")
     rows = [r for r in run.directory.read_metrics() if "loss" in r]
     report(
-        framework="rlhf-tui" + (" (plain rows)" if a.plain else "") + (" (no compile)" if a.no_compile else "") + (" (no chunk)" if a.no_chunk else "") + (" (precomputed ref)" if a.precompute_ref else ""),
+        framework="rlhf-tui" + (" (plain rows)" if a.plain else "") + (" (no compile)" if a.no_compile else "") + (" (no chunk)" if a.no_chunk else "") + (" (precomputed ref)" if a.precompute_ref else "") + "".join(f" ({kv})" for kv in a.set),
         first_step_start=started[0],
         step_times=[float(r["step_time_s"]) for r in rows],
         step_cpu=[b - a_ for a_, b in zip(cpu_marks, cpu_marks[1:], strict=False)],

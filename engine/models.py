@@ -158,6 +158,9 @@ def load_policy(cfg: RunConfig, progress: Progress | None = None) -> LoadedModel
         apply_trained_weights(model, start)
         acfg["init_from"] = str(start.resolve())
     attach_trainable(model, acfg)
+    from engine.attention_split import install
+
+    install()  # CUDA: fused attention gradients at any query length
     return LoadedModel(model, tokenizer, path, acfg)
 
 

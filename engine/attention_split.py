@@ -1,0 +1,88 @@
+"""Attention over any query length with the fused backward pass, by splitting the queries.
+
+MLX's CUDA attention (cuDNN) differentiates through its fused kernel only when the query
+length is a multiple of 128 (``engine.batching.CUDA_ATTENTION_TILE``); at any other length
+the backward pass writes out the whole attention (scores for every query and key, float32)
+and differentiates that. Real batches rarely come in such lengths: a batch of prompts of
+~520 tokens, or answers of ~270, misses the tile, and padding to the next multiple would
+add up to 127 positions to every row.
+
+Here the queries are split instead: the first ``128 * k`` go through the fused kernel, the
+rest (fewer than 128) through a second, small call. Each query's attention is the same
+computation as before: it sees the same keys under the same mask (a ``"causal"`` mask is
+aligned to the bottom right, so the first part keeps only the keys its queries can see).
+The outputs are joined along the query axis.
+
+:func:`install` routes ``mx.fast.scaled_dot_product_attention`` (which mlx-lm's models
+call) through the split, where the tile is above 1 (a CUDA device); it changes nothing on
+the CPU or Metal. Decoding (one query) and lengths that already fit pass straight through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+
+ENABLED = True  # benchmarks/gpu_step_levers.py turns it off to compare
+
+_ORIGINAL: Any = None
+
+
+def split_attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask: Any = None, tile: int, attend: Any = None, **kw: Any) -> mx.array:
+    """``attend(q, k, v, scale=..., mask=...)`` (MLX's fused attention by default) with the
+    queries split into a multiple of ``tile`` and a remainder, as the module doc says.
+
+    ``q`` [B, H, L, D]; ``mask`` None, ``"causal"`` or an array broadcastable to
+    [B, H, L, S]. Other keywords (``sinks``, ``stream``) go to both calls."""
+    attend = attend or _ORIGINAL or mx.fast.scaled_dot_product_attention
+    n = q.shape[2]
+    head = (n // tile) * tile
+    if tile <= 1 or head == 0 or head == n or (isinstance(mask, str) and k.shape[2] < n):
+        return attend(q, k, v, scale=scale, mask=mask, **kw)
+    tail = n - head
+    if isinstance(mask, str):  # "causal": bottom-right aligned; the first queries see no later key
+        s = k.shape[2]
+        first = attend(q[:, :, :head], k[:, :, : s - tail], v[:, :, : s - tail], scale=scale, mask=mask, **kw)
+        rest = attend(q[:, :, head:], k, v, scale=scale, mask=mask, **kw)
+    elif mask is None:
+        first = attend(q[:, :, :head], k, v, scale=scale, **kw)
+        rest = attend(q[:, :, head:], k, v, scale=scale, **kw)
+    else:
+        if mask.ndim >= 2 and mask.shape[-2] != 1:
+            m1, m2 = mask[..., :head, :], mask[..., head:, :]
+        else:  # the same mask row for every query
+            m1 = m2 = mask
+        first = attend(q[:, :, :head], k, v, scale=scale, mask=m1, **kw)
+        rest = attend(q[:, :, head:], k, v, scale=scale, mask=m2, **kw)
+    return mx.concatenate([first, rest], axis=2)
+
+
+def install() -> bool:
+    """Route MLX's fused attention through :func:`split_attention` where the device has a tile
+    (CUDA). Idempotent; returns whether the split is active."""
+    global _ORIGINAL
+    from engine.batching import attention_tile
+
+    tile = attention_tile()
+    if not ENABLED or tile <= 1:
+        return False
+    if _ORIGINAL is not None:
+        return True
+    original = mx.fast.scaled_dot_product_attention
+
+    def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask: Any = None, **kw: Any) -> mx.array:
+        return split_attention(q, k, v, scale=scale, mask=mask, tile=tile, attend=original, **kw)
+
+    scaled_dot_product_attention.__doc__ = original.__doc__
+    _ORIGINAL = original
+    mx.fast.scaled_dot_product_attention = scaled_dot_product_attention
+    return True
+
+
+def uninstall() -> None:
+    """Restore MLX's own function (benchmarks compare with and without)."""
+    global _ORIGINAL
+    if _ORIGINAL is not None:
+        mx.fast.scaled_dot_product_attention = _ORIGINAL
+        _ORIGINAL = None

@@ -1,0 +1,107 @@
+"""Splitting attention's queries at the CUDA tile computes the same attention and gradients.
+
+The split only acts on CUDA; here it is called directly with a small tile so the CPU runs the
+same code path: every query must get the same output, and q, k, v the same gradients, as one
+call over all queries, for each kind of mask mlx-lm and the engine pass."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from engine import attention_split
+from engine.attention_split import split_attention
+
+B, H, D = 2, 4, 16
+
+
+def _inputs(n_q: int, n_k: int, seed: int = 0) -> tuple[mx.array, mx.array, mx.array]:
+    mx.random.seed(seed)
+    q, k, v = (mx.random.normal((B, H, n, D)) for n in (n_q, n_k, n_k))
+    return q, k, v
+
+
+def _masks(n_q: int, n_k: int) -> dict[str, object]:
+    rng = np.random.default_rng(1)
+    keep = rng.random((B, 1, n_q, n_k)) > 0.3
+    keep[..., -1] = True  # every query sees at least one key
+    return {
+        "none": None,
+        "causal": "causal",
+        "bool": mx.array(keep),
+        "additive": mx.array(np.where(keep, 0.0, -1e9).astype(np.float32)),
+        "one row": mx.array(np.where(keep[:, :, :1, :], 0.0, -1e9).astype(np.float32)),  # broadcast over queries
+    }
+
+
+def _close(a: mx.array, b: mx.array, reduce_len: int) -> None:
+    # float32: a softmax over reduce_len keys and a weighted sum of as many values; the split
+    # can change the summation order, not the terms (masked keys weigh exactly zero)
+    tol = 8 * reduce_len * np.finfo(np.float32).eps
+    np.testing.assert_allclose(np.array(a), np.array(b), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "additive", "one row"])
+@pytest.mark.parametrize(("n_q", "n_k"), [(11, 11), (11, 19), (16, 16), (3, 9)])
+def test_split_equals_one_call(mask_kind: str, n_q: int, n_k: int) -> None:
+    q, k, v = _inputs(n_q, n_k)
+    mask = _masks(n_q, n_k)[mask_kind]
+    scale = D**-0.5
+    whole = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    split = split_attention(q, k, v, scale=scale, mask=mask, tile=4)
+    assert split.shape == whole.shape
+    _close(split, whole, n_k)
+
+    cot = mx.random.normal(whole.shape)
+
+    def loss(fn):
+        return lambda q, k, v: (fn(q, k, v) * cot).sum()
+
+    g_whole = mx.grad(loss(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)), argnums=(0, 1, 2))(q, k, v)
+    g_split = mx.grad(loss(lambda q, k, v: split_attention(q, k, v, scale=scale, mask=mask, tile=4)), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_split, g_whole, strict=True):
+        _close(a, b, n_k)
+
+
+def test_causal_first_part_sees_only_its_keys() -> None:
+    """With a causal mask the first queries must not see the keys of the later ones: changing
+    the last key changes only the last queries' outputs."""
+    q, k, v = _inputs(10, 10)
+    out = split_attention(q, k, v, scale=1.0, mask="causal", tile=4)
+    v2 = mx.concatenate([v[:, :, :-1], v[:, :, -1:] + 100.0], axis=2)
+    out2 = split_attention(q, k, v2, scale=1.0, mask="causal", tile=4)
+    assert np.array_equal(np.array(out[:, :, :9]), np.array(out2[:, :, :9]))
+    assert not np.allclose(np.array(out[:, :, 9]), np.array(out2[:, :, 9]))
+
+
+def test_install_is_a_no_op_without_a_tile() -> None:
+    """On the CPU (no tile) MLX's own function stays in place."""
+    before = mx.fast.scaled_dot_product_attention
+    assert attention_split.install() is False
+    assert mx.fast.scaled_dot_product_attention is before
+
+
+def test_install_routes_mlx_attention_through_the_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the device has a tile, a model's call to mx.fast's attention is split, and gives
+    what the unsplit call gives."""
+    import engine.batching
+
+    monkeypatch.setattr(engine.batching, "attention_tile", lambda: 4)
+    original = mx.fast.scaled_dot_product_attention
+    calls: list[int] = []
+
+    def counting(q, k, v, **kw):
+        calls.append(q.shape[2])
+        return original(q, k, v, **kw)
+
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", counting)
+    try:
+        assert attention_split.install() is True
+        q, k, v = _inputs(10, 10)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal")
+        assert calls == [8, 2]  # the tile's multiple, then the rest
+        _close(out, original(q, k, v, scale=0.25, mask="causal"), 10)
+    finally:
+        attention_split.uninstall()
+    assert mx.fast.scaled_dot_product_attention is counting
