@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:fp32lora|:modelstate],...")
+    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:nosplit|:fp32lora|:modelstate],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
 
@@ -149,6 +149,10 @@ def main() -> None:
         from engine import lora_precision
 
         lora_precision.ENABLED = "fp32lora" not in flags
+        from engine import attention_split
+
+        attention_split.ENABLED = "nosplit" not in flags  # installed by load_policy where on
+        attention_split.uninstall()
         extra = ("train.optimizer_state=model",) if "modelstate" in flags else ()
         cfg, ctx, algo = build(a.model, adapter, a.dtype, "nocompile" not in flags, "ckpt" in flags, extra)
         r = {"variant": spec, "device": str(mx.default_device()), **measure(ctx, algo, pairs, layout == "shared", a.warmup, a.steps)}

@@ -81,19 +81,31 @@ def static_caches(batch_caches: list, length: int) -> list[StaticCache]:
     return out
 
 
-def decode_step_fn(model: nn.Module, sample: Callable[[mx.array], tuple[mx.array, mx.array]], eos: mx.array, pad_id: int) -> Callable[..., Any]:
-    """``step(tok, done, keys, values, left, idx) -> (next_tok, logp, live, done, keys, values, idx + 1)``.
+def decode_step_fn(
+    model: nn.Module, sample: Callable[[mx.array], tuple[mx.array, mx.array]], eos: mx.array, pad_id: int, fusion: list | None = None
+) -> Callable[..., Any]:
+    """``step(tok, done, keys, values, left, idx, fused) -> (next_tok, logp, live, done, keys, values, idx + 1)``.
 
     ``tok`` [B] is the token just sampled (its successor's distribution is computed);
     ``sample`` draws from logits [B, V] and returns (tokens, their log-probs). Rows that are
     ``done`` emit ``pad_id`` and stay done. The step is traced once per cache shape
     (``mx.compile``), the model's weights and the random state being inputs, so a trained
     adapter and a fresh seed are seen at every call.
+
+    ``fusion`` is a one-item list holding the rollout's ``engine.fused_projections.FusedDecoding``
+    (or None), read when the step is traced; ``fused`` is its arrays (the fused weights).
     """
 
-    def step(tok: mx.array, done: mx.array, keys: list[mx.array], values: list[mx.array], left: mx.array, idx: mx.array) -> tuple[Any, ...]:
+    def step(tok: mx.array, done: mx.array, keys: list[mx.array], values: list[mx.array], left: mx.array, idx: mx.array, fused: list[mx.array]) -> tuple[Any, ...]:
         caches = [StaticCache(k, v, left, idx) for k, v in zip(keys, values, strict=True)]
-        logits = model(tok[:, None], cache=caches)[:, -1, :]
+        fd = fusion[0] if fusion else None
+        if fd is not None:
+            fd.bind(fused)
+        try:
+            logits = model(tok[:, None], cache=caches)[:, -1, :]
+        finally:
+            if fd is not None:
+                fd.unbind()
         nxt, logp = sample(logits)
         live = mx.logical_not(done)
         nxt = mx.where(live, nxt, pad_id).astype(mx.int32)

@@ -142,10 +142,25 @@ def _generate_static(
     model: nn.Module, prompts: list[list[int]], cache: list, logits: mx.array, width: int, max_new_tokens: int,
     eos: mx.array, temperature: float, top_p: float, pad_id: int, check: Callable[[], None] | None,
 ) -> Rollout:
-    """``generate``'s loop with the compiled decode step (``engine.decode``)."""
+    """``generate``'s loop with the compiled decode step (``engine.decode``), sibling
+    projections fused (``engine.fused_projections``)."""
+    from engine.fused_projections import fused_decoding
+
+    step, fusion = _decode_step(model, eos, temperature, top_p, pad_id)
+    with fused_decoding(model) as fused:
+        fusion[0] = fused
+        try:
+            return _static_loop(step, [] if fused is None else fused.arrays(), prompts, cache, logits, width, max_new_tokens, eos, temperature, top_p, check)
+        finally:
+            fusion[0] = None
+
+
+def _static_loop(
+    step: Callable[..., Any], fused: list[mx.array], prompts: list[list[int]], cache: list, logits: mx.array, width: int, max_new_tokens: int,
+    eos: mx.array, temperature: float, top_p: float, check: Callable[[], None] | None,
+) -> Rollout:
     from engine import decode
 
-    step = _decode_step(model, eos, temperature, top_p, pad_id)
     if check is not None:
         check()
     tok, logp = sample_tokens(logits, temperature, top_p)
@@ -172,7 +187,7 @@ def _generate_static(
         if width + i - 1 >= length:  # this step writes position width + i - 1: grow the buffers
             extra = min(full, length + decode.SEGMENT) - length
             keys, values, length = decode.grow(keys, extra), decode.grow(values, extra), length + extra
-        tok, logp, live, done, keys, values, idx = step(tok, done, keys, values, left, idx)
+        tok, logp, live, done, keys, values, idx = step(tok, done, keys, values, left, idx, fused)
         out_tokens.append(tok)
         out_logps.append(logp)
         out_live.append(live)
@@ -181,18 +196,21 @@ def _generate_static(
     return _collect(prompts, out_tokens, out_logps, out_live, eos)
 
 
-def _decode_step(model: nn.Module, eos: mx.array, temperature: float, top_p: float, pad_id: int) -> Callable[..., Any]:
+def _decode_step(model: nn.Module, eos: mx.array, temperature: float, top_p: float, pad_id: int) -> tuple[Callable[..., Any], list]:
     """The compiled decode step for these sampling settings, traced once per model (see
-    ``engine.compile.release_compiled``, which forgets it when the run ends)."""
+    ``engine.compile.release_compiled``, which forgets it when the run ends), and the slot
+    through which a rollout hands it its fused projections (``engine.fused_projections``)."""
+    from engine import fused_projections
     from engine.compile import _COMPILED
     from engine.decode import decode_step_fn
 
-    key = (id(model), "decode", float(temperature), float(top_p), tuple(eos.tolist()), int(pad_id))
-    fn = _COMPILED.get(key)
-    if fn is None:
-        fn = decode_step_fn(model, lambda logits: sample_tokens(logits, temperature, top_p), eos, pad_id)
-        _COMPILED[key] = fn
-    return fn
+    key = (id(model), "decode", float(temperature), float(top_p), tuple(eos.tolist()), int(pad_id), fused_projections.ENABLED)
+    found = _COMPILED.get(key)
+    if found is None:
+        fusion: list = [None]
+        fn = decode_step_fn(model, lambda logits: sample_tokens(logits, temperature, top_p), eos, pad_id, fusion)
+        found = _COMPILED[key] = (fn, fusion)  # type: ignore[assignment]
+    return found  # type: ignore[return-value]
 
 
 def _collect(prompts: list[list[int]], out_tokens: list[mx.array], out_logps: list[mx.array], out_live: list[mx.array], eos: mx.array) -> Rollout:
