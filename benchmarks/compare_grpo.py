@@ -44,6 +44,7 @@ def run_ours(a: argparse.Namespace) -> None:
     import mlx.core as mx
     from common import report
 
+    from engine import fused_projections, rollout
     from engine.presets import load_preset
     from engine.run import Run
 
@@ -72,6 +73,10 @@ def run_ours(a: argparse.Namespace) -> None:
             "generation.temperature=1.0",
         ],
     )
+    if a.variant == "eager":
+        rollout.COMPILED_DECODING = False
+    elif a.variant == "unfused":
+        fused_projections.ENABLED = False
     out = tempfile.mkdtemp(prefix="bench-grpo-ours-")
     t0 = time.time()
     run = Run(cfg, out_dir=out)
@@ -110,10 +115,11 @@ def main() -> None:
     ap.add_argument("--prompt-words", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--dtype", default="")
-    ap.add_argument("--only", default="ours,trl")
+    ap.add_argument("--only", default="ours,trl", help="comma-separated: ours, trl, and the ablations ours-eager (decoding not compiled), ours-unfused (q/k/v and gate/up not fused)")
     ap.add_argument("--peer-python", default="", help="python with TRL (default: benchmarks/.venv on the CPU, this one with --gpu)")
     ap.add_argument("--results", default="")
     ap.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.dtype = a.dtype or ("bfloat16" if a.gpu else "float32")
     if a.ours:
@@ -124,10 +130,12 @@ def main() -> None:
     env = dict(os.environ)
     common = ["--model", str(model), "--prompts", str(a.prompts), "--generations", str(a.generations), "--new", str(a.new), "--steps", str(a.steps)]
     results = {}
-    if "ours" in a.only:
-        results["ours"] = child([sys.executable, __file__, "--ours", "--dtype", a.dtype, "--prompt-words", str(a.prompt_words), *common], env)
-        print("ours:", json.dumps(results["ours"]), flush=True)
-    if "trl" in a.only:
+    only = [x.strip() for x in a.only.split(",") if x.strip()]
+    for name in [x for x in only if x.startswith("ours")]:
+        variant = name.partition("-")[2]
+        results[name] = child([sys.executable, __file__, "--ours", "--variant", variant, "--dtype", a.dtype, "--prompt-words", str(a.prompt_words), *common], env)
+        print(f"{name}:", json.dumps(results[name]), flush=True)
+    if "trl" in only:
         py = a.peer_python or (sys.executable if a.gpu else str(HERE / ".venv" / "bin" / "python"))
         extra = ["--device", "cuda", "--dtype", "bfloat16"] if a.gpu else ["--dtype", a.dtype]
         results["trl"] = child([py, str(HERE / "peers" / "trl_grpo.py"), *common, *extra], env)
@@ -137,16 +145,18 @@ def main() -> None:
             for k, r in results.items():
                 fh.write(json.dumps({"run": k, "prompts": a.prompts, "generations": a.generations, "new": a.new, **r}) + "\n")
     print(f"\nGRPO, {a.prompts} prompts x {a.generations} completions x <= {a.new} new tokens, {a.dtype}")
-    print(f"{'run':<6} {'first step s':>12} {'step s (median 2..)':>20} {'mean new tokens':>16} {'peak GB':>8}")
+    print(f"{'run':<12} {'first step s':>12} {'step s (median 2..)':>20} {'mean new tokens':>16} {'peak GB':>8}")
     for k, r in results.items():
         if "error" in r and r.get("step_s") is None:
-            print(f"{k:<6} failed: {r['error']}")
+            print(f"{k:<12} failed: {r['error']}")
             continue
         lens = [x for x in (r.get("mean_completion_tokens") or []) if x is not None]
         peak = r.get("framework_peak_gb")
-        print(f"{k:<6} {r['first_step_s']:>12.2f} {r['step_s']:>20.3f} {statistics.mean(lens) if lens else float('nan'):>16.1f} {peak if peak is not None else float('nan'):>8.2f}")
-    if results.get("ours", {}).get("step_s") and results.get("trl", {}).get("step_s"):
-        print(f"\nours / TRL step time: {results['ours']['step_s'] / results['trl']['step_s']:.2f}  (target <= 0.5)")
+        print(f"{k:<12} {r['first_step_s']:>12.2f} {r['step_s']:>20.3f} {statistics.mean(lens) if lens else float('nan'):>16.1f} {peak if peak is not None else float('nan'):>8.2f}")
+    trl = results.get("trl", {}).get("step_s")
+    for k, r in results.items():
+        if k.startswith("ours") and r.get("step_s") and trl:
+            print(f"{k} / TRL step time: {r['step_s'] / trl:.2f}  (target <= 0.5)")
 
 
 if __name__ == "__main__":

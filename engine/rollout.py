@@ -135,6 +135,7 @@ def generate(
     return _collect(prompts, out_tokens, out_logps, out_live, eos)
 
 
+COMPILED_DECODING: bool | None = None  # None: with train.compile on a GPU; benchmarks force either way
 SYNC_EVERY = 8  # compiled decoding reads the all-rows-done flag once per this many tokens
 
 
@@ -402,7 +403,7 @@ def sample_completions(ctx: Any, prompt_ids: Sequence[Sequence[int]], eos_ids: s
         top_p=gen.top_p,
         pad_id=pad_id(ctx.tokenizer),
         check=ctx.check,
-        compiled=compile_pays(ctx.cfg.train.compile),  # on a GPU: one traced decode step
+        compiled=compile_pays(ctx.cfg.train.compile) if COMPILED_DECODING is None else COMPILED_DECODING,  # on a GPU: one traced decode step
     )
     ctx.phase("generating", len(prompt_ids), len(prompt_ids))
     return rollout, [decode_completion(ctx.tokenizer, c, eos_ids) for c in rollout.completion_ids]
