@@ -20,6 +20,7 @@ members with differing input sizes or bias are left alone.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -149,13 +150,9 @@ def _member_call(self: Any, x: mx.array) -> mx.array:
     return y + (self.scale * (z @ b)).astype(x.dtype)
 
 
-_MEMBER_CLASSES: dict[type, type] = {}
-
-
+@functools.cache
 def _member_class(cls: type) -> type:
-    if cls not in _MEMBER_CLASSES:
-        _MEMBER_CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {"__call__": _member_call})
-    return _MEMBER_CLASSES[cls]
+    return type(f"Fused{cls.__name__}", (cls,), {"__call__": _member_call})
 
 
 class FusedDecoding:
