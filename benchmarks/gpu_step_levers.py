@@ -20,7 +20,9 @@ time, and the peak MLX memory of the timed steps:
   CUDA (``engine.batching.CUDA_ATTENTION_TILE``: cuDNN's fused attention backward needs it);
   ``:fp32lora`` runs LoRA's low-rank product in float32 as mlx-lm's layer does (the engine runs
   it in the activations' dtype: ``engine.lora_precision``); ``:modelstate`` keeps Adam's state in
-  the weights' dtype (``train.optimizer_state = "model"``, as TRL keeps it for a bf16 model).
+  the weights' dtype (``train.optimizer_state = "model"``, as TRL keeps it for a bf16 model);
+  ``:mlxswiglu`` differentiates mlx-lm's SwiGLU op by op instead of ``engine.lean_swiglu``
+  (which keeps two fewer arrays per layer for the backward pass).
 
 Prints one JSON line per variant (``LEVER {...}``) and a table at the end.
 """
@@ -128,7 +130,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:nosplit|:fp32lora|:modelstate],...")
+    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:nosplit|:fp32lora|:modelstate|:mlxswiglu],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
 
@@ -153,6 +155,10 @@ def main() -> None:
 
         attention_split.ENABLED = "nosplit" not in flags  # installed by load_policy where on
         attention_split.uninstall()
+        from engine import lean_swiglu
+
+        lean_swiglu.ENABLED = "mlxswiglu" not in flags  # installed by load_policy where on
+        lean_swiglu.uninstall()
         extra = ("train.optimizer_state=model",) if "modelstate" in flags else ()
         cfg, ctx, algo = build(a.model, adapter, a.dtype, "nocompile" not in flags, "ckpt" in flags, extra)
         r = {"variant": spec, "device": str(mx.default_device()), **measure(ctx, algo, pairs, layout == "shared", a.warmup, a.steps)}

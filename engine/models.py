@@ -158,9 +158,10 @@ def load_policy(cfg: RunConfig, progress: Progress | None = None) -> LoadedModel
         apply_trained_weights(model, start)
         acfg["init_from"] = str(start.resolve())
     attach_trainable(model, acfg)
-    from engine.attention_split import install
+    from engine import attention_split, lean_swiglu
 
-    install()  # CUDA: fused attention gradients at any query length
+    attention_split.install()  # CUDA: fused attention gradients at any query length
+    lean_swiglu.install()  # SwiGLU MLPs keep two fewer arrays per layer for the backward pass
     return LoadedModel(model, tokenizer, path, acfg)
 
 
