@@ -75,8 +75,10 @@ def run_ours(a: argparse.Namespace) -> None:
     )
     if a.variant == "eager":
         rollout.COMPILED_DECODING = False
-    elif a.variant == "unfused":
-        fused_projections.ENABLED = False
+    elif a.variant == "compiled":
+        rollout.COMPILED_DECODING = True
+    elif a.variant == "fused":
+        rollout.COMPILED_DECODING = fused_projections.ENABLED = True
     out = tempfile.mkdtemp(prefix="bench-grpo-ours-")
     t0 = time.time()
     run = Run(cfg, out_dir=out)
@@ -115,7 +117,7 @@ def main() -> None:
     ap.add_argument("--prompt-words", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--dtype", default="")
-    ap.add_argument("--only", default="ours,trl", help="comma-separated: ours, trl, and the ablations ours-eager (decoding not compiled), ours-unfused (q/k/v and gate/up not fused)")
+    ap.add_argument("--only", default="ours,trl", help="comma-separated: ours, trl, and the ablations ours-eager / ours-compiled (decoding forced eager / compiled; by default it is eager on CUDA, compiled on Metal), ours-fused (compiled, q/k/v and gate/up fused)")
     ap.add_argument("--peer-python", default="", help="python with TRL (default: benchmarks/.venv on the CPU, this one with --gpu)")
     ap.add_argument("--results", default="")
     ap.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)

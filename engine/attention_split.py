@@ -24,7 +24,7 @@ from typing import Any
 
 import mlx.core as mx
 
-ENABLED = True  # benchmarks/gpu_step_levers.py turns it off to compare
+ENABLED = False  # off: an H100 run on real batches (2026-12-06) crashed in cuDNN (illegal memory access); see docs/performance.md
 
 _ORIGINAL: Any = None
 

@@ -17,13 +17,17 @@ BUCKET = 16  # pad lengths up to a multiple of this so compiled steps see few sh
 CUDA_ATTENTION_TILE = 128
 
 
+def on_cuda() -> bool:
+    """Whether MLX computes on an NVIDIA GPU here (its CUDA backend)."""
+    try:
+        return mx.default_device().type == mx.DeviceType.gpu and mx.cuda.is_available()
+    except AttributeError:  # an MLX without the CUDA module
+        return False
+
+
 def attention_tile() -> int:
     """The query-length multiple that gets fused attention gradients here (1: any length)."""
-    try:
-        on_cuda = mx.default_device().type == mx.DeviceType.gpu and mx.cuda.is_available()
-    except AttributeError:  # an MLX without the CUDA module
-        on_cuda = False
-    return CUDA_ATTENTION_TILE if on_cuda else 1
+    return CUDA_ATTENTION_TILE if on_cuda() else 1
 
 
 def bucket_length(n: int, bucket: int = BUCKET, shift: int = 0) -> int:

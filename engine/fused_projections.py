@@ -29,7 +29,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-ENABLED = True  # benchmarks turn it off to compare
+# off: on an H100 it made the compiled decode step slower, twice (7.90 against 7.38 ms a token
+# on 2026-12-05, 8.12 against 7.59 on 2026-12-06; docs/performance.md); benchmarks turn it on
+ENABLED = False
 
 
 class _Group:

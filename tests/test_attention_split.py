@@ -82,12 +82,23 @@ def test_install_is_a_no_op_without_a_tile() -> None:
     assert mx.fast.scaled_dot_product_attention is before
 
 
+def test_off_by_default_even_with_a_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An H100 run on real batches crashed inside cuDNN with the split: it stays off."""
+    import engine.batching
+
+    monkeypatch.setattr(engine.batching, "attention_tile", lambda: 128)
+    before = mx.fast.scaled_dot_product_attention
+    assert attention_split.install() is False
+    assert mx.fast.scaled_dot_product_attention is before
+
+
 def test_install_routes_mlx_attention_through_the_split(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the device has a tile, a model's call to mx.fast's attention is split, and gives
     what the unsplit call gives."""
     import engine.batching
 
     monkeypatch.setattr(engine.batching, "attention_tile", lambda: 4)
+    monkeypatch.setattr(attention_split, "ENABLED", True)  # off by default (a crash on an H100)
     original = mx.fast.scaled_dot_product_attention
     calls: list[int] = []
 

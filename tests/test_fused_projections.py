@@ -33,11 +33,11 @@ def _prompts(tok, n=5):
 
 
 def _rollout(model, prompts, eos, fused: bool, **kw):
-    fused_projections.ENABLED = fused
+    before, fused_projections.ENABLED = fused_projections.ENABLED, fused
     try:
         return generate(model, prompts, max_new_tokens=8, eos_ids=eos, compiled=True, **kw)
     finally:
-        fused_projections.ENABLED = True
+        fused_projections.ENABLED = before
 
 
 def _same(a, b, tol):
@@ -132,7 +132,18 @@ def test_members_called_outside_a_step_compute_as_before():
     x = mx.random.normal((2, 3, model.args.hidden_size))
     attn = model.model.layers[0].self_attn
     want = attn.q_proj(x)
-    with fused_decoding(model) as fd:
-        assert fd is not None
-        got = attn.q_proj(x)  # no step has bound the group's arrays
+    before, fused_projections.ENABLED = fused_projections.ENABLED, True
+    try:
+        with fused_decoding(model) as fd:
+            assert fd is not None
+            got = attn.q_proj(x)  # no step has bound the group's arrays
+    finally:
+        fused_projections.ENABLED = before
     assert np.array_equal(np.array(want), np.array(got))
+
+
+def test_off_by_default_nothing_is_fused():
+    model, _, _ = load_base(str(builtin_model_path()))
+    assert fused_projections.ENABLED is False
+    with fused_decoding(model) as fd:
+        assert fd is None
