@@ -29,31 +29,64 @@ ENABLED = False  # off: an H100 run on real batches (2026-12-06) crashed in cuDN
 _ORIGINAL: Any = None
 
 
+def pad_keys(q: mx.array, k: mx.array, v: mx.array, mask: Any, tile: int) -> tuple[mx.array, mx.array, Any]:
+    """Keys and values padded with masked-out zeros to a multiple of ``tile`` where the query
+    count is one and the key count is not; the mask made explicit and padded to match.
+
+    MLX's cuDNN backward pass (0.32.4, H100) corrupts memory for a query count that is a
+    multiple of 128 attending to a key count that is not (e.g. 512 queries over 528 keys,
+    masked): the process dies with "illegal memory access" or a corrupted heap. A masked-out
+    key changes no query's attention, so the result is the same."""
+    lq, lk = q.shape[2], k.shape[2]
+    extra = -lk % tile
+    if tile <= 1 or extra == 0 or lq % tile:
+        return k, v, mask
+    if isinstance(mask, str):  # "causal", aligned to the bottom right
+        mask = mx.arange(lk)[None, :] <= mx.arange(lq)[:, None] + (lk - lq)
+    elif mask is None:
+        mask = mx.ones((1, lk), dtype=mx.bool_)
+    elif mask.shape[-1] != lk:
+        mask = mx.broadcast_to(mask, (*mask.shape[:-1], lk))
+    fill = False if mask.dtype == mx.bool_ else float("-inf")
+    mask = mx.concatenate([mask, mx.full((*mask.shape[:-1], extra), fill, dtype=mask.dtype)], axis=-1)
+    k = mx.concatenate([k, mx.zeros((*k.shape[:2], extra, k.shape[3]), dtype=k.dtype)], axis=2)
+    v = mx.concatenate([v, mx.zeros((*v.shape[:2], extra, v.shape[3]), dtype=v.dtype)], axis=2)
+    return k, v, mask
+
+
 def split_attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask: Any = None, tile: int, attend: Any = None, **kw: Any) -> mx.array:
     """``attend(q, k, v, scale=..., mask=...)`` (MLX's fused attention by default) with the
-    queries split into a multiple of ``tile`` and a remainder, as the module doc says.
+    queries split into a multiple of ``tile`` and a remainder, as the module doc says; the
+    first part's keys padded to a multiple of ``tile`` too (:func:`pad_keys`).
 
     ``q`` [B, H, L, D]; ``mask`` None, ``"causal"`` or an array broadcastable to
     [B, H, L, S]. Other keywords (``sinks``, ``stream``) go to both calls."""
     attend = attend or _ORIGINAL or mx.fast.scaled_dot_product_attention
+
+    def tiled(q: mx.array, k: mx.array, v: mx.array, mask: Any) -> mx.array:
+        k, v, mask = pad_keys(q, k, v, mask, tile)
+        return attend(q, k, v, scale=scale, mask=mask, **kw)
+
     n = q.shape[2]
     head = (n // tile) * tile
-    if tile <= 1 or head == 0 or head == n or (isinstance(mask, str) and k.shape[2] < n):
+    if tile <= 1 or head == 0 or (isinstance(mask, str) and k.shape[2] < n):
         return attend(q, k, v, scale=scale, mask=mask, **kw)
+    if head == n:
+        return tiled(q, k, v, mask)
     tail = n - head
     if isinstance(mask, str):  # "causal": bottom-right aligned; the first queries see no later key
         s = k.shape[2]
-        first = attend(q[:, :, :head], k[:, :, : s - tail], v[:, :, : s - tail], scale=scale, mask=mask, **kw)
+        first = tiled(q[:, :, :head], k[:, :, : s - tail], v[:, :, : s - tail], mask)
         rest = attend(q[:, :, head:], k, v, scale=scale, mask=mask, **kw)
     elif mask is None:
-        first = attend(q[:, :, :head], k, v, scale=scale, **kw)
+        first = tiled(q[:, :, :head], k, v, None)
         rest = attend(q[:, :, head:], k, v, scale=scale, **kw)
     else:
         if mask.ndim >= 2 and mask.shape[-2] != 1:
             m1, m2 = mask[..., :head, :], mask[..., head:, :]
         else:  # the same mask row for every query
             m1 = m2 = mask
-        first = attend(q[:, :, :head], k, v, scale=scale, mask=m1, **kw)
+        first = tiled(q[:, :, :head], k, v, m1)
         rest = attend(q[:, :, head:], k, v, scale=scale, mask=m2, **kw)
     return mx.concatenate([first, rest], axis=2)
 

@@ -146,3 +146,19 @@ def test_on_cuda_bucketed_lengths_make_the_model_input_a_multiple_of_the_attenti
     assert batching.collate([([5] * 100, [6] * 28)], shift=0).tokens.shape[1] == 128  # a reward model reads all 128
     monkeypatch.setattr(batching, "attention_tile", lambda: 1)
     assert batching.collate_shared([[5] * 500], [[6] * 250, [7] * 256]).answers.shape[1] == 256
+
+
+@pytest.mark.parametrize("answer_len", [100, 127, 128, 250, 255, 256, 383])
+@pytest.mark.parametrize("prompt_len", [500, 520, 600, 1000])
+def test_on_cuda_the_answer_pass_never_has_a_tile_of_queries_over_keys_off_the_tile(monkeypatch, prompt_len, answer_len):
+    # MLX's cuDNN backward corrupted memory on an H100 for 256 queries over 784 keys and 512
+    # over 528: the answer pass (C - 1 queries over P + C - 1 keys) must never be that case
+    from engine import batching
+
+    monkeypatch.setattr(batching, "attention_tile", lambda: 128)
+    b = batching.collate_shared([[5] * prompt_len], [[6] * answer_len, [7] * (answer_len - 3)])
+    p, c = b.prompts.shape[1], b.answers.shape[1]
+    queries, keys = c - 1, p + c - 1
+    assert p >= prompt_len and c >= answer_len
+    assert queries % 128 != 0 or keys % 128 == 0, (p, c)
+    assert float(b.mask.sum().item()) == 2 * answer_len - 3  # padding stays masked
