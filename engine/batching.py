@@ -30,14 +30,14 @@ def attention_tile() -> int:
     return CUDA_ATTENTION_TILE if on_cuda() else 1
 
 
-def bucket_length(n: int, bucket: int = BUCKET, shift: int = 0, tiled: bool = True) -> int:
+def bucket_length(n: int, bucket: int = BUCKET, shift: int = 0, on_tile: bool = True) -> int:
     """``n`` rounded up to a multiple of ``bucket`` (``bucket=1``: exactly ``n``). Where the
-    attention has a tile (CUDA) and ``tiled``, a bucketed length is padded further so that
+    attention has a tile (CUDA) and ``on_tile``, a bucketed length is padded further so that
     ``length - shift`` is a multiple of it, when that adds at most an eighth: ``shift`` is how
     much shorter than the padded rows the model's input is (1 where the last token is only a
     target)."""
     width = max(bucket, -(-n // bucket) * bucket)
-    tile = attention_tile() if bucket > 1 and tiled else 1
+    tile = attention_tile() if bucket > 1 and on_tile else 1
     if tile > 1:
         tiled = shift + -(-(width - shift) // tile) * tile
         if (tiled - width) * 8 <= width:  # padding up to 1/8 more tokens buys the fused backward
@@ -152,7 +152,7 @@ def collate_shared(
     # not, so the answers are put on the tile only where the prompts are, and never left on it
     # otherwise (the written-out backward then runs: slower, correct).
     tile = attention_tile()
-    c_width = bucket_length(max(len(a) for a in answers), bucket, shift=1, tiled=p_width % tile == 0)
+    c_width = bucket_length(max(len(a) for a in answers), bucket, shift=1, on_tile=p_width % tile == 0)
     if tile > 1 and p_width % tile and (c_width - 1) % tile == 0:
         c_width += 1
     prompt_rows = [[pad_id] * (p_width - len(p)) + list(p) for p in prompts]

@@ -23,28 +23,42 @@ and in every model module that imported it (models imported later get it from
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
 
-ENABLED = True  # benchmarks turn it off to compare
+# None: on a GPU (Metal, CUDA), where the recomputed element-wise pass is small next to the
+# matrix products (H100: the same step time) and memory is what runs out. On the CPU it cost
+# 5-7% of a DPO step for 15% less peak memory (docs/performance.md), so mlx-lm's stays there.
+# True / False force it either way (benchmarks, tests).
+ENABLED: bool | None = None
 
 _ORIGINAL: Any = None
 
 
+@partial(mx.compile, shapeless=True)
+def _forward(gate: mx.array, up: mx.array) -> mx.array:
+    return gate * mx.sigmoid(gate) * up
+
+
+@partial(mx.compile, shapeless=True)
+def _backward(gate: mx.array, up: mx.array, cotangent: mx.array) -> tuple[mx.array, mx.array]:
+    s = mx.reciprocal(1 + mx.exp(-gate))  # not mx.sigmoid: see the module doc
+    return cotangent * up * (s * (1 + gate * (1 - s))), cotangent * (gate * s)
+
+
 @mx.custom_function
 def swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    """``silu(gate) * up``, with a backward pass that recomputes the sigmoid."""
-    return gate * mx.sigmoid(gate) * up
+    """``silu(gate) * up``, with a backward pass that recomputes the sigmoid (each pass one
+    fused element-wise kernel)."""
+    return _forward(gate, up)
 
 
 @swiglu.vjp
 def _swiglu_vjp(primals: Any, cotangent: mx.array, output: mx.array) -> tuple[mx.array, mx.array]:
     gate, up = primals
-    s = mx.reciprocal(1 + mx.exp(-gate))  # not mx.sigmoid: see the module doc
-    d_gate = cotangent * up * (s * (1 + gate * (1 - s)))
-    d_up = cotangent * (gate * s)
-    return d_gate, d_up
+    return _backward(gate, up, cotangent)
 
 
 def _targets(original: Any) -> list[Any]:
@@ -52,9 +66,10 @@ def _targets(original: Any) -> list[Any]:
 
 
 def install() -> bool:
-    """Use :func:`swiglu` for mlx-lm's models. Idempotent; returns whether it is in place."""
+    """Use :func:`swiglu` for mlx-lm's models where ``ENABLED`` says. Idempotent; returns
+    whether it is in place."""
     global _ORIGINAL
-    if not ENABLED:
+    if not (ENABLED if ENABLED is not None else mx.default_device().type == mx.DeviceType.gpu):
         return False
     try:
         from mlx_lm.models import activations

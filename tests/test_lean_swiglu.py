@@ -79,7 +79,7 @@ def test_backward_keeps_two_fewer_arrays_per_layer() -> None:
     assert plain - lean >= math.floor(1.5 * layers) * one, (plain / one, lean / one)
 
 
-def test_load_policy_puts_it_in_mlx_lm_models() -> None:
+def test_load_policy_puts_it_in_mlx_lm_models(monkeypatch: pytest.MonkeyPatch) -> None:
     import mlx_lm.models.llama as llama
     from mlx_lm.models import activations
 
@@ -89,6 +89,10 @@ def test_load_policy_puts_it_in_mlx_lm_models() -> None:
 
     lean_swiglu.uninstall()
     assert llama.swiglu is not lean_swiglu.swiglu
+    # by default only on a GPU: the CPU keeps mlx-lm's
+    load_policy(load_preset("tiny-dpo", [f"model.path={builtin_model_path()}"]))
+    assert (llama.swiglu is lean_swiglu.swiglu) == (mx.default_device().type == mx.DeviceType.gpu)
+    monkeypatch.setattr(lean_swiglu, "ENABLED", True)
     policy = load_policy(load_preset("tiny-dpo", [f"model.path={builtin_model_path()}"])).model
     assert llama.swiglu is lean_swiglu.swiglu and activations.swiglu is lean_swiglu.swiglu
     # the model's output is what mlx-lm's own activation gives
@@ -96,5 +100,4 @@ def test_load_policy_puts_it_in_mlx_lm_models() -> None:
     ours = policy(tokens)
     lean_swiglu.uninstall()
     theirs = policy(tokens)
-    lean_swiglu.install()
     assert mx.array_equal(ours, theirs) or float(mx.abs(ours - theirs).max()) <= 64 * np.finfo(np.float32).eps * float(mx.abs(theirs).max())
