@@ -58,7 +58,22 @@ def swiglu(gate: mx.array, up: mx.array) -> mx.array:
 @swiglu.vjp
 def _swiglu_vjp(primals: Any, cotangent: mx.array, output: mx.array) -> tuple[mx.array, mx.array]:
     gate, up = primals
-    return _backward(gate, up, cotangent)
+    d_gate, d_up = _backward(gate, up, cotangent)
+    return _like(d_gate, gate), _like(d_up, up)
+
+
+def _like(grad: mx.array, primal: mx.array) -> mx.array:
+    """``grad`` in ``primal``'s shape and dtype, as automatic differentiation gives it: summed
+    over the axes ``primal`` was broadcast along (e.g. a gate of another shape than ``up``),
+    cast back where the two inputs' dtypes differed (a float32 ``up`` must not make a bf16
+    weight's gradient float32)."""
+    if grad.shape != primal.shape:
+        if grad.ndim > primal.ndim:
+            grad = grad.sum(axis=tuple(range(grad.ndim - primal.ndim)))
+        axes = tuple(i for i, (g, p) in enumerate(zip(grad.shape, primal.shape, strict=True)) if p == 1 and g != 1)
+        if axes:
+            grad = grad.sum(axis=axes, keepdims=True)
+    return grad if grad.dtype == primal.dtype else grad.astype(primal.dtype)
 
 
 def _targets(original: Any) -> list[Any]:
@@ -70,6 +85,7 @@ def install() -> bool:
     whether it is in place."""
     global _ORIGINAL
     if not (ENABLED if ENABLED is not None else mx.default_device().type == mx.DeviceType.gpu):
+        uninstall()  # an earlier install under other settings
         return False
     try:
         from mlx_lm.models import activations

@@ -45,6 +45,30 @@ def test_values_and_gradients_match_the_formula(compiled: bool) -> None:
     assert abs(float(value) - want_value) <= bound
 
 
+def test_broadcast_and_mixed_dtype_inputs_get_gradients_as_autodiff_gives_them() -> None:
+    """A gate of another shape or dtype than ``up`` (a bf16 projection times a float32 branch)
+    gets its gradient in its own shape and dtype, as op-by-op differentiation gives it."""
+    def plain(g: mx.array, u: mx.array) -> mx.array:
+        return g * mx.sigmoid(g) * u
+
+    rng = np.random.default_rng(2)
+    cases = [
+        (mx.array(rng.normal(size=(4, 8)).astype(np.float32)), mx.array(rng.normal(size=(1, 8)).astype(np.float32))),
+        (mx.array(rng.normal(size=(8,)).astype(np.float32)), mx.array(rng.normal(size=(3, 4, 8)).astype(np.float32))),
+        (mx.array(rng.normal(size=(4, 8))).astype(mx.bfloat16), mx.array(rng.normal(size=(4, 8)).astype(np.float32))),
+    ]
+    for gate, up in cases:
+        want = mx.grad(lambda g, u: plain(g, u).sum(), argnums=(0, 1))(gate, up)
+        got = mx.grad(lambda g, u: lean_swiglu.swiglu(g, u).sum(), argnums=(0, 1))(gate, up)
+        # the same formula in the inputs' lowest precision: a few of its rounding steps, summed
+        # over at most 3 broadcast copies
+        eps = 2.0**-8 if mx.bfloat16 in (gate.dtype, up.dtype) else float(np.finfo(np.float32).eps)
+        for w, o in zip(want, got, strict=True):
+            assert o.shape == w.shape and o.dtype == w.dtype
+            scale = 1 + float(mx.abs(w.astype(mx.float32)).max())
+            assert float(mx.abs(o.astype(mx.float32) - w.astype(mx.float32)).max()) <= 3 * 8 * eps * scale
+
+
 def _peak_bytes(act, layers: int, positions: int, width: int, hidden: int) -> int:
     mx.random.seed(1)
     ws = [(mx.random.normal((width, hidden)) * 0.05, mx.random.normal((width, hidden)) * 0.05, mx.random.normal((hidden, width)) * 0.05) for _ in range(layers)]
