@@ -45,26 +45,61 @@ def bucket_length(n: int, bucket: int = BUCKET, shift: int = 0, on_tile: bool = 
     return width
 
 
+GROUP_WINDOW = 64  # batches per window that data.group_by_length sorts by length
+
+
+def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int, rng: random.Random, head: int = 0) -> list[int]:
+    """``order`` rearranged so that each batch holds examples of similar length: after the
+    first ``head`` (which complete a batch begun before ``order``), each window of
+    ``GROUP_WINDOW`` batches is sorted by length, longest first, and cut into batches whose
+    order is shuffled; the last window's incomplete batch stays last. Every example stays
+    exactly once and each stays in its window, so the run still sees the data in a random order
+    at the scale of windows."""
+    out = list(order[:head])
+    rest = order[head:]
+    span = GROUP_WINDOW * batch_size
+    for start in range(0, len(rest), span):
+        window = sorted(rest[start : start + span], key=lambda i: -lengths[i])  # stable: ties keep the shuffle
+        full = len(window) - len(window) % batch_size
+        batches = [window[b : b + batch_size] for b in range(0, full, batch_size)]
+        rng.shuffle(batches)
+        for batch in batches:
+            out.extend(batch)
+        out.extend(window[full:])
+    return out
+
+
 class DataOrder:
     """Which examples each step trains on. Epoch ``e`` is a permutation seeded by ``seed + e``.
 
     ``state_dict`` is (epoch, cursor), so a resumed run continues with exactly the batches
     an uninterrupted run would have seen. With several ranks each takes a disjoint,
-    equal share of every global batch.
+    equal share of every global batch. With ``lengths`` (and ``shuffle``), each epoch's
+    permutation batches examples of similar length together (:func:`group_by_length`),
+    aligned to where that epoch's first full batch begins.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1, lengths: Sequence[int] | None = None
+    ) -> None:
         if n <= 0:
             raise ValueError("no examples")
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} examples")
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.rank, self.world = rank, world
+        self.lengths = lengths
         self.epoch, self.cursor = 0, 0
         self._perm = self._permutation(0)
 
     def _permutation(self, epoch: int) -> list[int]:
         idx = list(range(self.n))
         if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(idx)
+            rng = random.Random(self.seed * 1_000_003 + epoch)
+            rng.shuffle(idx)
+            if self.lengths is not None and self.batch_size > 1:
+                head = -(epoch * self.n) % self.batch_size  # rows that finish the batch the last epoch began
+                idx = group_by_length(idx, self.lengths, self.batch_size, rng, min(head, self.n))
         return idx
 
     def next_global(self) -> list[int]:

@@ -63,6 +63,13 @@ class DataConfig:
     max_train_examples: int = knob(0, "Train on at most this many rows of the split (0 = all).", min=0, max=100_000_000)
     max_eval_examples: int = knob(256, "At most this many eval examples are scored at each evaluation.", min=1, max=1_000_000)
     shuffle: bool = knob(True, "Shuffle the training data each epoch (seeded by train.seed).")
+    group_by_length: bool = knob(
+        False,
+        "With data.shuffle: batch rows of similar length together (each window of 64 batches of the shuffled order is "
+        "sorted by length and cut into batches, whose order is shuffled again): less padding on long-tailed data, the same "
+        "rows each epoch, but each batch is less varied (the built-in DPO preset learns more slowly with it). false: plainly "
+        "shuffled batches, as TRL's default.",
+    )
     task_reward: str = knob("", "Registered reward function that judges an answer exactly right (1) or not; names one to log eval/task_score (greedy answers to data.eval's prompts). Empty: no task score.")
 
 

@@ -150,6 +150,10 @@ class LazyEncoded(Sequence[T], Generic[T]):
     def __len__(self) -> int:
         return len(self.records)
 
+    def char_lengths(self) -> list[int]:
+        """Each record's text length in characters (no tokenising)."""
+        return [rec.chars for rec in self.records]
+
     @overload
     def __getitem__(self, i: int) -> T: ...
     @overload

@@ -72,6 +72,23 @@ class Record:
     def conversational(self) -> bool:
         return isinstance(self.prompt, list)
 
+    @property
+    def chars(self) -> int:
+        """Characters of text in the prompt and answers: a tokeniser-free proxy for the row's
+        length (for batching rows of similar length together before anything is tokenised)."""
+        return sum(text_chars(part) for part in (self.prompt, self.chosen, self.rejected))
+
+
+def text_chars(value: Any) -> int:
+    """Characters of text in a string, a message list or its contents (anything else: 0)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return text_chars(value.get("content"))
+    if isinstance(value, list):
+        return sum(text_chars(v) for v in value)
+    return 0
+
 
 def parse_columns(text: str) -> dict[str, str]:
     """``data.columns``: ``"prompt=question, chosen=good"`` -> {ours: theirs}."""
