@@ -21,7 +21,7 @@ time, and the peak MLX memory of the timed steps:
   ``:fp32lora`` runs LoRA's low-rank product in float32 as mlx-lm's layer does (the engine runs
   it in the activations' dtype: ``engine.lora_precision``); ``:modelstate`` keeps Adam's state in
   the weights' dtype (``train.optimizer_state = "model"``, as TRL keeps it for a bf16 model);
-  ``:split`` turns on ``engine.attention_split`` (off by default: it crashed on an H100);
+  ``:nosplit`` turns off ``engine.attention_split`` (on by default on CUDA);
   ``:mlxswiglu`` differentiates mlx-lm's SwiGLU op by op instead of ``engine.lean_swiglu``
   (which keeps two fewer arrays per layer for the backward pass).
 
@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:split|:fp32lora|:modelstate|:mlxswiglu],...")
+    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:nosplit|:fp32lora|:modelstate|:mlxswiglu],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
 
@@ -154,7 +154,7 @@ def main() -> None:
         lora_precision.ENABLED = "fp32lora" not in flags
         from engine import attention_split
 
-        attention_split.ENABLED = "split" in flags  # off by default (crashed on real batches); installed by load_policy where on
+        attention_split.ENABLED = "nosplit" not in flags  # on by default (CUDA); installed by load_policy where on
         attention_split.uninstall()
         from engine import lean_swiglu
 

@@ -115,7 +115,7 @@ def test_install_routes_mlx_attention_through_the_split(monkeypatch: pytest.Monk
     import engine.batching
 
     monkeypatch.setattr(engine.batching, "attention_tile", lambda: 4)
-    monkeypatch.setattr(attention_split, "ENABLED", True)  # off by default (a crash on an H100)
+    monkeypatch.setattr(attention_split, "ENABLED", True)  # the default; a test may have turned it off
     original = mx.fast.scaled_dot_product_attention
     calls: list[int] = []
 
