@@ -30,7 +30,8 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="train.compile=false (it only acts on a GPU)")
     ap.add_argument("--precompute-ref", action="store_true", help="dpo.precompute_ref_log_probs=true (every pair's reference before step 1, as TRL's option)")
     ap.add_argument("--no-chunk", action="store_true", help="write out the full float32 logits (engine.logprobs.CHUNK_POSITIONS = 0)")
-    ap.add_argument("--split", action="store_true", help="engine.attention_split on (off by default; CUDA only)")
+    ap.add_argument("--no-split", action="store_true", help="engine.attention_split off (on by default; it acts on CUDA only)")
+    ap.add_argument("--compile-from", type=int, default=0, help="engine.algorithms.base.COMPILE_FROM: compile a batch shape at its Nth step (0: the engine's default)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--pairs", type=int, default=0, help="train on the first N pairs only (0 = all)")
     ap.add_argument("--out", default="")
@@ -46,14 +47,18 @@ def main() -> None:
 
     if a.plain:
         dpo.SHARE_PROMPT = False
+    if a.compile_from:
+        from engine.algorithms import base
+
+        base.COMPILE_FROM = a.compile_from
     if a.no_chunk:
         from engine import logprobs
 
         logprobs.CHUNK_POSITIONS = 0
-    if a.split:
+    if a.no_split:
         from engine import attention_split
 
-        attention_split.ENABLED = True
+        attention_split.ENABLED = False
     model = Path(a.model).resolve()
     train = model / "data" / "train.jsonl"
     if a.pairs:
@@ -99,7 +104,7 @@ def main() -> None:
         raise SystemExit(f"run {summary['status']}: {summary.get('error')}")
     rows = [r for r in run.directory.read_metrics() if "loss" in r]
     report(
-        framework="rlhf-tui" + (" (plain rows)" if a.plain else "") + (" (no compile)" if a.no_compile else "") + (" (no chunk)" if a.no_chunk else "") + (" (precomputed ref)" if a.precompute_ref else "") + (" (attention split)" if a.split else "") + "".join(f" ({kv})" for kv in a.set),
+        framework="rlhf-tui" + (" (plain rows)" if a.plain else "") + (" (no compile)" if a.no_compile else "") + (" (no chunk)" if a.no_chunk else "") + (" (precomputed ref)" if a.precompute_ref else "") + (" (no attention split)" if a.no_split else "") + (f" (compile from {a.compile_from})" if a.compile_from else "") + "".join(f" ({kv})" for kv in a.set),
         first_step_start=started[0],
         step_times=[float(r["step_time_s"]) for r in rows],
         step_cpu=[b - a_ for a_, b in zip(cpu_marks, cpu_marks[1:], strict=False)],

@@ -115,3 +115,60 @@ def test_non_finite_fused_step_changes_no_weight_and_no_optimizer_state(monkeypa
     ctx.update(loss.loss_fn, *batch(3))
     assert np.abs(flat(ctx.trainable.parameters()) - weights).max() > 1e-4
     assert release_compiled(ctx.trainable) == 1  # the fused step ran (traced once)
+
+
+def test_compile_from_two_compiles_a_batch_shape_when_it_comes_again(monkeypatch):
+    """With COMPILE_FROM = 2 (a lever for long-tailed data, where most steps bring a new shape
+    and each costs a trace and a compile), a shape's first step runs eager and the trace is
+    made on its second. Same updates either way."""
+    monkeypatch.setattr(base, "compile_pays", lambda enabled: True)
+    monkeypatch.setattr(base, "COMPILE_FROM", 2)
+    monkeypatch.setattr(base, "FUSED_STEP", True)
+    traced_calls: list[tuple[int, ...]] = []
+    real_compile = compile_cache.mx.compile
+
+    def counting_compile(fn, *args, **kwargs):
+        compiled = real_compile(fn, *args, **kwargs)
+
+        def call(*a):
+            traced_calls.append(a[0].shape)
+            return compiled(*a)
+
+        return call
+
+    monkeypatch.setattr(compile_cache.mx, "compile", counting_compile)
+    rng = np.random.default_rng(0)
+
+    def rows(n: int) -> tuple[mx.array, mx.array, mx.array]:
+        return mx.array(rng.normal(size=(n, 6)).astype(np.float32)), mx.array(rng.normal(size=(n, 3)).astype(np.float32)), mx.array(1.0)
+
+    batches = [rows(n) for n in (5, 7, 5, 5, 9, 7)]
+    ctx, loss = make_ctx(["train.learning_rate=0.05"]), Loss()
+    for step, b in enumerate(batches, 1):
+        ctx.step = step
+        ctx.update(loss.loss_fn, *b)
+    assert traced_calls == [(5, 6), (5, 6), (7, 6)]  # the second and third 5-row steps, the second 7-row one
+    compiled_w = flat(ctx.trainable.parameters())
+    release_compiled(ctx.trainable)
+
+    monkeypatch.setattr(base, "compile_pays", lambda enabled: False)
+    eager = make_ctx(["train.learning_rate=0.05"])
+    for step, b in enumerate(batches, 1):
+        eager.step = step
+        eager.update(loss.loss_fn, *b)
+    assert np.abs(compiled_w - flat(eager.trainable.parameters())).max() <= 1e-4 * max(1.0, np.abs(compiled_w).max())
+
+    # COMPILE_FROM = 1 (the default) compiles every shape at its first step
+    monkeypatch.setattr(base, "compile_pays", lambda enabled: True)
+    monkeypatch.undo()
+    monkeypatch.setattr(base, "compile_pays", lambda enabled: True)
+    monkeypatch.setattr(base, "FUSED_STEP", True)
+    monkeypatch.setattr(compile_cache.mx, "compile", counting_compile)
+    assert base.COMPILE_FROM == 1
+    traced_calls.clear()
+    first = make_ctx(["train.learning_rate=0.05"])
+    for step, b in enumerate(batches[:2], 1):
+        first.step = step
+        first.update(loss.loss_fn, *b)
+    assert traced_calls == [(5, 6), (7, 6)]
+    release_compiled(first.trainable)

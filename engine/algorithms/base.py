@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
 from engine.batching import DataOrder
 from engine.compile import compile_pays, fused_step_fn, value_and_grad_fn
@@ -33,6 +33,21 @@ LossFn = Callable[..., tuple[mx.array, dict[str, mx.array]]]
 # Where the step is compiled (a GPU), compile the optimizer update and clipping into it too
 # (engine.compile.fused_step_fn); benchmarks/gpu_step_levers.py turns it off to compare.
 FUSED_STEP = True
+
+# A batch shape is traced and compiled the COMPILE_FROM-th time it comes; before that its step
+# runs eager. Compiling a new shape costs the host about a second for a 1B model (a trace and
+# its kernels), and long-tailed data (real preference sets) brings a new shape most steps:
+# on an H100 such steps took 1.2-2.5 s against 0.22 s for repeated shapes. Running a shape's
+# first step eager would avoid that, but the one such H100 run ran out of its 80 GB where the
+# compiled steps had peaked at 50 GB (eager keeps every element-wise intermediate), so shapes
+# are compiled at once (1) until that is measured; benchmarks/run_ours.py --compile-from 2 tries it.
+COMPILE_FROM = 1
+
+
+def shape_key(args: Any) -> tuple[Any, ...]:
+    """What a compiled trace is specialised on: each array's shape and dtype, other values as they are."""
+    leaves = tree_flatten(args)
+    return tuple((v.shape, v.dtype) if isinstance(v, mx.array) else (type(v).__name__, v if isinstance(v, int | float | str | None) else None) for _, v in leaves)
 
 
 class _Fp32State:
@@ -95,6 +110,7 @@ class TrainContext:
         self.optimizer: optim.Optimizer | None = None
         self.step = 0
         self.skipped_steps = 0
+        self._shapes_seen: dict[tuple[Any, ...], int] = {}
 
     # -------------------------------------------------------------- optimisation
 
@@ -146,6 +162,16 @@ class TrainContext:
             start = end
         return out
 
+    def compile_this(self, args: Any) -> bool:
+        """Whether to run a step on ``args`` compiled: ``train.compile`` asked, a GPU, and a
+        batch of this shape seen ``COMPILE_FROM`` times (counting this one)."""
+        if not compile_pays(self.cfg.train.compile):
+            return False
+        key = shape_key(args)
+        seen = self._shapes_seen.get(key, 0) + 1
+        self._shapes_seen[key] = seen
+        return seen >= COMPILE_FROM
+
     def update(self, loss_fn: LossFn, *args: Any) -> tuple[float, dict[str, float], float]:
         """One optimizer update of ``self.trainable`` on ``loss_fn(module, *args)``.
 
@@ -154,7 +180,7 @@ class TrainContext:
         changes. Returns (loss, aux metrics, gradient norm) as Python floats.
         """
         assert self.optimizer is not None, "build_optimizer() first"
-        compiled = compile_pays(self.cfg.train.compile)  # compiled on GPU only
+        compiled = self.compile_this(args)  # compiled on GPU only, for shapes that come again
         fused = None
         if compiled and FUSED_STEP:
             skip = self.cfg.train.on_nan == "skip"  # keep the old weights on the device only where the run goes on
@@ -178,7 +204,7 @@ class TrainContext:
         if len(micro) == 1:
             return self.update(loss_fn, *micro[0][1])
         assert self.optimizer is not None, "build_optimizer() first"
-        step_fn = value_and_grad_fn(self.trainable, loss_fn, compile_pays(self.cfg.train.compile))
+        step_fn = value_and_grad_fn(self.trainable, loss_fn, self.compile_this(micro[0][1]))
         total_loss: mx.array | None = None
         total_aux: dict[str, mx.array] = {}
         total_grads: Any = None
@@ -274,13 +300,16 @@ class Algorithm(ABC):
         self.ctx.phase("reading data", 0, 0)
         data = run_data(self.ctx)
         train, evals = getattr(data, kind)("train"), getattr(data, kind)("eval")
-        self.order = self.data_order(len(train))
+        lengths = getattr(train, "char_lengths", None)
+        self.order = self.data_order(len(train), lengths() if lengths else None)
         return train, evals
 
-    def data_order(self, n: int) -> DataOrder:
-        """The seeded, resumable order over ``n`` training examples, this rank's share of each batch."""
+    def data_order(self, n: int, lengths: Sequence[int] | None = None) -> DataOrder:
+        """The seeded, resumable order over ``n`` training examples, this rank's share of each
+        batch; examples of similar ``lengths`` batched together where ``data.group_by_length``."""
         cfg, world = self.cfg, self.ctx.world
-        return DataOrder(n, cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, world.rank, world.size)
+        group = lengths if cfg.data.group_by_length else None
+        return DataOrder(n, cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, world.rank, world.size, lengths=group)
 
     def train_size(self) -> int:
         """How many training examples one epoch covers (for ``train.epochs``)."""
