@@ -158,6 +158,17 @@ def test_compile_from_two_compiles_a_batch_shape_when_it_comes_again(monkeypatch
         eager.update(loss.loss_fn, *b)
     assert np.abs(compiled_w - flat(eager.trainable.parameters())).max() <= 1e-4 * max(1.0, np.abs(compiled_w).max())
 
+    # with accumulation each micro-batch counts its own shape: on step 2 the 4-row chunk (seen
+    # on step 1) is compiled and the new 7-row one is not
+    monkeypatch.setattr(base, "compile_pays", lambda enabled: True)
+    traced_calls.clear()
+    acc = make_ctx(["train.learning_rate=0.05"])
+    for step, sizes in ((1, (5, 4)), (2, (4, 7))):
+        acc.step = step
+        acc.update_accumulated(loss.loss_fn, [(0.5, rows(n)) for n in sizes])
+    assert traced_calls == [(4, 6)]
+    release_compiled(acc.trainable)
+
     # COMPILE_FROM = 1 (the default) compiles every shape at its first step
     monkeypatch.setattr(base, "compile_pays", lambda enabled: True)
     monkeypatch.undo()

@@ -120,7 +120,7 @@ def test_a_rows_length_counts_its_prompt_and_answers_text() -> None:
     assert Record("f.jsonl", 2, "abc").chars == 3
 
 
-@pytest.mark.parametrize("preset", ["tiny-dpo", "tiny-kto", "tiny-sft", "tiny-grpo"])
+@pytest.mark.parametrize("preset", ["tiny-dpo", "tiny-sft", "tiny-grpo"])
 def test_the_preset_key_reaches_each_algorithms_data_order(preset: str, tmp_path) -> None:
     from engine.presets import load_preset
     from engine.run import Run
@@ -134,3 +134,14 @@ def test_the_preset_key_reaches_each_algorithms_data_order(preset: str, tmp_path
     grouped = orders["true"]
     assert orders["false"].lengths is None
     assert grouped.lengths is not None and len(grouped.lengths) == grouped.n and len(set(grouped.lengths)) > 1
+
+
+def test_kto_refuses_length_grouping_in_one_line(tmp_path) -> None:
+    """KTO's KL estimate pairs each answer with a neighbouring row's prompt: sorted by length,
+    that neighbour would often be the same prompt's other answer. A clear error, not a silent no-op."""
+    from engine.presets import load_preset
+    from engine.run import Run
+
+    cfg = load_preset("tiny-kto", ["train.max_steps=1", "train.eval_every=0", "train.save_every=0", "data.group_by_length=true"])
+    summary = Run(cfg, out_dir=tmp_path / "run").run()
+    assert summary["status"] == "failed" and "data.group_by_length" in summary["error"] and "KTO" in summary["error"], summary

@@ -204,12 +204,12 @@ class TrainContext:
         if len(micro) == 1:
             return self.update(loss_fn, *micro[0][1])
         assert self.optimizer is not None, "build_optimizer() first"
-        step_fn = value_and_grad_fn(self.trainable, loss_fn, self.compile_this(micro[0][1]))
         total_loss: mx.array | None = None
         total_aux: dict[str, mx.array] = {}
         total_grads: Any = None
         for weight, args in micro:
             self.check()
+            step_fn = value_and_grad_fn(self.trainable, loss_fn, self.compile_this(args))  # each micro-batch's own shape
             (loss, aux), grads = step_fn(*args)
             grads = tree_map(lambda g, w=weight: g * w, grads)
             total_grads = grads if total_grads is None else tree_map(mx.add, total_grads, grads)
@@ -300,7 +300,7 @@ class Algorithm(ABC):
         self.ctx.phase("reading data", 0, 0)
         data = run_data(self.ctx)
         train, evals = getattr(data, kind)("train"), getattr(data, kind)("eval")
-        lengths = getattr(train, "char_lengths", None)
+        lengths = getattr(train, "char_lengths", None) if self.cfg.data.group_by_length else None
         self.order = self.data_order(len(train), lengths() if lengths else None)
         return train, evals
 

@@ -42,8 +42,8 @@ from engine.algorithms.base import Algorithm, StepResult
 from engine.batching import BUCKET, collate
 from engine.compile import compile_pays
 from engine.data import LazyEncoded, encode, run_data
-from engine.data_shapes import Record, text_chars
-from engine.errors import DataError
+from engine.data_shapes import Record
+from engine.errors import ConfigError, DataError
 from engine.logprobs import shifted_token_logprobs
 from engine.rollout import ReferencePolicy
 from engine.task_eval import TaskPrompt, TaskScorer
@@ -82,13 +82,6 @@ class UnpairedRows(Sequence[LabelledAnswer]):
             return unpair([encode(self.encoder, rec, "preference")])
         c = encode(self.encoder, rec, "sft")
         return [LabelledAnswer(c.prompt_ids, c.completion_ids, bool(rec.extra["label"]), c.prompt, rec.where)]  # type: ignore[union-attr]
-
-    def char_lengths(self) -> list[int]:
-        """Each item's text length in characters (a pair's two answers: prompt + that answer)."""
-        recs = self._rows.records
-        if not self.paired:
-            return [rec.chars for rec in recs]
-        return [text_chars(rec.prompt) + text_chars(ans) for rec in recs for ans in (rec.chosen, rec.rejected)]
 
     @overload
     def __getitem__(self, i: int) -> LabelledAnswer: ...
@@ -179,7 +172,11 @@ class Kto(Algorithm):
         self.eval_pairs = evals.paired  # laid out as chosen, rejected: ranking accuracy is defined
         if not self.train:
             raise DataError(f"{cfg.data.train}: no training rows")
-        self.order = self.data_order(len(self.train), self.train.char_lengths())
+        if cfg.data.group_by_length:
+            # the KL estimate pairs each answer with its neighbour's prompt in the batch; sorted by
+            # length, the neighbour is often the same prompt's other answer, and batches lean to one label
+            raise ConfigError("data.group_by_length = true does not suit KTO (its KL estimate pairs each answer with a neighbouring row's prompt, and length-sorted neighbours are often the same prompt's other answer): set it false")
+        self.order = self.data_order(len(self.train))
         self.bucket = BUCKET if compile_pays(cfg.train.compile) else 1
         self.reference = ReferencePolicy(ctx.model)
         self.task = TaskScorer.from_config(cfg)
