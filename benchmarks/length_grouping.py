@@ -44,7 +44,9 @@ def run(model: Path, data: Path, extra: list[str], a: argparse.Namespace) -> dic
         "--max-length", str(a.max_length), "--dtype", a.dtype, "--set", f"data.train={data}", *extra,
     ]  # fmt: skip
     sys.path.insert(0, str(HERE.parent))
-    from engine.blas import env_with_fast_blas  # OpenBLAS preloaded on a Linux CPU, as rlhf-tui does
+    from engine.blas import (
+        env_with_fast_blas,  # OpenBLAS preloaded on a Linux CPU, as rlhf-tui does
+    )
 
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env_with_fast_blas())
     lines = [x for x in out.stdout.splitlines() if x.startswith(PREFIX)]
