@@ -99,13 +99,21 @@ def test_install_is_a_no_op_without_a_tile() -> None:
     assert mx.fast.scaled_dot_product_attention is before
 
 
-def test_off_by_default_even_with_a_tile(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An H100 run on real batches crashed inside cuDNN with the split: it stays off."""
+def test_on_by_default_where_there_is_a_tile_and_inert_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On by default on CUDA (tile 128: an H100 ran it on real batches once the keys were
+    padded); on the CPU and Metal (tile 1) MLX's own function stays in place."""
     import engine.batching
 
-    monkeypatch.setattr(engine.batching, "attention_tile", lambda: 128)
     before = mx.fast.scaled_dot_product_attention
+    monkeypatch.setattr(engine.batching, "attention_tile", lambda: 1)
     assert attention_split.install() is False
+    assert mx.fast.scaled_dot_product_attention is before
+    monkeypatch.setattr(engine.batching, "attention_tile", lambda: 128)
+    try:
+        assert attention_split.install() is True
+        assert mx.fast.scaled_dot_product_attention is not before
+    finally:
+        attention_split.uninstall()
     assert mx.fast.scaled_dot_product_attention is before
 
 
