@@ -23,6 +23,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "BENCH_RESULT "
+sys.path.insert(0, str(HERE.parent))
+
+from engine.blas import env_with_fast_blas  # noqa: E402  (OpenBLAS preloaded on a Linux CPU, as rlhf-tui does)
 
 
 def long_tailed_pairs(model: Path, n: int, prompt_mu: float, answer_mu: float, sigma: float, cap: int, seed: int) -> list[dict]:
@@ -43,11 +46,6 @@ def run(model: Path, data: Path, extra: list[str], a: argparse.Namespace) -> dic
         sys.executable, str(HERE / "run_ours.py"), "--model", str(model), "--steps", str(a.steps), "--batch", str(a.batch),
         "--max-length", str(a.max_length), "--dtype", a.dtype, "--set", f"data.train={data}", *extra,
     ]  # fmt: skip
-    sys.path.insert(0, str(HERE.parent))
-    from engine.blas import (
-        env_with_fast_blas,  # OpenBLAS preloaded on a Linux CPU, as rlhf-tui does
-    )
-
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env_with_fast_blas())
     lines = [x for x in out.stdout.splitlines() if x.startswith(PREFIX)]
     if out.returncode or not lines:

@@ -306,10 +306,9 @@ class Algorithm(ABC):
 
     def data_order(self, n: int, lengths: Sequence[int] | None = None) -> DataOrder:
         """The seeded, resumable order over ``n`` training examples, this rank's share of each
-        batch; examples of similar ``lengths`` batched together where ``data.group_by_length``."""
+        batch; with ``lengths`` (``data.group_by_length``), examples of similar length batched together."""
         cfg, world = self.cfg, self.ctx.world
-        group = lengths if cfg.data.group_by_length else None
-        return DataOrder(n, cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, world.rank, world.size, lengths=group)
+        return DataOrder(n, cfg.train.batch_size, cfg.train.seed, cfg.data.shuffle, world.rank, world.size, lengths=lengths)
 
     def train_size(self) -> int:
         """How many training examples one epoch covers (for ``train.epochs``)."""
