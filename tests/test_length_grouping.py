@@ -145,3 +145,37 @@ def test_kto_refuses_length_grouping_in_one_line(tmp_path) -> None:
     cfg = load_preset("tiny-kto", ["train.max_steps=1", "train.eval_every=0", "train.save_every=0", "data.group_by_length=true"])
     summary = Run(cfg, out_dir=tmp_path / "run").run()
     assert summary["status"] == "failed" and "data.group_by_length" in summary["error"] and "KTO" in summary["error"], summary
+
+
+@pytest.mark.parametrize(("fmt", "arch"), [("chatml", "qwen2"), ("llama3", "llama")])
+def test_grouping_on_an_h4_shaped_parquet_folder_with_real_chat_formats(fmt: str, arch: str, tmp_path) -> None:
+    """HuggingFaceH4/ultrafeedback_binarized's shape (a string prompt, full chosen/rejected
+    conversations) on a Qwen2 ChatML and a Llama 3 model: each row's length is its user turn
+    plus both answers (the string prompt is not counted twice), and the run trains on
+    batches of neighbouring lengths."""
+    import datasets
+
+    from engine.presets import load_preset
+    from engine.run import Run
+    from tests.real_formats import write_model
+
+    rng = random.Random(7)
+    raw = []
+    for i in range(32):
+        q, good, bad = f"question {i} " + "x" * rng.randint(0, 40), "good " * rng.randint(1, 12), "bad " * rng.randint(1, 12)
+        raw.append({"prompt": q, "chosen": [{"role": "user", "content": q}, {"role": "assistant", "content": good}], "rejected": [{"role": "user", "content": q}, {"role": "assistant", "content": bad}]})
+    (tmp_path / "h4" / "data").mkdir(parents=True)
+    datasets.Dataset.from_list(raw).to_parquet(str(tmp_path / "h4" / "data" / "train_prefs-00000-of-00001.parquet"))
+    model = write_model(tmp_path / arch, fmt, arch)
+    overrides = [f"model.path={model}", f"data.train={tmp_path / 'h4'}", "data.train_split=train_prefs", "data.eval=", "data.task_reward=", "data.group_by_length=true",
+                 "train.max_steps=2", "train.batch_size=4", "train.eval_every=0", "train.save_every=0", "train.eval_on_start=false", "model.max_length=256"]  # fmt: skip
+    run = Run(load_preset("tiny-dpo", overrides), out_dir=tmp_path / "run")
+    assert run.run()["status"] == "completed"
+    order = run.algorithm.order
+    expected = [len(r["prompt"]) + len(r["chosen"][1]["content"]) + len(r["rejected"][1]["content"]) for r in raw]
+    assert list(order.lengths) == expected
+    replay = DataOrder(order.n, order.batch_size, order.seed, lengths=order.lengths)
+    epoch = _stream(replay, 8)  # the 32 rows, one window: each batch holds neighbours in length
+    for b in range(0, 32, 4):
+        inside = [expected[i] for i in epoch[b : b + 4]]
+        assert not [x for j, x in enumerate(expected) if j not in epoch[b : b + 4] and min(inside) < x < max(inside)]
