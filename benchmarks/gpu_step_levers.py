@@ -21,7 +21,11 @@ time, and the peak MLX memory of the timed steps:
   ``:fp32lora`` runs LoRA's low-rank product in float32 as mlx-lm's layer does (the engine runs
   it in the activations' dtype: ``engine.lora_precision``); ``:modelstate`` keeps Adam's state in
   the weights' dtype (``train.optimizer_state = "model"``, as TRL keeps it for a bf16 model);
-  ``:nosplit`` turns off ``engine.attention_split`` (on by default on CUDA);
+  ``:nosplit`` turns off ``engine.attention_split`` (on by default on CUDA; it acts where a
+  batch's lengths are off the tile: ``--prompt-len 520 --answer-len 270``); ``:nockpt`` holds
+  the split's pieces for the backward pass instead of recomputing them (the split before
+  2026-12-06's later run); ``:chunkN`` runs the output layer N positions at a time (the
+  engine sizes a chunk by the vocabulary: ``engine.logprobs.chunk_positions``; 2048 was fixed);
   ``:mlxswiglu`` differentiates mlx-lm's SwiGLU op by op instead of ``engine.lean_swiglu``
   (which keeps two fewer arrays per layer for the backward pass).
 
@@ -131,7 +135,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:nosplit|:fp32lora|:modelstate|:mlxswiglu],...")
+    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:nosplit|:nockpt|:chunkN|:fp32lora|:modelstate|:mlxswiglu],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
 
@@ -155,6 +159,10 @@ def main() -> None:
         from engine import attention_split
 
         attention_split.ENABLED = "nosplit" not in flags  # on by default (CUDA); installed by load_policy where on
+        attention_split.CHECKPOINT = "nockpt" not in flags
+        from engine import logprobs
+
+        logprobs.CHUNK_POSITIONS = next((int(f[5:]) for f in flags if f.startswith("chunk")), None)
         attention_split.uninstall()
         from engine import lean_swiglu
 

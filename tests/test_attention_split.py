@@ -141,3 +141,73 @@ def test_install_routes_mlx_attention_through_the_split(monkeypatch: pytest.Monk
     finally:
         attention_split.uninstall()
     assert mx.fast.scaled_dot_product_attention is counting
+
+
+def test_a_learned_sink_gets_the_same_gradient_through_the_split() -> None:
+    """Models with attention sinks (gpt-oss) learn them: the split passes ``sinks`` into its
+    checkpoint as an input, so their gradient is the unsplit call's, not silently zero."""
+    q, k, v = _inputs(11, 11)
+    sinks = mx.array([0.5, -1.0, 2.0, 0.0])
+    whole = mx.grad(lambda s: mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal", sinks=s).sum())(sinks)
+    split = mx.grad(lambda s: split_attention(q, k, v, scale=0.25, mask="causal", sinks=s, tile=4).sum())(sinks)
+    assert float(mx.abs(whole).max()) > 0.1
+    _close(split, whole, 11 * 11)
+
+
+def _peak_of_backward(layers: int, checkpoint: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[float, int]:
+    """Peak MLX memory (bytes above what was held before) of the gradient of a stack of
+    attention layers run through the split, and one layer's attention output in bytes."""
+    monkeypatch.setattr(attention_split, "CHECKPOINT", checkpoint)
+    b, h, n, d = 4, 8, 200, 32
+    mx.random.seed(3)
+    weights = [mx.random.normal((h * d, 3 * h * d)) * 0.02 for _ in range(layers)]
+    x = mx.random.normal((b, n, h * d))
+    mx.eval(weights, x)
+
+    def loss(weights: list[mx.array]) -> mx.array:
+        y = x
+        for w in weights:
+            q, k, v = (y @ w).reshape(b, n, 3, h, d).transpose(2, 0, 3, 1, 4)
+            o = split_attention(q, k, v, scale=d**-0.5, mask="causal", tile=64)
+            y = y + o.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+        return y.sum()
+
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    before = mx.get_active_memory()
+    mx.eval(mx.grad(loss)(weights))
+    return mx.get_peak_memory() - before, b * h * n * d * 4
+
+
+def test_checkpointed_split_holds_less_for_the_backward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held until the backward pass, the split's pieces (the two parts' outputs before they are
+    joined) cost about one attention output a layer; checkpointed, they are recomputed instead.
+    Over 6 layers the peak must drop by at least 3 such outputs (measured: ~7)."""
+    layers = 6
+    held, out_bytes = _peak_of_backward(layers, False, monkeypatch)
+    recomputed, _ = _peak_of_backward(layers, True, monkeypatch)
+    assert held - recomputed >= (layers // 2) * out_bytes, (held, recomputed, out_bytes)
+
+
+def test_the_checkpoint_differentiates_only_queries_keys_and_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLX's CUDA attention has no gradient for its mask ("Does not support VJP with respect to
+    mask", an H100 on 2026-12-06) and mx.checkpoint differentiates every input it is given: an
+    array mask must reach the checkpointed split as a constant, not an input."""
+    given: list[int] = []
+    real = mx.checkpoint
+
+    def spy(fn):
+        inner = real(fn)
+
+        def call(*args):
+            given.append(len(args))
+            return inner(*args)
+
+        return call
+
+    monkeypatch.setattr(mx, "checkpoint", spy)
+    q, k, v = _inputs(11, 19)
+    for mask_kind in ("bool", "additive", "causal", "none"):
+        mask = _masks(11, 19)[mask_kind]
+        mx.eval(mx.grad(lambda q: split_attention(q, k, v, scale=0.25, mask=mask, tile=4).sum())(q))
+    assert given == [3, 3, 3, 3]
