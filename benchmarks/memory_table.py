@@ -111,14 +111,18 @@ def overrides(model: Path, algorithm: str) -> list[str]:
     ]
 
 
-def measure_one(model: Path, algorithm: str) -> None:
+def measure_one(model: Path, algorithm: str, chunk_positions: int | None = None) -> None:
     """In a child process: train 2 steps, print the peak."""
     import tempfile
 
     import mlx.core as mx
 
+    from engine import logprobs
     from engine.presets import load_preset
     from engine.run import Run
+
+    if chunk_positions is not None:
+        logprobs.CHUNK_POSITIONS = chunk_positions
 
     cfg = load_preset(f"tiny-{algorithm}", overrides(model, algorithm))
     t0 = time.time()
@@ -134,6 +138,7 @@ def measure_one(model: Path, algorithm: str) -> None:
         "step_s": [r.get("step_time_s") for r in rows],
         "active_after_step1_gb": rows[0].get("memory_active_gb") if rows else None,  # weights + optimizer state, what stays
         "device": str(mx.default_device()),
+        "chunk_positions": chunk_positions,  # None: the engine's, sized by the vocabulary
     }
     print("MEMTAB " + json.dumps(out), flush=True)
 
@@ -162,9 +167,10 @@ def main() -> None:
     ap.add_argument("--results", default="")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "ALGORITHM"), help=argparse.SUPPRESS)
     ap.add_argument("--table", default="", help="print the table of an earlier results file and exit")
+    ap.add_argument("--chunk-positions", type=int, default=None, help="positions per chunk of the output layer (default: the engine's, CHUNK_LOGITS logits; 2048 was the fixed size before 2026-12-06)")
     a = ap.parse_args()
     if a.one:
-        measure_one(Path(a.one[0]), a.one[1])
+        measure_one(Path(a.one[0]), a.one[1], a.chunk_positions)
         return
     if a.table:
         print(table([json.loads(x) for x in Path(a.table).read_text().splitlines() if x.strip()]))
@@ -179,7 +185,8 @@ def main() -> None:
         params = int((folder / "params.txt").read_text())
         print(f"{size}: {params / 1e9:.2f}B parameters, 4-bit checkpoint ready in {time.time() - t0:.0f} s", flush=True)
         for alg in a.algorithms.split(","):
-            proc = subprocess.run([sys.executable, __file__, "--one", str(folder), alg], capture_output=True, text=True)
+            chunk = [] if a.chunk_positions is None else ["--chunk-positions", str(a.chunk_positions)]
+            proc = subprocess.run([sys.executable, __file__, "--one", str(folder), alg, *chunk], capture_output=True, text=True)
             r = {"size": size, "algorithm": alg, "params": params}
             lines = [x for x in proc.stdout.splitlines() if x.startswith("MEMTAB ")]
             if lines:

@@ -93,6 +93,14 @@ def _head_module(model: nn.Module) -> tuple[nn.Module, Callable[[mx.array], mx.a
     return model.lm_head, model.lm_head
 
 
+def _vocab_size(model: nn.Module, head: nn.Module) -> int:
+    size = getattr(getattr(model, "args", None), "vocab_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else 32768
+
+
 def _head(model: nn.Module, hidden: mx.array) -> mx.array:
     return _head_module(model)[1](hidden)
 
@@ -102,12 +110,27 @@ def _head(model: nn.Module, hidden: mx.array) -> mx.array:
 # The output layer turns each position's hidden state into V logits (V = 32k-150k). Written
 # out, a batch's logits in float32 take rows x positions x V x 4 bytes (8 pairs x 2 answers x
 # 256 tokens x 32k = 0.54 GB, and as much again for their gradient), and autodiff keeps them
-# until the backward pass. ``head_logprobs`` runs the output layer over CHUNK_POSITIONS
-# positions at a time under ``mx.checkpoint``: per chunk it keeps only the log-prob of the
-# target and the mean logit (a metric), and the backward pass recomputes the chunk's logits
-# from the hidden states. The full float32 logits never exist.
+# until the backward pass. ``head_logprobs`` runs the output layer over a chunk of positions
+# at a time under ``mx.checkpoint``: per chunk it keeps only the log-prob of the target and
+# the mean logit (a metric), and the backward pass recomputes the chunk's logits from the
+# hidden states. The full float32 logits never exist.
+#
+# The backward pass starts with the output layer, while every block's activations are still
+# held, so a chunk's logits (bf16, their float32 copy, the softmax and the gradient: ~14
+# bytes a logit) add to the step's peak. A chunk is therefore sized by its logits, not its
+# positions: CHUNK_LOGITS logits (~0.9 GB in flight) is 2,048 positions of a 32k vocabulary,
+# 512 of Llama 3's 128k and 384 of Qwen2.5's 152k.
 
-CHUNK_POSITIONS = 2048  # positions per chunk of the output layer; 0 = write out all logits (benchmarks compare)
+CHUNK_LOGITS = 2**26
+CHUNK_POSITIONS: int | None = None  # positions per chunk: None = sized by CHUNK_LOGITS; 0 = write out all logits (benchmarks compare)
+
+
+def chunk_positions(vocab_size: int) -> int:
+    """Positions per chunk of the output layer for a vocabulary of ``vocab_size``: CHUNK_LOGITS
+    logits, in a multiple of 128 positions (at least 128)."""
+    if CHUNK_POSITIONS is not None:
+        return CHUNK_POSITIONS
+    return max(128, CHUNK_LOGITS // max(vocab_size, 1) // 128 * 128)
 
 
 def supports_chunked_head(model: nn.Module) -> bool:
@@ -133,16 +156,17 @@ def head_logprobs(
 ) -> tuple[mx.array, mx.array]:
     """(log p(target), mean logit) per position from hidden states [R, T, D], targets [R, T].
 
-    With ``chunk`` (default CHUNK_POSITIONS) > 0 the output layer runs on that many positions
+    With ``chunk`` (default :func:`chunk_positions` of the vocabulary) > 0 the output layer runs on that many positions
     at a time, checkpointed, so no [R, T, V] float32 array is materialised; 0 writes the
     logits out (the numbers agree to float rounding: tests/test_chunked_logprobs.py).
     ``temperature`` divides the logits first (the sampling distribution, as TRL scores
     rollouts); ``second = "entropy"`` returns each position's entropy (no gradient) instead of
     the mean logit.
     """
-    chunk = CHUNK_POSITIONS if chunk is None else chunk
     module, head = _head_module(model)
     r, t, d = hidden.shape
+    if chunk is None:
+        chunk = chunk_positions(_vocab_size(model, module))
     if chunk <= 0:
         return _chunk_stats(head, hidden, targets, temperature, second)
     flat_h, flat_t = hidden.reshape(r * t, d), targets.reshape(r * t)

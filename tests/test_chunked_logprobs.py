@@ -164,3 +164,47 @@ def test_completion_stats_equal_the_written_out_completion_logprobs_and_entropy(
     a = np.concatenate([np.array(v).ravel() for _, v in tree_flatten(g_full)])
     b = np.concatenate([np.array(v).ravel() for _, v in tree_flatten(g_chunk)])
     assert np.linalg.norm(a - b) <= 4 * HIDDEN * EPS * np.linalg.norm(a) / temperature
+
+
+@pytest.mark.parametrize("vocab", [97, 8192, 32768, 128256, 151936, 262144])
+def test_a_chunk_is_sized_by_its_logits(vocab: int) -> None:
+    """Positions per chunk: as many whole tiles of 128 as fit CHUNK_LOGITS logits (at least one
+    tile), so a 128k or 152k vocabulary gets fewer positions than a 32k one."""
+    from engine import logprobs
+
+    n = logprobs.chunk_positions(vocab)
+    assert n % 128 == 0 and n >= 128
+    assert n * vocab <= logprobs.CHUNK_LOGITS or n == 128
+    assert (n + 128) * vocab > logprobs.CHUNK_LOGITS
+
+
+def test_a_large_vocabulary_holds_a_smaller_chunk_at_the_backward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backward pass recomputes a chunk's logits while the blocks' activations are held:
+    sized by the vocabulary, a chunk of 128 positions (CHUNK_LOGITS = 128 x 4,096) must peak
+    lower than the fixed 1,024 positions of before by at least the extra positions' float32
+    logits ((1,024 - 128) x 4,096 x 4 bytes = 14.7 MB)."""
+    from engine import logprobs
+
+    vocab, hidden_size = 4096, 64
+    monkeypatch.setattr(logprobs, "CHUNK_LOGITS", 128 * vocab)
+    mx.random.seed(0)
+    args = ModelArgs(
+        model_type="llama", hidden_size=hidden_size, num_hidden_layers=1, intermediate_size=64, num_attention_heads=4,
+        num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=vocab, tie_word_embeddings=False,
+    )
+    model = Model(args)
+    hidden = mx.random.normal((4, 512, hidden_size))
+    targets = mx.random.randint(0, vocab, (4, 512))
+    mx.eval(model.parameters(), hidden, targets)
+
+    def peak(chunk: int | None) -> int:
+        grad = mx.grad(lambda h: head_logprobs(model, h, targets, chunk)[0].sum())
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        before = mx.get_active_memory()
+        mx.eval(grad(hidden))
+        return mx.get_peak_memory() - before
+
+    assert logprobs.chunk_positions(vocab) == 128
+    fixed, sized = peak(1024), peak(None)
+    assert fixed - sized >= (1024 - 128) * vocab * 4, (fixed, sized)
