@@ -7,7 +7,9 @@ Both sides: ``--prompts`` prompts per step (the first ``--prompt-words`` words o
 checkpoint's benchmark prompts), ``--generations`` sampled completions each of up to
 ``--new`` new tokens at temperature 1, the ``length`` reward (words / 10), beta 0 (no
 reference model, TRL's default), full fine-tuning, one optimizer update per step, truncated
-completions kept (TRL's default). Our side runs ``engine.run.Run`` (``algorithm = "grpo"``,
+completions kept (TRL's default), Adam's state in the weights' dtype (torch's AdamW keeps it
+so for TRL's bf16 model; ours: ``train.optimizer_state = "model"``; the ablation
+``ours-f32state`` keeps our float32 default). Our side runs ``engine.run.Run`` (``algorithm = "grpo"``,
 batched KV-cached generation); TRL's generates with transformers. The step time is the median
 of the steps after the first; the first includes compilation (and, on a fresh GPU machine,
 MLX's CUDA kernel JIT) on both sides.
@@ -44,11 +46,12 @@ def run_ours(a: argparse.Namespace) -> None:
     import mlx.core as mx
     from common import report
 
-    from engine import fused_projections, rollout
+    from engine import attention_split, fused_projections, rollout
     from engine.presets import load_preset
     from engine.run import Run
 
     model = Path(a.model).resolve()
+    tags = set(a.variant.split("+"))
     cfg = load_preset(
         "tiny-grpo",
         [
@@ -62,6 +65,7 @@ def run_ours(a: argparse.Namespace) -> None:
             f"train.batch_size={a.prompts}",
             f"train.max_steps={a.steps}",
             "train.learning_rate=1e-6",
+            f"train.optimizer_state={'float32' if 'f32state' in tags else 'model'}",
             "train.eval_every=0",
             "train.save_every=0",
             "train.eval_on_start=false",
@@ -73,12 +77,13 @@ def run_ours(a: argparse.Namespace) -> None:
             "generation.temperature=1.0",
         ],
     )
-    if a.variant == "eager":
+    if "eager" in tags:
         rollout.COMPILED_DECODING = False
-    elif a.variant == "compiled":
+    elif "compiled" in tags:
         rollout.COMPILED_DECODING = True
-    elif a.variant == "fused":
+    elif "fused" in tags:
         rollout.COMPILED_DECODING = fused_projections.ENABLED = True
+    attention_split.CHECKPOINT = "nockpt" not in tags
     out = tempfile.mkdtemp(prefix="bench-grpo-ours-")
     t0 = time.time()
     run = Run(cfg, out_dir=out)
@@ -117,7 +122,7 @@ def main() -> None:
     ap.add_argument("--prompt-words", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--dtype", default="")
-    ap.add_argument("--only", default="ours,trl", help="comma-separated: ours, trl, and the ablations ours-eager / ours-compiled (decoding forced eager / compiled; by default it is eager on CUDA, compiled on Metal), ours-fused (compiled, q/k/v and gate/up fused)")
+    ap.add_argument("--only", default="ours,trl", help="comma-separated: ours, trl, and the ablations ours-eager / ours-compiled (decoding forced eager / compiled; by default it is eager on CUDA, compiled on Metal), ours-fused (compiled, q/k/v and gate/up fused), ours-f32state (Adam's state in float32, our default), ours-nockpt (the attention split's pieces held, not recomputed); tags combine with '+': ours-eager+f32state")
     ap.add_argument("--peer-python", default="", help="python with TRL (default: benchmarks/.venv on the CPU, this one with --gpu)")
     ap.add_argument("--results", default="")
     ap.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
