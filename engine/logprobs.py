@@ -116,10 +116,10 @@ def _head(model: nn.Module, hidden: mx.array) -> mx.array:
 # hidden states. The full float32 logits never exist.
 #
 # The backward pass starts with the output layer, while every block's activations are still
-# held, so a chunk's logits (bf16, their float32 copy, the softmax and the gradient: ~14
-# bytes a logit) add to the step's peak. A chunk is therefore sized by its logits, not its
-# positions: CHUNK_LOGITS logits (~0.9 GB in flight) is 2,048 positions of a 32k vocabulary,
-# 512 of Llama 3's 128k and 384 of Qwen2.5's 152k.
+# held, so a chunk's logits (bf16, their float32 copy, the softmax and the gradient, made in
+# turn) add to the step's peak. A chunk is therefore sized by its logits, not its positions:
+# CHUNK_LOGITS logits (256 MB as float32) is 2,048 positions of a 32k vocabulary, 512 of
+# Llama 3's 128k and 384 of Qwen2.5's 152k (docs/performance.md has what it measured).
 
 CHUNK_LOGITS = 2**26
 CHUNK_POSITIONS: int | None = None  # positions per chunk: None = sized by CHUNK_LOGITS; 0 = write out all logits (benchmarks compare)
