@@ -9,16 +9,23 @@ same ratio in CPU time (steadier than wall time on a shared CPU). ``--compiled``
 the batch with the compiled decode step (engine.decode; warmed up on the same shapes first,
 so its trace and kernel JIT are not counted) and prints its ratio to the eager batch;
 ``--fused`` adds the compiled step with q/k/v and gate/up as one matmul each
-(engine.fused_projections, off by default), to show what fusing them buys.
+(engine.fused_projections, off by default), to show what fusing them buys. ``--threads N``
+times the same rows split into N groups, each decoded eagerly in its own Python thread on its
+own stream (MLX releases the GIL while it evaluates): where the per-token host work, not the
+device, sets the rate (CUDA), N threads could overlap it. An exploratory lever, not used by
+the engine; on MLX 0.32.4's CPU backend the process aborts at exit after thread streams
+("terminate called without an active exception"), so the script leaves with ``os._exit``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -32,6 +39,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compiled", action="store_true", help="also time the compiled decode step")
     ap.add_argument("--fused", action="store_true", help="with --compiled: also time it with q/k/v and gate/up fused into one matmul each")
+    ap.add_argument("--threads", type=int, default=0, help="also time the rows split into this many groups decoded in as many threads, each on its own stream")
     ap.add_argument("--no-sequential", dest="sequential", action="store_false", help="time one prompt alone instead of every prompt one by one")
     a = ap.parse_args()
 
@@ -66,6 +74,9 @@ def main() -> None:
         out = generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos, compiled=True)
         fused = time.perf_counter() - t
         fused_projections.ENABLED = False
+    threaded = None
+    if a.threads > 1:
+        threaded = threaded_decode(model, prompts, a.new, no_eos, a.threads)
     t, c = time.perf_counter(), time.process_time()
     seq = generate_one_by_one(model, prompts if a.sequential else prompts[:1], max_new_tokens=a.new, eos_ids=no_eos)
     t_seq, c_seq = time.perf_counter() - t, time.process_time() - c
@@ -89,9 +100,56 @@ def main() -> None:
     if fused is not None:
         res["fused_ms_per_token_step"] = 1000 * fused / a.new
         res["fused_vs_unfused_time"] = fused / compiled[1]
+    if threaded is not None:
+        res["threads"] = a.threads
+        res["threads_ms_per_token_step"] = 1000 * threaded[1] / a.new
+        res["threads_vs_batched_time"] = threaded[1] / t_batched
+        res["threads_cpu_s"] = threaded[2]
+        res["threads_tokens"] = threaded[0]
     res["speedup"] = res["batched_tokens_per_s"] / res["sequential_tokens_per_s"]
     res["speedup_cpu_time"] = (c_seq / seq.num_tokens) / (c_batched / batched.num_tokens)  # steadier on a shared CPU
-    print("BENCH_RESULT " + json.dumps(res))
+    print("BENCH_RESULT " + json.dumps(res), flush=True)
+    if threaded is not None:
+        os._exit(0)
+
+
+def threaded_decode(model: Any, prompts: list[list[int]], new: int, no_eos: set[int], n: int) -> tuple[int, float, float]:
+    """(tokens, seconds, CPU seconds) of ``prompts`` split into ``n`` groups decoded at once, one
+    thread and one stream per group (a stream belongs to the thread that made it), after a
+    warm-up of the same split."""
+    import threading
+
+    import mlx.core as mx
+
+    from engine.rollout import generate
+
+    groups = [prompts[i::n] for i in range(n)]
+
+    def once() -> tuple[int, float, float]:
+        counts = [0] * n
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                stream = mx.new_stream(mx.default_device())
+                with mx.stream(stream):
+                    counts[i] = generate(model, groups[i], max_new_tokens=new, eos_ids=no_eos).num_tokens
+                mx.synchronize(stream)
+            except BaseException as err:  # reported in the main thread
+                errors.append(err)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+        t, c = time.perf_counter(), time.process_time()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        return sum(counts), time.perf_counter() - t, time.process_time() - c
+
+    once()  # warm-up: each group's shapes
+    return once()
 
 
 if __name__ == "__main__":
