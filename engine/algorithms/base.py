@@ -167,6 +167,8 @@ class TrainContext:
         batch of this shape seen ``COMPILE_FROM`` times (counting this one)."""
         if not compile_pays(self.cfg.train.compile):
             return False
+        if COMPILE_FROM <= 1:  # the default: no need to count shapes on every step
+            return True
         key = shape_key(args)
         seen = self._shapes_seen.get(key, 0) + 1
         self._shapes_seen[key] = seen
