@@ -209,5 +209,5 @@ def test_the_checkpoint_differentiates_only_queries_keys_and_values(monkeypatch:
     q, k, v = _inputs(11, 19)
     for mask_kind in ("bool", "additive", "causal", "none"):
         mask = _masks(11, 19)[mask_kind]
-        mx.eval(mx.grad(lambda q: split_attention(q, k, v, scale=0.25, mask=mask, tile=4).sum())(q))
+        mx.eval(mx.grad(lambda q, mask=mask: split_attention(q, k, v, scale=0.25, mask=mask, tile=4).sum())(q))
     assert given == [3, 3, 3, 3]
