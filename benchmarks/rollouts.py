@@ -11,9 +11,10 @@ so its trace and kernel JIT are not counted) and prints its ratio to the eager b
 ``--fused`` adds the compiled step with q/k/v and gate/up as one matmul each
 (engine.fused_projections, off by default), to show what fusing them buys. ``--threads N``
 times the same rows split into N groups, each decoded eagerly in its own Python thread on its
-own stream (MLX releases the GIL while it evaluates): where the per-token host work, not the
-device, sets the rate (CUDA), N threads could overlap it. An exploratory lever, not used by
-the engine; on MLX 0.32.4's CPU backend the process aborts at exit after thread streams
+own stream (MLX releases the GIL while it evaluates), to see whether N threads overlap the
+per-token host work that sets the rate on CUDA. They did not: on an H100 two threads were
+1.10x slower than one batch, at twice the CPU time (benchmarks/results/rollouts-h100-threads.log),
+so the engine decodes one batch. On MLX 0.32.4's CPU backend the process aborts at exit after thread streams
 ("terminate called without an active exception"), so the script leaves with ``os._exit``.
 """
 
