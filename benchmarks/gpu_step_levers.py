@@ -27,7 +27,14 @@ time, and the peak MLX memory of the timed steps:
   2026-12-06's later run); ``:chunkN`` runs the output layer N positions at a time (the
   engine sizes a chunk by the vocabulary: ``engine.logprobs.chunk_positions``; 2048 was fixed);
   ``:mlxswiglu`` differentiates mlx-lm's SwiGLU op by op instead of ``engine.lean_swiglu``
-  (which keeps two fewer arrays per layer for the backward pass).
+  (which keeps two fewer arrays per layer for the backward pass); ``:memlimitN`` sets MLX's
+  memory limit to N GiB for the variant (``train.memory_limit_gb``: past it, MLX waits for
+  queued GPU work to finish, which frees the buffers that work holds).
+
+MLX's CUDA backend holds every input of a queued command buffer until the buffer has run,
+and lets up to 10 buffers queue; how much a buffer takes is set by the environment
+(``MLX_MAX_MB_PER_BUFFER``, ``MLX_MAX_OPS_PER_BUFFER``), read once per process: run the script
+once per setting to compare them.
 
 Prints one JSON line per variant (``LEVER {...}``) and a table at the end.
 """
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -135,7 +143,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:nosplit|:nockpt|:chunkN|:fp32lora|:modelstate|:mlxswiglu],...")
+    ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:nosplit|:nockpt|:chunkN|:fp32lora|:modelstate|:mlxswiglu|:memlimitN],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
 
@@ -169,9 +177,14 @@ def main() -> None:
         lean_swiglu.ENABLED = "mlxswiglu" not in flags  # installed by load_policy where on
         lean_swiglu.uninstall()
         extra = ("train.optimizer_state=model",) if "modelstate" in flags else ()
+        limit = next((float(f[8:]) for f in flags if f.startswith("memlimit")), 0.0)
+        default_limit = mx.set_memory_limit(int(limit * 2**30)) if limit else None
         cfg, ctx, algo = build(a.model, adapter, a.dtype, "nocompile" not in flags, "ckpt" in flags, extra)
         r = {"variant": spec, "device": str(mx.default_device()), **measure(ctx, algo, pairs, layout == "shared", a.warmup, a.steps)}
         r["wall_s"] = time.time() - t0
+        r["env"] = {k: v for k, v in os.environ.items() if k.startswith("MLX_")}
+        if default_limit is not None:
+            mx.set_memory_limit(default_limit)
         rows.append(r)
         print("LEVER " + json.dumps(r), flush=True)
         if a.results:

@@ -9,7 +9,9 @@ same ratio in CPU time (steadier than wall time on a shared CPU). ``--compiled``
 the batch with the compiled decode step (engine.decode; warmed up on the same shapes first,
 so its trace and kernel JIT are not counted) and prints its ratio to the eager batch;
 ``--fused`` adds the compiled step with q/k/v and gate/up as one matmul each
-(engine.fused_projections, off by default), to show what fusing them buys. ``--threads N``
+(engine.fused_projections, off by default), to show what fusing them buys; ``--eager-fused``
+times the eager batch again with them fused (``fused_projections.EAGER``; the eager batch
+above is timed unfused). ``--threads N``
 times the same rows split into N groups, each decoded eagerly in its own Python thread on its
 own stream (MLX releases the GIL while it evaluates), to see whether N threads overlap the
 per-token host work that sets the rate on CUDA. They did not: on an H100 two threads were
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compiled", action="store_true", help="also time the compiled decode step")
     ap.add_argument("--fused", action="store_true", help="with --compiled: also time it with q/k/v and gate/up fused into one matmul each")
+    ap.add_argument("--eager-fused", action="store_true", help="also time the eager batch with q/k/v and gate/up fused into one matmul each")
     ap.add_argument("--threads", type=int, default=0, help="also time the rows split into this many groups decoded in as many threads, each on its own stream")
     ap.add_argument("--no-sequential", dest="sequential", action="store_false", help="time one prompt alone instead of every prompt one by one")
     a = ap.parse_args()
@@ -47,8 +50,10 @@ def main() -> None:
     import mlx.core as mx
     from mlx_lm.utils import load
 
+    from engine import fused_projections
     from engine.rollout import generate, generate_one_by_one
 
+    fused_projections.EAGER = False  # the eager baseline unfused; --eager-fused times it fused
     model, tok = load(a.model)
     model.set_dtype({"float32": mx.float32, "bfloat16": mx.bfloat16}[a.dtype])
     rows = [json.loads(line) for line in (Path(a.model) / "data" / "train.jsonl").read_text().splitlines()][: a.prompts]
@@ -75,6 +80,14 @@ def main() -> None:
         out = generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos, compiled=True)
         fused = time.perf_counter() - t
         fused_projections.ENABLED = False
+    eager_fused = None
+    if a.eager_fused:
+        fused_projections.EAGER = True
+        generate(model, prompts[:2], max_new_tokens=4, eos_ids=no_eos)  # warm-up
+        t, c = time.perf_counter(), time.process_time()
+        generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos)
+        eager_fused = (time.perf_counter() - t, time.process_time() - c)
+        fused_projections.EAGER = False
     threaded = None
     if a.threads > 1:
         threaded = threaded_decode(model, prompts, a.new, no_eos, a.threads)
@@ -101,6 +114,12 @@ def main() -> None:
     if fused is not None:
         res["fused_ms_per_token_step"] = 1000 * fused / a.new
         res["fused_vs_unfused_time"] = fused / compiled[1]
+    if eager_fused is not None:
+        res["batched_ms_per_token_step"] = 1000 * t_batched / a.new
+        res["eager_fused_ms_per_token_step"] = 1000 * eager_fused[0] / a.new
+        res["eager_fused_cpu_ms_per_token_step"] = 1000 * eager_fused[1] / a.new
+        res["batched_cpu_ms_per_token_step"] = 1000 * c_batched / a.new
+        res["eager_fused_vs_batched_time"] = eager_fused[0] / t_batched
     if threaded is not None:
         res["threads"] = a.threads
         res["threads_ms_per_token_step"] = 1000 * threaded[1] / a.new

@@ -32,6 +32,11 @@ GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # off: on an H100 it made the compiled decode step slower, twice (7.90 against 7.38 ms a token
 # on 2026-12-05, 8.12 against 7.59 on 2026-12-06; docs/performance.md); benchmarks turn it on
 ENABLED = False
+# Eager decoding (the CUDA default, engine.rollout.compiled_decoding) is host-bound: every
+# matmul is a launch. There the groups are bound once per rollout and each block launches two
+# matmuls where it launched five. None: on a GPU only (on the CPU a token costs arithmetic,
+# not launches); True / False force it (benchmarks, tests).
+EAGER: bool | None = None
 
 
 class _Group:
@@ -175,11 +180,18 @@ class FusedDecoding:
             g.unbind()
 
 
+def eager_enabled() -> bool:
+    if EAGER is not None:
+        return EAGER
+    return mx.default_device() == mx.gpu
+
+
 @contextmanager
-def fused_decoding(model: nn.Module) -> Iterator[FusedDecoding | None]:
+def fused_decoding(model: nn.Module, enabled: bool | None = None) -> Iterator[FusedDecoding | None]:
     """Within: ``model``'s fusable projections compute through their group when a step has
-    bound the group's arrays (``FusedDecoding.bind``). Yields None where nothing fuses."""
-    found = find_groups(model) if ENABLED else []
+    bound the group's arrays (``FusedDecoding.bind``). Yields None where nothing fuses.
+    ``enabled`` defaults to ``ENABLED`` (compiled decoding)."""
+    found = find_groups(model) if (ENABLED if enabled is None else enabled) else []
     if not found:
         yield None
         return
@@ -195,3 +207,19 @@ def fused_decoding(model: nn.Module) -> Iterator[FusedDecoding | None]:
         for m, cls in switched:
             m.__class__ = cls
             object.__delattr__(m, "_fused_slot")
+
+
+@contextmanager
+def eager_fused_decoding(model: nn.Module) -> Iterator[bool]:
+    """Within: every fusable group of ``model`` computes as one matmul, its arrays bound once
+    (eager decoding: no trace to hand them to). Yields whether anything fused. The groups'
+    last inputs and outputs are dropped on exit, so nothing of the rollout stays alive."""
+    with fused_decoding(model, enabled=eager_enabled()) as fused:
+        if fused is None:
+            yield False
+            return
+        fused.bind(fused.arrays())
+        try:
+            yield True
+        finally:
+            fused.unbind()

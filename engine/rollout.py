@@ -109,6 +109,16 @@ def generate(
     logits = model(tokens, cache=cache)[:, -1, :]
     if compiled:
         return _generate_static(model, prompts, cache, logits, width, max_new_tokens, eos, temperature, top_p, pad_id, check)
+    from engine.fused_projections import eager_fused_decoding
+
+    with eager_fused_decoding(model):  # after the prefill: its wide outputs are not held by the groups
+        return _eager_loop(model, prompts, cache, logits, max_new_tokens, eos, temperature, top_p, pad_id, check)
+
+
+def _eager_loop(
+    model: nn.Module, prompts: list[list[int]], cache: list, logits: mx.array, max_new_tokens: int,
+    eos: mx.array, temperature: float, top_p: float, pad_id: int, check: Callable[[], None] | None,
+) -> Rollout:
     done = mx.zeros((len(prompts),), dtype=mx.bool_)
     out_tokens: list[mx.array] = []
     out_logps: list[mx.array] = []

@@ -32,12 +32,13 @@ def _prompts(tok, n=5):
     return prompts
 
 
-def _rollout(model, prompts, eos, fused: bool, **kw):
-    before, fused_projections.ENABLED = fused_projections.ENABLED, fused
+def _rollout(model, prompts, eos, fused: bool, compiled: bool = True, **kw):
+    before = fused_projections.ENABLED, fused_projections.EAGER
+    fused_projections.ENABLED = fused_projections.EAGER = fused
     try:
-        return generate(model, prompts, max_new_tokens=8, eos_ids=eos, compiled=True, **kw)
+        return generate(model, prompts, max_new_tokens=8, eos_ids=eos, compiled=compiled, **kw)
     finally:
-        fused_projections.ENABLED = before
+        fused_projections.ENABLED, fused_projections.EAGER = before
 
 
 def _same(a, b, tol):
@@ -50,7 +51,7 @@ def _weights(model):
     return {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())}
 
 
-def _check_fused_equals_unfused(model, prompts, eos, tol=1e-4, **kw):
+def _check_fused_equals_unfused(model, prompts, eos, tol=1e-4, compiled=True, **kw):
     before = _weights(model)
     classes = {k: type(m) for k, m in model.named_modules()}
     spy: list[int] = []
@@ -63,12 +64,15 @@ def _check_fused_equals_unfused(model, prompts, eos, tol=1e-4, **kw):
     fused_projections._Group.output = counting
     try:
         mx.random.seed(3)
-        fused = _rollout(model, prompts, eos, True, **kw)
+        fused = _rollout(model, prompts, eos, True, compiled, **kw)
     finally:
         fused_projections._Group.output = real
     mx.random.seed(3)
-    plain = _rollout(model, prompts, eos, False, **kw)
-    assert spy, "the compiled rollout did not go through the fused groups"
+    plain = _rollout(model, prompts, eos, False, compiled, **kw)
+    assert spy, "the rollout did not go through the fused groups"
+    if not compiled:  # every decode step of every block: 3 + 2 member calls (no trace to cache them)
+        blocks = len(model.model.layers)
+        assert len(spy) >= 5 * blocks * (max(len(c) for c in fused.completion_ids) - 1)
     _same(fused, plain, tol)
     after = _weights(model)
     assert after.keys() == before.keys()
@@ -93,17 +97,57 @@ def test_fused_greedy_and_sampled_rollouts_equal_unfused():
     _check_fused_equals_unfused(model, prompts, {tok.eos_token_id}, temperature=0.9, top_p=0.95)
 
 
-def test_qwen2_biases_are_fused_too(tmp_path):
+def test_eager_greedy_and_sampled_rollouts_equal_unfused():
+    """Eager decoding (the CUDA default) binds the groups once per rollout: same tokens, same
+    log-probs, and the groups hold nothing of the rollout afterwards."""
+    model, tok, _ = load_base(str(builtin_model_path()))
+    prompts = _prompts(tok)
+    _check_fused_equals_unfused(model, prompts, {tok.eos_token_id}, compiled=False, temperature=0.0)
+    _check_fused_equals_unfused(model, prompts, {tok.eos_token_id}, compiled=False, temperature=0.9, top_p=0.95)
+    seen = []
+    real_bind = fused_projections.FusedDecoding.bind
+
+    def recording(self, arrays):
+        seen.append(self)
+        return real_bind(self, arrays)
+
+    before, fused_projections.EAGER = fused_projections.EAGER, True
+    fused_projections.FusedDecoding.bind = recording
+    try:
+        with fused_projections.eager_fused_decoding(model) as on:
+            assert on
+            assert all(g.weight is not None for fd in seen for g in fd.groups)
+            model(mx.array([prompts[1]]))
+            assert any(g._outs for fd in seen for g in fd.groups)
+    finally:
+        fused_projections.EAGER = before
+        fused_projections.FusedDecoding.bind = real_bind
+    assert seen
+    assert all(g.weight is None and g._x is None and not g._outs for fd in seen for g in fd.groups)
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear"  # classes restored
+
+
+def test_eager_fusion_on_a_gpu_only():
+    before, fused_projections.EAGER = fused_projections.EAGER, None
+    try:
+        assert fused_projections.eager_enabled() == (mx.default_device() == mx.gpu)
+    finally:
+        fused_projections.EAGER = before
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_qwen2_biases_are_fused_too(tmp_path, compiled):
     model, tok, _ = load_base(str(write_model(tmp_path / "q", "chatml", "qwen2")))
     model.set_dtype(mx.float32)
     attn = model.model.layers[0].self_attn
     assert "bias" in attn.q_proj and "bias" in attn.k_proj
     prompts = [list(tok.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True)) for c in ("Sort 3 1 2", "Name a colour, then say why.")]
-    _check_fused_equals_unfused(model, prompts, {tok.eos_token_id}, temperature=0.0)
+    _check_fused_equals_unfused(model, prompts, {tok.eos_token_id}, compiled=compiled, temperature=0.0)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("lora_dtype", ["activation", "float32"])
-def test_lora_model_decodes_the_same_fused_and_trains_after(lora_dtype):
+def test_lora_model_decodes_the_same_fused_and_trains_after(lora_dtype, compiled):
     from engine import lora_precision
     from engine.models import load_policy
     from engine.presets import load_preset
@@ -123,7 +167,7 @@ def test_lora_model_decodes_the_same_fused_and_trains_after(lora_dtype):
     assert groups and all(g.loras is not None for g, _ in groups)
     trainable = {k for k, _ in tree_flatten(model.trainable_parameters())}
     # float32: in bf16 the fused matmul's different rounding flips near-tied greedy picks
-    _check_fused_equals_unfused(model, _prompts(tok), {tok.eos_token_id}, temperature=0.0)
+    _check_fused_equals_unfused(model, _prompts(tok), {tok.eos_token_id}, compiled=compiled, temperature=0.0)
     assert {k for k, _ in tree_flatten(model.trainable_parameters())} == trainable  # the base stays frozen
 
 

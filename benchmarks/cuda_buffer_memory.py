@@ -1,0 +1,79 @@
+"""How the size of MLX's queued GPU work moves a DPO step's peak memory, as ratios to the default.
+
+    python3 benchmarks/cuda_buffer_memory.py --model /tmp/llama-1b --mb 1000,200,50 \\
+        --variants "lora:shared,full:shared:modelstate"
+
+MLX's CUDA backend records operations into a CUDA graph (a "buffer") and holds every input of
+every operation in it until the graph has run on the device, and the host may queue up to 10
+graphs ahead of the device. A graph is closed after ``MLX_MAX_OPS_PER_BUFFER`` operations or
+``MLX_MAX_MB_PER_BUFFER`` megabytes of inputs (H100/B200 defaults: 100 and 1000). So an
+intermediate array that is dead after its last use can stay allocated until the graph that
+used it has run: up to ten graphs' worth of inputs on top of what the backward pass needs.
+This runs ``benchmarks/gpu_step_levers.py`` once per setting, each in its own process (MLX
+reads the settings once), and prints step time and peak memory against the first setting.
+Add ``--ops`` to vary the operation count instead. ``engine.gpu_buffers`` holds the engine's
+own default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_setting(env_key: str, value: str, a: argparse.Namespace) -> list[dict]:
+    env = dict(os.environ)
+    if value:
+        env[env_key] = value
+    else:
+        env.pop(env_key, None)
+    cmd = [sys.executable, str(HERE / "gpu_step_levers.py"), "--model", a.model, "--pairs", str(a.pairs), "--prompt-len", str(a.prompt_len), "--answer-len", str(a.answer_len), "--dtype", a.dtype, "--warmup", str(a.warmup), "--steps", str(a.steps), "--variants", a.variants]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
+    rows = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("LEVER ")]
+    if proc.returncode != 0:
+        print(f"{env_key}={value or 'default'}: exit {proc.returncode}\n{proc.stderr[-2000:]}", file=sys.stderr)
+    for r in rows:
+        r["setting"] = f"{env_key}={value or 'default'}"
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--mb", default="", help="MLX_MAX_MB_PER_BUFFER values, comma-separated ('' = MLX's default)")
+    ap.add_argument("--ops", default="", help="MLX_MAX_OPS_PER_BUFFER values instead")
+    ap.add_argument("--variants", default="lora:shared,full:shared:modelstate")
+    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--answer-len", type=int, default=256)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--timeout", type=int, default=400)
+    ap.add_argument("--results", default="")
+    a = ap.parse_args()
+    env_key, values = ("MLX_MAX_OPS_PER_BUFFER", a.ops) if a.ops else ("MLX_MAX_MB_PER_BUFFER", a.mb or ",200,50")
+    rows: list[dict] = []
+    for value in values.split(","):
+        got = run_setting(env_key, value.strip(), a)
+        rows += got
+        for r in got:
+            print("BUFFER " + json.dumps(r), flush=True)
+            if a.results:
+                with open(a.results, "a") as fh:
+                    fh.write(json.dumps(r) + "\n")
+    base = {}
+    print(f"\n{'setting':<30} {'variant':<28} {'step s':>7} {'peak GB':>8} {'step x':>7} {'peak x':>7}")
+    for r in rows:
+        b = base.setdefault(r["variant"], r)
+        print(f"{r['setting']:<30} {r['variant']:<28} {r['step_s']:>7.3f} {r['peak_gb']:>8.2f} {r['step_s'] / b['step_s']:>7.2f} {r['peak_gb'] / b['peak_gb']:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
