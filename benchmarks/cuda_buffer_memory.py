@@ -11,8 +11,8 @@ intermediate array that is dead after its last use can stay allocated until the 
 used it has run: up to ten graphs' worth of inputs on top of what the backward pass needs.
 This runs ``benchmarks/gpu_step_levers.py`` once per setting, each in its own process (MLX
 reads the settings once), and prints step time and peak memory against the first setting.
-Add ``--ops`` to vary the operation count instead. ``engine.gpu_buffers`` holds the engine's
-own default.
+Add ``--ops`` to vary the operation count instead. Not yet run on a GPU (none could be started
+in the session that wrote it); the engine sets neither variable.
 """
 
 from __future__ import annotations

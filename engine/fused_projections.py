@@ -33,10 +33,11 @@ GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # on 2026-12-05, 8.12 against 7.59 on 2026-12-06; docs/performance.md); benchmarks turn it on
 ENABLED = False
 # Eager decoding (the CUDA default, engine.rollout.compiled_decoding) is host-bound: every
-# matmul is a launch. There the groups are bound once per rollout and each block launches two
-# matmuls where it launched five. None: on a GPU only (on the CPU a token costs arithmetic,
-# not launches); True / False force it (benchmarks, tests).
-EAGER: bool | None = None
+# matmul is a launch (~20 us on an H100). With EAGER the groups are bound once per rollout and
+# each block launches two matmuls where it launched five. Off until measured on a GPU
+# (``benchmarks/rollouts.py --eager-fused``; on the 2-core CPU it was 0.87x and 0.995x the
+# time a token). None: on a GPU only; True / False force it.
+EAGER: bool | None = False
 
 
 class _Group:

@@ -127,7 +127,8 @@ def test_eager_greedy_and_sampled_rollouts_equal_unfused():
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear"  # classes restored
 
 
-def test_eager_fusion_on_a_gpu_only():
+def test_eager_fusion_off_by_default_and_none_means_a_gpu_only():
+    assert fused_projections.EAGER is False and fused_projections.eager_enabled() is False
     before, fused_projections.EAGER = fused_projections.EAGER, None
     try:
         assert fused_projections.eager_enabled() == (mx.default_device() == mx.gpu)
