@@ -25,6 +25,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from gpu_step_levers import STEP_ARGS, add_step_args  # noqa: E402
 
 
 def run_setting(env_key: str, value: str, a: argparse.Namespace) -> list[dict]:
@@ -33,7 +36,8 @@ def run_setting(env_key: str, value: str, a: argparse.Namespace) -> list[dict]:
         env[env_key] = value
     else:
         env.pop(env_key, None)
-    cmd = [sys.executable, str(HERE / "gpu_step_levers.py"), "--model", a.model, "--pairs", str(a.pairs), "--prompt-len", str(a.prompt_len), "--answer-len", str(a.answer_len), "--dtype", a.dtype, "--warmup", str(a.warmup), "--steps", str(a.steps), "--variants", a.variants]
+    step = [x for k in STEP_ARGS for x in ("--" + k.replace("_", "-"), str(getattr(a, k)))]
+    cmd = [sys.executable, str(HERE / "gpu_step_levers.py"), "--model", a.model, *step, "--variants", a.variants]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
     rows = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("LEVER ")]
     if proc.returncode != 0:
@@ -49,12 +53,7 @@ def main() -> None:
     ap.add_argument("--mb", default="", help="MLX_MAX_MB_PER_BUFFER values, comma-separated ('' = MLX's default)")
     ap.add_argument("--ops", default="", help="MLX_MAX_OPS_PER_BUFFER values instead")
     ap.add_argument("--variants", default="lora:shared,full:shared:modelstate")
-    ap.add_argument("--pairs", type=int, default=8)
-    ap.add_argument("--prompt-len", type=int, default=512)
-    ap.add_argument("--answer-len", type=int, default=256)
-    ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=8)
+    add_step_args(ap)
     ap.add_argument("--timeout", type=int, default=400)
     ap.add_argument("--results", default="")
     a = ap.parse_args()

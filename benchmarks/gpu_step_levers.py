@@ -134,15 +134,23 @@ def measure(ctx, algo, pairs, shared: bool, warmup: int, steps: int) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
+STEP_ARGS = ("pairs", "prompt_len", "answer_len", "dtype", "warmup", "steps")
+
+
+def add_step_args(ap: argparse.ArgumentParser) -> None:
+    """The batch and timing options (``STEP_ARGS``), shared with ``cuda_buffer_memory.py``."""
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--answer-len", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    add_step_args(ap)
     ap.add_argument("--variants", default="lora:shared:unfused,lora:shared,lora:plain,full:plain,full:shared,full:shared:unfused", help="adapter:layout[:nocompile|:ckpt|:unfused|:notile|:nosplit|:nockpt|:chunkN|:fp32lora|:modelstate|:mlxswiglu|:memlimitN],...")
     ap.add_argument("--results", default="")
     a = ap.parse_args()
