@@ -83,6 +83,7 @@ def run_ours(a: argparse.Namespace) -> None:
         rollout.COMPILED_DECODING = True
     elif "fused" in tags:
         rollout.COMPILED_DECODING = fused_projections.ENABLED = True
+    fused_projections.EAGER = "eagerfused" in tags
     attention_split.CHECKPOINT = "nockpt" not in tags
     out = tempfile.mkdtemp(prefix="bench-grpo-ours-")
     t0 = time.time()
@@ -122,7 +123,7 @@ def main() -> None:
     ap.add_argument("--prompt-words", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--dtype", default="")
-    ap.add_argument("--only", default="ours,trl", help="comma-separated: ours, trl, and the ablations ours-eager / ours-compiled (decoding forced eager / compiled; by default it is eager on CUDA, compiled on Metal), ours-fused (compiled, q/k/v and gate/up fused), ours-f32state (Adam's state in float32, our default), ours-nockpt (the attention split's pieces held, not recomputed); tags combine with '+': ours-eager+f32state")
+    ap.add_argument("--only", default="ours,trl", help="comma-separated: ours, trl, and the ablations ours-eager / ours-compiled (decoding forced eager / compiled; by default it is eager on CUDA, compiled on Metal), ours-fused (compiled, q/k/v and gate/up fused), ours-eagerfused (eager decoding with q/k/v and gate/up fused), ours-nographs (MLX_USE_CUDA_GRAPHS=0: kernels launched one by one), ours-f32state (Adam's state in float32, our default), ours-nockpt (the attention split's pieces held, not recomputed); tags combine with '+': ours-eager+f32state")
     ap.add_argument("--peer-python", default="", help="python with TRL (default: benchmarks/.venv on the CPU, this one with --gpu)")
     ap.add_argument("--results", default="")
     ap.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
@@ -140,7 +141,10 @@ def main() -> None:
     only = [x.strip() for x in a.only.split(",") if x.strip()]
     for name in [x for x in only if x.startswith("ours")]:
         variant = name.partition("-")[2]
-        results[name] = child([sys.executable, __file__, "--ours", "--variant", variant, "--dtype", a.dtype, "--prompt-words", str(a.prompt_words), *common], env)
+        # nographs: MLX's CUDA kernels launched one by one, not recorded into CUDA graphs
+        # (MLX reads MLX_USE_CUDA_GRAPHS once per process, so it is set for the child)
+        child_env = {**env, "MLX_USE_CUDA_GRAPHS": "0"} if "nographs" in variant.split("+") else env
+        results[name] = child([sys.executable, __file__, "--ours", "--variant", variant, "--dtype", a.dtype, "--prompt-words", str(a.prompt_words), *common], child_env)
         print(f"{name}:", json.dumps(results[name]), flush=True)
     if "trl" in only:
         py = a.peer_python or (sys.executable if a.gpu else str(HERE / ".venv" / "bin" / "python"))

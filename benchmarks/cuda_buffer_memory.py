@@ -11,7 +11,8 @@ intermediate array that is dead after its last use can stay allocated until the 
 used it has run: up to ten graphs' worth of inputs on top of what the backward pass needs.
 This runs ``benchmarks/gpu_step_levers.py`` once per setting, each in its own process (MLX
 reads the settings once), and prints step time and peak memory against the first setting.
-Add ``--ops`` to vary the operation count instead. Not yet run on a GPU (none could be started
+Add ``--ops`` to vary the operation count instead, or ``--graphs`` to compare CUDA graphs
+against kernels launched one by one (``MLX_USE_CUDA_GRAPHS=0``). Not yet run on a GPU (none could be started
 in the session that wrote it); the engine sets neither variable.
 """
 
@@ -52,12 +53,18 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--mb", default="", help="MLX_MAX_MB_PER_BUFFER values, comma-separated ('' = MLX's default)")
     ap.add_argument("--ops", default="", help="MLX_MAX_OPS_PER_BUFFER values instead")
+    ap.add_argument("--graphs", action="store_true", help="MLX_USE_CUDA_GRAPHS unset and 0 instead (kernels launched one by one)")
     ap.add_argument("--variants", default="lora:shared,full:shared:modelstate")
     add_step_args(ap)
     ap.add_argument("--timeout", type=int, default=400)
     ap.add_argument("--results", default="")
     a = ap.parse_args()
-    env_key, values = ("MLX_MAX_OPS_PER_BUFFER", a.ops) if a.ops else ("MLX_MAX_MB_PER_BUFFER", a.mb or ",200,50")
+    if a.graphs:
+        env_key, values = "MLX_USE_CUDA_GRAPHS", ",0"
+    elif a.ops:
+        env_key, values = "MLX_MAX_OPS_PER_BUFFER", a.ops
+    else:
+        env_key, values = "MLX_MAX_MB_PER_BUFFER", a.mb or ",200,50"
     rows: list[dict] = []
     for value in values.split(","):
         got = run_setting(env_key, value.strip(), a)
