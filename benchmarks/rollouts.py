@@ -60,40 +60,41 @@ def main() -> None:
     prompts = [tok.encode(" ".join(r["prompt"].split()[: a.prompt_words])) for r in rows]
     no_eos: set[int] = {-1}  # a token id that never occurs: every row runs to --new tokens
     mx.random.seed(0)
-    generate(model, prompts[:2], max_new_tokens=4, eos_ids=no_eos)  # warm-up
-    t, c = time.perf_counter(), time.process_time()
-    batched = generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos)
-    t_batched, c_batched = time.perf_counter() - t, time.process_time() - c
+
+    def timed(call):
+        t, c = time.perf_counter(), time.process_time()
+        out = call()
+        return out, time.perf_counter() - t, time.process_time() - c
+
+    def batch(**kw):
+        return generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos, **kw)
+
+    def warm_up():
+        generate(model, prompts[:2], max_new_tokens=4, eos_ids=no_eos)
+
+    warm_up()
+    batched, t_batched, c_batched = timed(batch)
     compiled = None
     if a.compiled:
-        generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos, compiled=True)  # trace + JIT
-        t, c = time.perf_counter(), time.process_time()
-        out = generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos, compiled=True)
-        compiled = (out.num_tokens, time.perf_counter() - t, time.process_time() - c)
+        batch(compiled=True)  # trace + JIT
+        out, wall, cpu = timed(lambda: batch(compiled=True))
+        compiled = (out.num_tokens, wall, cpu)
     fused = None
     if a.compiled and a.fused:
-        from engine import fused_projections
-
         fused_projections.ENABLED = True
-        generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos, compiled=True)  # its own trace
-        t = time.perf_counter()
-        out = generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos, compiled=True)
-        fused = time.perf_counter() - t
+        batch(compiled=True)  # its own trace
+        fused = timed(lambda: batch(compiled=True))[1]
         fused_projections.ENABLED = False
     eager_fused = None
     if a.eager_fused:
         fused_projections.EAGER = True
-        generate(model, prompts[:2], max_new_tokens=4, eos_ids=no_eos)  # warm-up
-        t, c = time.perf_counter(), time.process_time()
-        generate(model, prompts, max_new_tokens=a.new, eos_ids=no_eos)
-        eager_fused = (time.perf_counter() - t, time.process_time() - c)
+        warm_up()
+        eager_fused = timed(batch)[1:]
         fused_projections.EAGER = False
     threaded = None
     if a.threads > 1:
         threaded = threaded_decode(model, prompts, a.new, no_eos, a.threads)
-    t, c = time.perf_counter(), time.process_time()
-    seq = generate_one_by_one(model, prompts if a.sequential else prompts[:1], max_new_tokens=a.new, eos_ids=no_eos)
-    t_seq, c_seq = time.perf_counter() - t, time.process_time() - c
+    seq, t_seq, c_seq = timed(lambda: generate_one_by_one(model, prompts if a.sequential else prompts[:1], max_new_tokens=a.new, eos_ids=no_eos))
     res = {
         "device": str(mx.default_device()),
         "prompts": len(prompts),
