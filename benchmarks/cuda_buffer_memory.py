@@ -39,10 +39,15 @@ def run_setting(env_key: str, value: str, a: argparse.Namespace) -> list[dict]:
         env.pop(env_key, None)
     step = [x for k in STEP_ARGS for x in ("--" + k.replace("_", "-"), str(getattr(a, k)))]
     cmd = [sys.executable, str(HERE / "gpu_step_levers.py"), "--model", a.model, *step, "--variants", a.variants]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
-    rows = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("LEVER ")]
-    if proc.returncode != 0:
-        print(f"{env_key}={value or 'default'}: exit {proc.returncode}\n{proc.stderr[-2000:]}", file=sys.stderr)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
+        stdout, failure = proc.stdout, f"exit {proc.returncode}\n{proc.stderr[-2000:]}" if proc.returncode else ""
+    except subprocess.TimeoutExpired as e:  # keep the variants that finished, and the other settings
+        out = e.stdout or ""
+        stdout, failure = out.decode() if isinstance(out, bytes) else out, f"no result within --timeout {a.timeout} s"
+    rows = [json.loads(line[6:]) for line in stdout.splitlines() if line.startswith("LEVER ")]
+    if failure:
+        print(f"{env_key}={value or 'default'}: {failure}", file=sys.stderr)
     for r in rows:
         r["setting"] = f"{env_key}={value or 'default'}"
     return rows
