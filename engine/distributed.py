@@ -162,6 +162,9 @@ def init_world() -> World:
     global _WORLD
     if _WORLD is not None:
         return _WORLD
+    from engine.cuda_settings import apply_cuda_defaults
+
+    apply_cuda_defaults()  # before NCCL's first GPU work: MLX reads it once
     try:
         group = mx.distributed.init()
     except Exception:  # noqa: BLE001 - no backend: train alone

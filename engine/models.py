@@ -69,6 +69,9 @@ def load_base_with_config(spec: str, *, trust_remote_code: bool = False) -> tupl
     """``(model, tokenizer, local folder, mlx-lm model config)`` of a base model; one-line ModelError."""
     from mlx_lm.utils import load
 
+    from engine.cuda_settings import apply_cuda_defaults
+
+    apply_cuda_defaults()  # before the first kernel: MLX reads it once
     where = resolve_model_path(spec)
     try:
         model, tokenizer, config = load(
