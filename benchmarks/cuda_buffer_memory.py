@@ -48,10 +48,11 @@ def run_setting(env_key: str, value: str, a: argparse.Namespace) -> list[dict]:
         out = e.stdout or ""
         stdout, failure = out.decode() if isinstance(out, bytes) else out, f"no result within --timeout {a.timeout} s"
     rows = [json.loads(line[6:]) for line in stdout.splitlines() if line.startswith("LEVER ")]
+    setting = f"{env_key}={value or 'unset (engine)'}"
     if failure:
-        print(f"{env_key}={value or 'unset (engine)'}: {failure}", file=sys.stderr)
+        print(f"{setting}: {failure}", file=sys.stderr)
     for r in rows:
-        r["setting"] = f"{env_key}={value or 'unset (engine)'}"
+        r["setting"] = setting
     return rows
 
 

@@ -22,12 +22,9 @@ CUDA_MB_PER_BUFFER = "50"
 
 def apply_cuda_defaults() -> bool:
     """Set the engine's CUDA graph size unless the environment names one. True on CUDA."""
-    try:
-        import mlx.core as mx
+    from engine.batching import on_cuda
 
-        if not (hasattr(mx, "cuda") and mx.cuda.is_available()):
-            return False
-    except (ImportError, AttributeError):
+    if not on_cuda():
         return False
     os.environ.setdefault("MLX_MAX_MB_PER_BUFFER", CUDA_MB_PER_BUFFER)
     return True

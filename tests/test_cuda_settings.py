@@ -5,39 +5,30 @@ from __future__ import annotations
 
 import os
 
-import mlx.core as mx
 import pytest
 
-from engine import cuda_settings
+from engine import batching, cuda_settings
 
 KEY = "MLX_MAX_MB_PER_BUFFER"
 
 
-class _FakeCuda:
-    def __init__(self, available: bool) -> None:
-        self.available = available
-
-    def is_available(self) -> bool:
-        return self.available
-
-
 def test_on_cuda_the_engine_sets_its_buffer_size(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY, raising=False)
-    monkeypatch.setattr(mx, "cuda", _FakeCuda(True), raising=False)
+    monkeypatch.setattr(batching, "on_cuda", lambda: True)
     assert cuda_settings.apply_cuda_defaults() is True
     assert os.environ[KEY] == "50"
 
 
 def test_a_value_the_user_exported_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY, "1000")
-    monkeypatch.setattr(mx, "cuda", _FakeCuda(True), raising=False)
+    monkeypatch.setattr(batching, "on_cuda", lambda: True)
     cuda_settings.apply_cuda_defaults()
     assert os.environ[KEY] == "1000"
 
 
 def test_without_cuda_nothing_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY, raising=False)
-    monkeypatch.setattr(mx, "cuda", _FakeCuda(False), raising=False)
+    monkeypatch.setattr(batching, "on_cuda", lambda: False)
     assert cuda_settings.apply_cuda_defaults() is False
     assert KEY not in os.environ
 
